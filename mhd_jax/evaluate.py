@@ -1,0 +1,63 @@
+"""Private and shared accuracy of every client and head (DESIGN §2).
+
+*Private accuracy* of client i: accuracy (argmax over all C classes) on the
+test examples whose label is one of client i's primary classes. *Shared
+accuracy*: accuracy on the whole test set. Both come from per-class counts of
+correct predictions, which are kept (`correct_NxHxC`) for finer studies.
+"""
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mhd_jax import population as pop
+
+
+def make_predict(specs: Sequence[pop.GroupSpec], strategy: str = 'vmap'):
+  """`predict(state, images_BxHxWxC) -> predictions [N, H, B]` in eval mode."""
+
+  def predict(state: pop.TrainState, images):
+    preds = []
+    for spec, group in zip(specs, state.groups):
+      def run(params, stats, x, model=spec.model):
+        logits, _ = model.apply({'params': params, 'batch_stats': stats}, x, train=False)
+        return jnp.argmax(logits, axis=-1)
+      preds.append(pop.map_clients(run, strategy, group.params, group.batch_stats, images,
+                                   in_axes=(0, 0, None)))
+    return jnp.concatenate(preds)
+
+  return predict
+
+
+@dataclasses.dataclass(frozen=True)
+class Accuracies:
+  """Evaluation results; accuracies are fractions in [0, 1]."""
+  private_NxH: np.ndarray
+  shared_NxH: np.ndarray
+  correct_NxHxC: np.ndarray  # correct predictions per true class
+  count_C: np.ndarray        # test examples per class
+
+  def per_class(self) -> np.ndarray:
+    """[N, H, C] accuracy of each client and head on each class."""
+    return self.correct_NxHxC / np.maximum(self.count_C, 1)
+
+
+def accuracies(predict, state, batches: Iterable[dict], primary_NxC: np.ndarray) -> Accuracies:
+  """Runs `predict` over evaluation batches (padded examples masked out)."""
+  n, c = primary_NxC.shape
+  correct, count = None, np.zeros(c, np.int64)
+  for batch in batches:
+    preds_NxHxB = np.asarray(jax.device_get(predict(state, batch['image'])))
+    label, mask = np.asarray(batch['label']), np.asarray(batch['mask'], bool)
+    hit = (preds_NxHxB == label) & mask  # [N, H, B]
+    onehot_BxC = np.eye(c, dtype=np.int64)[label] * mask[:, None]
+    batch_correct = hit.astype(np.int64) @ onehot_BxC
+    correct = batch_correct if correct is None else correct + batch_correct
+    count += onehot_BxC.sum(0)
+  private = (correct * primary_NxC[:, None, :]).sum(-1) / np.maximum(
+      (count * primary_NxC).sum(-1), 1)[:, None]
+  shared = correct.sum(-1) / max(count.sum(), 1)
+  return Accuracies(private, shared, correct, count)

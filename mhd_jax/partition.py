@@ -1,0 +1,137 @@
+"""Splitting a labelled training set into a public set and N private client sets.
+
+DESIGN §3. A `public_fraction` of the examples is set aside first (their labels
+are dropped by the input pipeline); the rest go to the clients either by class
+skew (each client owns a block of primary classes) or by a Dirichlet(alpha)
+label distribution. Everything is deterministic given the seed, and every
+example lands in exactly one place.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+  """Where every training example went.
+
+  Attributes:
+    client_indices: per client, sorted indices into the training set.
+    public_indices: sorted indices of the public (unlabelled) examples.
+    primary_classes: per client, the sorted class ids it owns. Private
+      accuracy (DESIGN §2) is measured on the test examples of these classes.
+    num_classes: C.
+  """
+  client_indices: tuple[np.ndarray, ...]
+  public_indices: np.ndarray
+  primary_classes: tuple[np.ndarray, ...]
+  num_classes: int
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.client_indices)
+
+  def primary_mask(self) -> np.ndarray:
+    """[N, C] bool: client i owns class c."""
+    mask = np.zeros((self.num_clients, self.num_classes), bool)
+    for i, classes in enumerate(self.primary_classes):
+      mask[i, classes] = True
+    return mask
+
+  def label_counts(self, labels: np.ndarray) -> np.ndarray:
+    """[N, C] int: how many examples of class c client i holds."""
+    return np.stack([np.bincount(labels[idx], minlength=self.num_classes)
+                     for idx in self.client_indices])
+
+
+def class_blocks(num_clients: int, num_classes: int) -> tuple[np.ndarray, ...]:
+  """Primary classes of each client: N contiguous blocks of the C classes.
+
+  With more clients than classes, client i owns class i mod C (several clients
+  then share a class).
+  """
+  if num_clients <= num_classes:
+    return tuple(np.array_split(np.arange(num_classes), num_clients))
+  return tuple(np.array([i % num_classes]) for i in range(num_clients))
+
+
+def _split_public(num_examples, public_fraction, rng):
+  if not 0.0 <= public_fraction < 1.0:
+    raise ValueError(f'public_fraction must be in [0, 1), got {public_fraction}.')
+  order = rng.permutation(num_examples)
+  num_public = int(round(public_fraction * num_examples))
+  return np.sort(order[:num_public]), order[num_public:]
+
+
+def class_skew(labels: np.ndarray, num_classes: int, num_clients: int,
+               skew: float, public_fraction: float, seed: int) -> Partition:
+  """Class-skew partition: with probability `skew` an example goes to an owner of its class.
+
+  Otherwise (probability 1 - skew) it goes to a uniformly random client.
+  skew = 0 is iid; skew = 1 gives each client only its primary classes.
+  """
+  if not 0.0 <= skew <= 1.0:
+    raise ValueError(f'skew must be in [0, 1], got {skew}.')
+  _check_labels(labels, num_classes, num_clients)
+  rng = np.random.default_rng(seed)
+  public, private = _split_public(len(labels), public_fraction, rng)
+  blocks = class_blocks(num_clients, num_classes)
+  owners = [np.flatnonzero([c in b for b in blocks]) for c in range(num_classes)]
+  table = np.zeros((num_classes, max(map(len, owners))), np.int64)  # [C, max owners]
+  for c, own in enumerate(owners):
+    table[c, :len(own)] = own
+  num_owners = np.array([len(o) for o in owners])
+  private_labels = labels[private]
+  # A uniformly drawn owner of each example's class.
+  k = (rng.random(len(private)) * num_owners[private_labels]).astype(np.int64)
+  owner = table[private_labels, k]
+  to_owner = rng.random(len(private)) < skew
+  dest = np.where(to_owner, owner, rng.integers(num_clients, size=len(private)))
+  clients = tuple(np.sort(private[dest == i]) for i in range(num_clients))
+  return Partition(clients, public, blocks, num_classes)
+
+
+def dirichlet(labels: np.ndarray, num_classes: int, num_clients: int,
+              alpha: float, public_fraction: float, seed: int) -> Partition:
+  """Dirichlet label partition: class c is spread over clients by q_c ~ Dir(alpha).
+
+  Small alpha gives very skewed clients, large alpha nearly iid ones. A class's
+  primary client is the one that received most of its examples (ties: lowest
+  id), so primary classes are disjoint as in the class-skew partition.
+  """
+  if alpha <= 0:
+    raise ValueError(f'dirichlet alpha must be > 0, got {alpha}.')
+  _check_labels(labels, num_classes, num_clients)
+  rng = np.random.default_rng(seed)
+  public, private = _split_public(len(labels), public_fraction, rng)
+  dest = np.empty(len(private), np.int64)
+  for c in range(num_classes):
+    members = np.flatnonzero(labels[private] == c)
+    q = rng.dirichlet(np.full(num_clients, alpha))
+    dest[members] = rng.choice(num_clients, size=len(members), p=q)
+  clients = tuple(np.sort(private[dest == i]) for i in range(num_clients))
+  counts = np.stack([np.bincount(labels[idx], minlength=num_classes) for idx in clients])
+  top = counts.argmax(axis=0)
+  primary = tuple(np.flatnonzero(top == i) for i in range(num_clients))
+  return Partition(clients, public, primary, num_classes)
+
+
+def _check_labels(labels, num_classes, num_clients):
+  if num_clients < 1:
+    raise ValueError(f'num_clients must be >= 1, got {num_clients}.')
+  if labels.ndim != 1 or len(labels) == 0:
+    raise ValueError('labels must be a non-empty 1-D array.')
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f'labels must lie in [0, {num_classes}).')
+
+
+def make(labels: np.ndarray, num_classes: int, config) -> Partition:
+  """The partition a config asks for (`config.partition`: 'skew' or 'dirichlet')."""
+  if config.partition == 'skew':
+    return class_skew(labels, num_classes, config.num_clients, config.skew,
+                      config.public_fraction, config.seed)
+  if config.partition == 'dirichlet':
+    return dirichlet(labels, num_classes, config.num_clients, config.dirichlet_alpha,
+                     config.public_fraction, config.seed)
+  raise ValueError(f"partition must be 'skew' or 'dirichlet', got {config.partition!r}.")

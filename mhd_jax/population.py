@@ -1,0 +1,120 @@
+"""All clients' state in one pytree, stacked on a leading client axis.
+
+A population is a tuple of groups, one per architecture; clients are numbered
+group after group (group 0 holds clients 0..n_0-1, and so on). Groups meet only
+through their outputs on the public batch.
+"""
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mhd_jax import models
+
+STRATEGIES = ('vmap', 'loop')
+
+
+@flax.struct.dataclass
+class Group:
+  """Stacked state of one group's clients: every leaf has a leading [n_clients] axis."""
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  groups: tuple[Group, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+  """What is static about a group: its model, its optimizer, its size."""
+  model: models.MultiHeadClassifier
+  tx: optax.GradientTransformation
+  num_clients: int
+
+
+def offsets(specs: Sequence[GroupSpec]) -> list[int]:
+  """Global id of each group's first client."""
+  return [int(x) for x in np.cumsum([0] + [s.num_clients for s in specs])[:-1]]
+
+
+def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
+  """Applies `fn` to each client's slice of `args` and stacks the results.
+
+  `in_axes` follows `jax.vmap` (0: sliced per client, None: shared). The
+  `loop` strategy writes the clients out one after another inside the jit,
+  which avoids the grouped convolutions `vmap` produces (slow on some
+  backends); both compute the same function.
+  """
+  if strategy == 'vmap':
+    return jax.vmap(fn, in_axes=in_axes)(*args)
+  if strategy != 'loop':
+    raise ValueError(f'unknown strategy {strategy!r}; choose one of {", ".join(STRATEGIES)}.')
+  axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+  n = jax.tree.leaves([a for a, ax in zip(args, axes) if ax == 0])[0].shape[0]
+  outs = [fn(*[jax.tree.map(lambda x, i=i: x[i], a) if ax == 0 else a
+               for a, ax in zip(args, axes)]) for i in range(n)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def init_group(spec: GroupSpec, first_client: int, image_shape, rng) -> Group:
+  """Client i's variables come from `fold_in(rng, i)` (i global), whatever N is."""
+  keys = jnp.stack([jax.random.fold_in(rng, first_client + i) for i in range(spec.num_clients)])
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  variables = jax.vmap(lambda k: spec.model.init(k, dummy, train=False))(keys)
+  params = variables['params']
+  return Group(params=params, batch_stats=variables.get('batch_stats', {}),
+               opt_state=jax.vmap(spec.tx.init)(params))
+
+
+def init_state(specs: Sequence[GroupSpec], image_shape, rng) -> TrainState:
+  groups = tuple(init_group(s, off, image_shape, rng) for s, off in zip(specs, offsets(specs)))
+  return TrainState(step=jnp.zeros((), jnp.int32), groups=groups)
+
+
+def client_slice(state: TrainState, specs: Sequence[GroupSpec], client: int):
+  """(group index, Group of one client without the client axis) for a global client id."""
+  for g, (spec, off) in enumerate(zip(specs, offsets(specs))):
+    if off <= client < off + spec.num_clients:
+      return g, jax.tree.map(lambda x: x[client - off], state.groups[g])
+  raise IndexError(f'client {client} out of range.')
+
+
+def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
+  """optax optimizer from `config.optimizer`, with warm-up then constant or cosine decay."""
+  lr = opt_config.learning_rate
+  if opt_config.schedule == 'cosine':
+    lr = optax.warmup_cosine_decay_schedule(0.0, lr, opt_config.warmup_steps,
+                                            max(num_steps, opt_config.warmup_steps + 1))
+  elif opt_config.schedule == 'constant':
+    if opt_config.warmup_steps:
+      lr = optax.join_schedules([optax.linear_schedule(0.0, lr, opt_config.warmup_steps),
+                                 optax.constant_schedule(lr)], [opt_config.warmup_steps])
+  else:
+    raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', "
+                     f'got {opt_config.schedule!r}.')
+  if opt_config.name == 'adam':
+    tx = optax.adamw(lr, weight_decay=opt_config.weight_decay)
+  elif opt_config.name == 'sgd':
+    tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay),
+                     optax.sgd(lr, momentum=opt_config.momentum or None, nesterov=True))
+  else:
+    raise ValueError(f"optimizer.name must be 'adam' or 'sgd', got {opt_config.name!r}.")
+  if opt_config.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip), tx)
+  return tx
+
+
+def make_specs(config, num_classes: int) -> tuple[GroupSpec, ...]:
+  """The population's groups from a config: one group of `config.model` clients."""
+  model = models.make_model(config.model, config.num_heads, num_classes)
+  return (GroupSpec(model, make_optimizer(config.optimizer, config.num_steps),
+                    config.num_clients),)

@@ -1,0 +1,116 @@
+"""The training loop: `train_and_evaluate(config, workdir)`."""
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from mhd_jax import evaluate
+from mhd_jax import input_pipeline
+from mhd_jax import population as pop
+from mhd_jax import step as step_lib
+from mhd_jax import topology
+
+TERMS = ('loss', 'ce', 'kd_main', 'kd_aux', 'emb', 'train_acc')
+
+
+def bytes_sent_per_step(adjacency, specs, config, num_classes: int, emb_dim: int) -> np.ndarray:
+  """[N] bytes client j sends per step: B_pub * (H*C [+ D]) float32 numbers per out-edge."""
+  out_degree = (np.asarray(adjacency) > 0).sum(axis=0)
+  numbers = config.num_heads * num_classes + (emb_dim if config.nu_emb else 0)
+  return out_degree * config.data.public_batch_size * numbers * 4
+
+
+def _eval_record(acc: evaluate.Accuracies) -> dict:
+  return {'mean_private_acc': acc.private_NxH.mean(0).tolist(),
+          'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
+          'private_acc': acc.private_NxH.tolist(),
+          'shared_acc': acc.shared_NxH.tolist()}
+
+
+def client_table(acc: evaluate.Accuracies) -> str:
+  """Per-client private / shared accuracy (%) of every head, plus the mean."""
+  n, h = acc.private_NxH.shape
+  head = 'client ' + ' '.join(f'priv{k:<2d} shared{k:<2d}' for k in range(h))
+  rows = [head]
+  for name, p, s in [(str(i), acc.private_NxH[i], acc.shared_NxH[i]) for i in range(n)] + [
+      ('mean', acc.private_NxH.mean(0), acc.shared_NxH.mean(0))]:
+    rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
+                                         for k in range(h)))
+  return '\n'.join(rows)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains the population described by `config`, writes logs and summary to `workdir`.
+
+  Writes `workdir/metrics.jsonl` (one JSON record per log/eval step) and
+  `workdir/summary.json` (DESIGN §5). Returns the summary.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  adjacency = topology.build(config)
+  data = input_pipeline.get_data(config)
+  specs = pop.make_specs(config, data.num_classes)
+  rng = jax.random.PRNGKey(config.seed)
+  state = pop.init_state(specs, data.image_shape, jax.random.fold_in(rng, 0))
+  train_step = jax.jit(step_lib.make_train_step(specs, adjacency, config, config.strategy),
+                       donate_argnums=0)
+  predict = jax.jit(evaluate.make_predict(specs, config.strategy))
+  step_rng = jax.random.fold_in(rng, 1)
+  primary = data.partition.primary_mask()
+  emb_dim = jax.eval_shape(lambda: specs[0].model.apply(
+      jax.tree.map(lambda x: x[0], {'params': state.groups[0].params,
+                                    'batch_stats': state.groups[0].batch_stats}),
+      np.zeros((1, *data.image_shape), np.float32), train=False))[1]['embedding'].shape[-1]
+  sent = bytes_sent_per_step(adjacency, specs, config, data.num_classes, emb_dim)
+  logging.info('%d clients, %d heads, topology %s, %d steps; %d bytes sent per step in all.',
+               config.num_clients, config.num_heads, config.topology, config.num_steps,
+               sent.sum())
+
+  log = open(os.path.join(workdir, 'metrics.jsonl'), 'w')
+  batches = data.train_batches(0)
+  acc = None
+  t_last, step_last = time.time(), 0
+  for step in range(1, config.num_steps + 1):
+    state, metrics = train_step(state, next(batches), step_rng)
+    if step % config.log_every == 0 or step == config.num_steps:
+      metrics = jax.device_get(metrics)
+      now = time.time()
+      rate = (step - step_last) / (now - t_last)
+      t_last, step_last = now, step
+      means = {k: float(np.mean(metrics[k])) for k in TERMS}
+      if not all(np.isfinite(v) for v in means.values()):
+        raise FloatingPointError(f'non-finite loss at step {step}: {means}')
+      logging.info('step %d/%d | %.1f steps/s | ETA %.0fs | %s', step, config.num_steps, rate,
+                   (config.num_steps - step) / rate,
+                   ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
+      log.write(json.dumps({'step': step, 'steps_per_sec': rate, **means,
+                            'clients': {k: np.asarray(metrics[k]).tolist() for k in TERMS}})
+                + '\n')
+    if step % config.eval_every == 0 or step == config.num_steps:
+      acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
+      rec = _eval_record(acc)
+      logging.info('eval step %d | mean private acc %s | mean shared acc %s', step,
+                   np.round(rec['mean_private_acc'], 4).tolist(),
+                   np.round(rec['mean_shared_acc'], 4).tolist())
+      log.write(json.dumps({'step': step, 'eval': rec}) + '\n')
+    log.flush()
+  log.close()
+
+  logging.info('final accuracies (%%):\n%s', client_table(acc))
+  summary = {
+      'num_clients': config.num_clients, 'num_heads': config.num_heads,
+      'steps': config.num_steps, 'wall_seconds': time.time() - start,
+      'mean_private_acc': acc.private_NxH.mean(0).tolist(),
+      'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
+      'clients': [{'id': i, 'private_acc': acc.private_NxH[i].tolist(),
+                   'shared_acc': acc.shared_NxH[i].tolist(),
+                   'bytes_sent_per_step': int(sent[i])} for i in range(config.num_clients)],
+      'bytes_sent_per_step': int(sent.sum()),
+  }
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  return summary

@@ -1,0 +1,264 @@
+"""Tests for mhd_jax/topology.py: every builder, parsing, validation, build(config)."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mhd_jax import topology
+
+
+def _assert_adjacency(a, n):
+  """float32 [n, n], zero diagonal, 0/1 entries."""
+  assert a.shape == (n, n) and a.dtype == np.float32
+  np.testing.assert_array_equal(np.diag(a), np.zeros(n))
+  assert set(np.unique(a)) <= {0.0, 1.0}
+
+
+# ------------------------------------------------------------------ builders
+
+
+def test_empty():
+  a = topology.empty(3)
+  _assert_adjacency(a, 3)
+  assert not a.any()
+
+
+def test_complete():
+  a = topology.complete(3)
+  _assert_adjacency(a, 3)
+  np.testing.assert_array_equal(a, [[0, 1, 1], [1, 0, 1], [1, 1, 0]])
+
+
+def test_chain():
+  a = topology.chain(4)
+  _assert_adjacency(a, 4)
+  np.testing.assert_array_equal(a, [[0, 1, 0, 0],
+                                    [1, 0, 1, 0],
+                                    [0, 1, 0, 1],
+                                    [0, 0, 1, 0]])
+  assert not topology.chain(1).any()
+
+
+def test_ring():
+  a = topology.ring(4)
+  _assert_adjacency(a, 4)
+  np.testing.assert_array_equal(a, [[0, 1, 0, 1],
+                                    [1, 0, 1, 0],
+                                    [0, 1, 0, 1],
+                                    [1, 0, 1, 0]])
+  np.testing.assert_array_equal(topology.ring(3), topology.complete(3))
+  # Two clients: one edge each way, weight 1 (not 2).
+  np.testing.assert_array_equal(topology.ring(2), [[0, 1], [1, 0]])
+
+
+def test_star():
+  a = topology.star(4)
+  _assert_adjacency(a, 4)
+  np.testing.assert_array_equal(a, [[0, 1, 1, 1],
+                                    [1, 0, 0, 0],
+                                    [1, 0, 0, 0],
+                                    [1, 0, 0, 0]])
+  np.testing.assert_array_equal(topology.star(3, center=2), [[0, 0, 1], [0, 0, 1], [1, 1, 0]])
+
+
+def test_islands():
+  a = topology.islands(5, 2)
+  _assert_adjacency(a, 5)
+  np.testing.assert_array_equal(a, [[0, 1, 1, 0, 0],
+                                    [1, 0, 1, 0, 0],
+                                    [1, 1, 0, 0, 0],
+                                    [0, 0, 0, 0, 1],
+                                    [0, 0, 0, 1, 0]])
+  np.testing.assert_array_equal(topology.islands(4, 1), topology.complete(4))
+  assert not topology.islands(3, 3).any()  # singletons: no edges
+
+
+@pytest.mark.parametrize('k', [0, 6])
+def test_islands_bad_count_raises(k):
+  with pytest.raises(ValueError, match=r'num_islands must be in \[1, 5\]'):
+    topology.islands(5, k)
+
+
+def _assert_regular(a, n, degree):
+  _assert_adjacency(a, n)
+  np.testing.assert_array_equal(a, a.T)
+  np.testing.assert_array_equal(a.sum(0), np.full(n, degree))
+  np.testing.assert_array_equal(a.sum(1), np.full(n, degree))
+
+
+@pytest.mark.parametrize('n, degree', [(10, 3), (8, 2), (7, 4), (32, 4), (2, 1)])
+def test_random_regular_is_simple_symmetric_and_regular(n, degree):
+  for seed in range(3):
+    _assert_regular(topology.random_regular(n, degree, seed), n, degree)
+
+
+@pytest.mark.parametrize('n, degree', [(6, 5), (8, 7), (10, 6), (20, 6)])
+def test_random_regular_works_for_dense_degrees(n, degree):
+  # Valid inputs (degree < n, n * degree even) for which a simple regular
+  # graph exists (e.g. (6, 5) is K6) must not be refused.
+  for seed in range(3):
+    _assert_regular(topology.random_regular(n, degree, seed), n, degree)
+
+
+def test_random_regular_seed_determinism():
+  a = topology.random_regular(10, 3, seed=1)
+  np.testing.assert_array_equal(a, topology.random_regular(10, 3, seed=1))
+  others = [topology.random_regular(10, 3, seed=s) for s in range(2, 6)]
+  assert any(not np.array_equal(a, b) for b in others)
+
+
+def test_random_regular_degree_zero_is_empty():
+  assert not topology.random_regular(4, 0, seed=0).any()
+
+
+@pytest.mark.parametrize('n, degree', [(4, 4), (4, 5), (5, 3), (4, -1)])
+def test_random_regular_bad_degree_raises(n, degree):
+  with pytest.raises(ValueError, match='random_regular: need 0 <= degree < num_clients'):
+    topology.random_regular(n, degree, seed=0)
+
+
+# ------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize('spec', ['0 1; 1 0', ' 0,1 ; 1,0 ; ', [[0, 1], [1, 0]], ((0.0, 1.0), (1.0, 0.0))])
+def test_parse_matrix(spec):
+  a = topology.parse_matrix(spec)
+  assert a.dtype == np.float32
+  np.testing.assert_array_equal(a, [[0, 1], [1, 0]])
+
+
+def test_parse_matrix_keeps_weights():
+  np.testing.assert_array_equal(topology.parse_matrix('0 1 3; 2 0 0.5; 1 1 0'),
+                                [[0, 1, 3], [2, 0, 0.5], [1, 1, 0]])
+
+
+def test_parse_matrix_errors():
+  with pytest.raises(ValueError, match="cannot read '0 x; 1 0' as a matrix"):
+    topology.parse_matrix('0 x; 1 0')
+  with pytest.raises(ValueError, match='rows must be non-empty and of equal length'):
+    topology.parse_matrix('0 1; 1')
+  with pytest.raises(ValueError, match='rows must be non-empty'):
+    topology.parse_matrix('')
+  with pytest.raises(ValueError, match='equal length'):
+    topology.parse_matrix([[0, 1], [1, 0, 0]])
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_validate_returns_float32_matrix_unchanged():
+  a = [[0, 2], [0.5, 0]]
+  out = topology.validate(a, 2, distilling=True)
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, a)
+
+
+@pytest.mark.parametrize('a', [np.zeros((3, 3)), np.zeros((2, 3)), np.zeros(2)])
+def test_validate_wrong_shape(a):
+  with pytest.raises(ValueError, match=r'adjacency has shape .*expected \(2, 2\).*num_clients=2'):
+    topology.validate(a, 2, distilling=False)
+
+
+def test_validate_negative_weight():
+  with pytest.raises(ValueError, match=r'negative weights \(e\.g\. A\[1, 0\] = -1\.0\)'):
+    topology.validate([[0, 1], [-1, 0]], 2, distilling=False)
+
+
+def test_validate_non_zero_diagonal():
+  with pytest.raises(ValueError, match=r'non-zero diagonal \(A\[1, 1\] = 1\.0\).*include_self'):
+    topology.validate([[0, 1], [1, 1]], 2, distilling=False)
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_validate_non_finite(bad):
+  with pytest.raises(ValueError, match='non-finite'):
+    topology.validate([[0, bad], [1, 0]], 2, distilling=False)
+
+
+def test_validate_isolated_nodes_when_distilling():
+  # Client 2 receives from 0 but sends to nobody: fine, everyone has an in-neighbour.
+  topology.validate([[0, 1, 0], [1, 0, 0], [1, 0, 0]], 3, distilling=True)
+  a_isolated = [[0, 1, 1], [1, 0, 1], [0, 0, 0]]  # client 2 sends but receives nothing
+  with pytest.raises(ValueError, match=r"clients \[2\] have no in-neighbours.*topology='none'"):
+    topology.validate(a_isolated, 3, distilling=True)
+  with pytest.raises(ValueError, match=r'clients \[0, 1, 2\] have no in-neighbours'):
+    topology.validate(np.zeros((3, 3)), 3, distilling=True)
+
+
+def test_validate_isolated_nodes_allowed_when_not_distilling():
+  a = [[0, 1, 1], [1, 0, 1], [0, 0, 0]]
+  np.testing.assert_array_equal(topology.validate(a, 3, distilling=False), a)
+  np.testing.assert_array_equal(topology.validate(np.zeros((3, 3)), 3, distilling=False),
+                                np.zeros((3, 3)))
+
+
+# --------------------------------------------------------------------- build
+
+
+def _config(**overrides):
+  c = ml_collections.ConfigDict(dict(num_clients=6, topology='complete', num_islands=2,
+                                     degree=3, seed=0, adjacency='',
+                                     nu_main=1.0, nu_aux=1.0, nu_emb=0.0))
+  c.update(overrides)
+  return c
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('none', topology.empty(6)),
+    ('complete', topology.complete(6)),
+    ('ring', topology.ring(6)),
+    ('chain', topology.chain(6)),
+    ('star', topology.star(6)),
+    ('islands', topology.islands(6, 2)),
+    ('random_regular', topology.random_regular(6, 3, seed=0)),
+])
+def test_build_each_name(name, expected):
+  a = topology.build(_config(topology=name))
+  assert a.dtype == np.float32
+  np.testing.assert_array_equal(a, expected)
+
+
+def test_build_reads_its_fields():
+  np.testing.assert_array_equal(topology.build(_config(topology='islands', num_islands=3)),
+                                topology.islands(6, 3))
+  a = topology.build(_config(topology='random_regular', degree=2, seed=4))
+  np.testing.assert_array_equal(a, topology.random_regular(6, 2, seed=4))
+  np.testing.assert_array_equal(a.sum(1), np.full(6, 2))
+
+
+def test_build_explicit():
+  a = topology.build(_config(num_clients=3, topology='explicit', adjacency='0 1 0; 0 0 2; 1 0 0'))
+  np.testing.assert_array_equal(a, [[0, 1, 0], [0, 0, 2], [1, 0, 0]])
+
+
+def test_build_explicit_without_adjacency_raises():
+  with pytest.raises(ValueError, match=r"topology='explicit' needs config\.adjacency"):
+    topology.build(_config(topology='explicit'))
+
+
+def test_build_unknown_name_raises():
+  with pytest.raises(ValueError, match="unknown topology 'torus'; choose one of none, complete"):
+    topology.build(_config(topology='torus'))
+
+
+def test_build_validates():
+  with pytest.raises(ValueError, match='expected \\(3, 3\\)'):
+    topology.build(_config(num_clients=3, topology='explicit', adjacency='0 1; 1 0'))
+  # A 1-client chain has no edges: an error when distilling ...
+  with pytest.raises(ValueError, match=r'clients \[0\] have no in-neighbours'):
+    topology.build(_config(num_clients=1, topology='chain'))
+  with pytest.raises(ValueError, match=r'clients \[0, 1\] have no in-neighbours'):
+    topology.build(_config(num_clients=4, topology='explicit',
+                           adjacency='0 0 0 0; 0 0 0 0; 1 0 0 0; 1 0 0 0'))
+  # ... and fine when every distillation weight is zero.
+  a = topology.build(_config(num_clients=4, topology='explicit', nu_main=0.0, nu_aux=0.0,
+                             adjacency='0 0 0 0; 0 0 0 0; 1 0 0 0; 1 0 0 0'))
+  assert a.sum() == 2
+  # Embedding distillation alone counts as distilling.
+  with pytest.raises(ValueError, match='no in-neighbours'):
+    topology.build(_config(num_clients=1, topology='chain', nu_main=0.0, nu_aux=0.0, nu_emb=1.0))
+
+
+def test_build_none_is_allowed_while_distilling():
+  # 'none' is the documented way to train in isolation: no validation error.
+  assert not topology.build(_config(topology='none')).any()
