@@ -8,6 +8,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from mhd_jax import communication
 from mhd_jax import evaluate
 from mhd_jax import input_pipeline
 from mhd_jax import population as pop
@@ -17,11 +18,16 @@ from mhd_jax import topology
 TERMS = ('loss', 'ce', 'kd_main', 'kd_aux', 'emb', 'train_acc')
 
 
-def bytes_sent_per_step(adjacency, specs, config, num_classes: int, emb_dim: int) -> np.ndarray:
-  """[N] bytes client j sends per step: B_pub * (H*C [+ D]) float32 numbers per out-edge."""
-  out_degree = (np.asarray(adjacency) > 0).sum(axis=0)
-  numbers = config.num_heads * num_classes + (emb_dim if config.nu_emb else 0)
-  return out_degree * config.data.public_batch_size * numbers * 4
+def communication_costs(specs, state, adjacency, image_shape, config):
+  """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models)."""
+  output, fedavg = [], []
+  for spec, group in zip(specs, state.groups):
+    one = jax.tree.map(lambda x: x[0], group)
+    output += [communication.public_output_bytes(
+        spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size,
+        bool(config.nu_emb))] * spec.num_clients
+    fedavg += [communication.fedavg_bytes_per_round(one.params)] * spec.num_clients
+  return communication.bytes_sent_per_step(adjacency, output), np.array(fedavg)
 
 
 def _eval_record(acc: evaluate.Accuracies) -> dict:
@@ -61,14 +67,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   predict = jax.jit(evaluate.make_predict(specs, config.strategy))
   step_rng = jax.random.fold_in(rng, 1)
   primary = data.partition.primary_mask()
-  emb_dim = jax.eval_shape(lambda: specs[0].model.apply(
-      jax.tree.map(lambda x: x[0], {'params': state.groups[0].params,
-                                    'batch_stats': state.groups[0].batch_stats}),
-      np.zeros((1, *data.image_shape), np.float32), train=False))[1]['embedding'].shape[-1]
-  sent = bytes_sent_per_step(adjacency, specs, config, data.num_classes, emb_dim)
-  logging.info('%d clients, %d heads, topology %s, %d steps; %d bytes sent per step in all.',
-               config.num_clients, config.num_heads, config.topology, config.num_steps,
-               sent.sum())
+  sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
+  logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
+               '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
+               config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
+               fedavg.mean())
+  examples_per_step = config.num_clients * (config.data.batch_size
+                                            + config.data.public_batch_size)
 
   log = open(os.path.join(workdir, 'metrics.jsonl'), 'w')
   batches = data.train_batches(0)
@@ -84,10 +89,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       means = {k: float(np.mean(metrics[k])) for k in TERMS}
       if not all(np.isfinite(v) for v in means.values()):
         raise FloatingPointError(f'non-finite loss at step {step}: {means}')
-      logging.info('step %d/%d | %.1f steps/s | ETA %.0fs | %s', step, config.num_steps, rate,
-                   (config.num_steps - step) / rate,
+      logging.info('step %d/%d | %.1f steps/s, %.0f client-steps/s, %.0f examples/s | ETA %.0fs'
+                   ' | %s', step, config.num_steps, rate, rate * config.num_clients,
+                   rate * examples_per_step, (config.num_steps - step) / rate,
                    ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
-      log.write(json.dumps({'step': step, 'steps_per_sec': rate, **means,
+      log.write(json.dumps({'step': step, 'steps_per_sec': rate,
+                            'client_steps_per_sec': rate * config.num_clients,
+                            'examples_per_sec': rate * examples_per_step, **means,
                             'clients': {k: np.asarray(metrics[k]).tolist() for k in TERMS}})
                 + '\n')
     if step % config.eval_every == 0 or step == config.num_steps:
@@ -110,6 +118,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    'shared_acc': acc.shared_NxH[i].tolist(),
                    'bytes_sent_per_step': int(sent[i])} for i in range(config.num_clients)],
       'bytes_sent_per_step': int(sent.sum()),
+      'fedavg_bytes_per_round': int(fedavg.sum()),
   }
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)

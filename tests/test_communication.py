@@ -1,0 +1,40 @@
+"""Communication accounting against hand-computed byte counts."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mhd_jax import communication
+from mhd_jax import models
+from mhd_jax import topology
+
+
+def _mlp(dtype='float32'):
+  cfg = ml_collections.ConfigDict(dict(name='mlp', width=5, depth=1, dtype=dtype,
+                                       aux_backbone_grad=True))
+  model = models.make_model(cfg, num_heads=2, num_classes=3)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)), train=False)
+  return model, variables['params']
+
+
+def test_bytes_sent_follow_out_degree_and_output_size():
+  model, params = _mlp()
+  logits_only = communication.public_output_bytes(model, params, {}, (4, 4, 1), 7, False)
+  with_emb = communication.public_output_bytes(model, params, {}, (4, 4, 1), 7, True)
+  assert logits_only == 7 * 2 * 3 * 4          # B_pub * H * C float32 numbers
+  assert with_emb == 7 * (2 * 3 + 5) * 4       # ... plus the D = 5 embedding
+  # Chain 0 - 1 - 2: the middle client sends to two neighbours.
+  sent = communication.bytes_sent_per_step(topology.chain(3), [logits_only] * 3)
+  np.testing.assert_array_equal(sent, [168, 336, 168])
+  # Directed: only client 0 receives (from 2), so only client 2 sends.
+  a = np.zeros((3, 3), np.float32)
+  a[0, 2] = 1.0
+  np.testing.assert_array_equal(communication.bytes_sent_per_step(a, [10, 10, 10]), [0, 0, 10])
+
+
+def test_fedavg_moves_two_copies_of_the_parameters():
+  _, params = _mlp()
+  num_params = 16 * 5 + 5 + 2 * (5 * 3 + 3)  # backbone Dense + two heads
+  assert communication.param_bytes(params) == 4 * num_params
+  assert communication.fedavg_bytes_per_round(params) == 8 * num_params
