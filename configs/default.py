@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators)
   c.model.aux_backbone_grad = True  # aux-head losses reach the backbone
 
+  # Heterogeneous populations: c.groups.NAME = {'num_clients': n, 'model': {...overrides of
+  # c.model}}, in client order; empty = one group of c.model (see configs/digits_hetero.py).
+  c.groups = ml_collections.ConfigDict()
+
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'  # 'adam' (AdamW) | 'sgd' (Nesterov momentum)
   c.optimizer.learning_rate = 1e-3

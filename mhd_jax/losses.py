@@ -30,10 +30,11 @@ def kd(target_probs_BxC, student_logits_BxC, temperature):
   return temperature**2 * jnp.mean(kl_B)
 
 
-def embedding_mse(emb_BxD, target_BxD):
-  """mean_b ||e_b - sg(t_b)||^2."""
+def embedding_mse(emb_BxD, target_BxD, weights_B=None):
+  """mean_b w_b ||e_b - sg(t_b)||^2 (w_b = 1 by default; 0 drops example b)."""
   diff = emb_BxD - jax.lax.stop_gradient(target_BxD)
-  return jnp.mean(jnp.sum(diff * diff, axis=-1))
+  sq_B = jnp.sum(diff * diff, axis=-1)
+  return jnp.mean(sq_B if weights_B is None else weights_B * sq_B)
 
 
 def candidate_weights(adjacency_NxN, num_heads: int, include_self: bool):

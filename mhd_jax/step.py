@@ -34,9 +34,13 @@ def _apply_train(model, params, batch_stats, x):
   return logits, inter['embedding'], upd.get('batch_stats', batch_stats)
 
 
-def client_losses(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, emb_pub_BxD,
-                  targets_HxBxC, has_target_H, emb_target_BxD, config):
-  """The loss terms of one client given its (constant) targets; returns a dict of scalars."""
+def client_losses(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, targets_HxBxC, has_target_H,
+                  emb_loss, config):
+  """The loss terms of one client given its (constant) targets; returns a dict of scalars.
+
+  `emb_loss` is the client's embedding-distillation term, computed per group
+  (embedding sizes differ between groups).
+  """
   t = config.temperature
   kd_H = jnp.stack([losses.kd(targets_HxBxC[k], logits_pub_HxBxC[k], t)
                     for k in range(logits_pub_HxBxC.shape[0])]) * has_target_H
@@ -44,8 +48,7 @@ def client_losses(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, emb_pub_BxD,
       'ce': losses.cross_entropy(logits_priv_HxBxC[0], labels_B),
       'kd_main': kd_H[0],
       'kd_aux': kd_H[1:].sum(),
-      'emb': (losses.embedding_mse(emb_pub_BxD, emb_target_BxD) * has_target_H[0]
-              if config.nu_emb else jnp.zeros(())),
+      'emb': emb_loss,
   }
   terms['loss'] = (terms['ce'] + config.nu_main * terms['kd_main']
                    + config.nu_aux * terms['kd_aux'] + config.nu_emb * terms['emb'])
@@ -70,8 +73,26 @@ def make_train_step(specs: Sequence[pop.GroupSpec], adjacency, config, strategy:
                                            config.include_self)
   firsts = pop.offsets(specs)
 
+  def embedding_losses(mixing_NxHxBxN, embs):
+    """[N] embedding terms. Client i's target follows head 0's source, restricted to
+    candidates whose embedding size matches i's (renormalised; examples whose
+    source has another size carry no embedding loss)."""
+    sizes = [e.shape[-1] for e in embs]
+    out = []
+    for g, emb in enumerate(embs):
+      same = [h for h in range(len(embs)) if sizes[h] == sizes[g]]
+      cols = jnp.concatenate([jnp.arange(firsts[h], firsts[h] + specs[h].num_clients)
+                              for h in same])
+      m_nxBxM = mixing_NxHxBxN[firsts[g]:firsts[g] + specs[g].num_clients, 0][:, :, cols]
+      total_nxB = m_nxBxM.sum(-1)
+      m_nxBxM = m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]
+      teachers = jax.lax.stop_gradient(jnp.concatenate([embs[h] for h in same]))
+      targets = losses.mix_embeddings(m_nxBxM, teachers)
+      out.append(jax.vmap(losses.embedding_mse)(emb, targets, (total_nxB > 0).astype(emb.dtype)))
+    return jnp.concatenate(out)
+
   def forward(params_groups, state, batch):
-    """Every client's private and public outputs, concatenated over groups."""
+    """Every client's private and public logits (concatenated over groups), embeddings per group."""
     outs = []
     for g, spec in enumerate(specs):
       sl = slice(firsts[g], firsts[g] + spec.num_clients)
@@ -82,20 +103,18 @@ def make_train_step(specs: Sequence[pop.GroupSpec], adjacency, config, strategy:
       outs.append(pop.map_clients(run, strategy, params_groups[g], state.groups[g].batch_stats,
                                   batch['private']['image'][sl], batch['public']['image'],
                                   in_axes=(0, 0, 0, None)))
-    lp, lu, eu = (jnp.concatenate([o[i] for o in outs]) for i in range(3))
-    return lp, lu, eu, tuple(o[3] for o in outs)
+    lp, lu = (jnp.concatenate([o[i] for o in outs]) for i in range(2))
+    return lp, lu, [o[2] for o in outs], tuple(o[3] for o in outs)
 
   def loss_fn(params_groups, state, batch, rng):
-    lp_NxHxBxC, lu_NxHxBxC, eu_NxBxD, new_stats = forward(params_groups, state, batch)
+    lp_NxHxBxC, lu_NxHxBxC, embs, new_stats = forward(params_groups, state, batch)
     probs = losses.source_probs(jax.lax.stop_gradient(lu_NxHxBxC), config.temperature)
     mixing = losses.mixing_weights(probs, weights_HxNxN, config.target, rng)
     targets = losses.mix_targets(mixing, probs)
     has_target_NxH = mixing.sum(axis=(2, 3)) > 0
-    emb_targets = (losses.mix_embeddings(mixing[:, 0], jax.lax.stop_gradient(eu_NxBxD))
-                   if config.nu_emb else eu_NxBxD)  # unused when nu_emb = 0
+    emb_N = embedding_losses(mixing, embs) if config.nu_emb else jnp.zeros(len(lp_NxHxBxC))
     terms = jax.vmap(functools.partial(client_losses, config=config))(
-        lp_NxHxBxC, batch['private']['label'], lu_NxHxBxC, eu_NxBxD, targets,
-        has_target_NxH, emb_targets)
+        lp_NxHxBxC, batch['private']['label'], lu_NxHxBxC, targets, has_target_NxH, emb_N)
     return terms['loss'].sum(), (terms, new_stats)
 
   def train_step(state: pop.TrainState, batch, rng):

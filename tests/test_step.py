@@ -184,3 +184,32 @@ def test_private_batch_of_one_client_never_reaches_another(strategy, target):
   for i in range(N):
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x[i], y[i])), a.groups, b.groups)
     assert all(jax.tree.leaves(same)) == (i != 1), f'client {i}'
+
+
+def _spec(width, n):
+  model_cfg = ml_collections.ConfigDict(dict(name='mlp', width=width, depth=1, dtype='float32',
+                                             aux_backbone_grad=True))
+  return pop.GroupSpec(models.make_model(model_cfg, H, C), optax.sgd(0.1, momentum=0.9), n)
+
+
+@pytest.mark.parametrize('target', ['most_confident', 'mean', 'random'])
+def test_groups_meet_only_through_outputs(target):
+  """Splitting one architecture into groups of 2 + 1 clients changes nothing."""
+  config, batches = distill_config(target), [make_batch(s) for s in range(2)]
+  one, m1 = run_steps((_spec(8, 3),), ADJ, config, batches)
+  two, m2 = run_steps((_spec(8, 2), _spec(8, 1)), ADJ, config, batches)
+  merged = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), two.groups[0].params,
+                        two.groups[1].params)
+  assert_trees_close(one.groups[0].params, merged, rtol=1e-5, atol=1e-6)
+  assert_trees_close(m1, m2, rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_distillation_only_between_matching_sizes():
+  """Client 0 (D = 8) learns only from client 2 (D = 16): logits yes, embeddings no."""
+  adjacency = np.array([[0, 0, 1], [1, 0, 0], [1, 1, 0]], np.float32)
+  specs = (_spec(8, 2), _spec(16, 1))
+  _, metrics = run_steps(specs, adjacency, distill_config('most_confident'), [make_batch(0)])
+  assert metrics['kd_main'][0] > 0 and metrics['emb'][0] == 0
+  assert metrics['emb'][1] > 0  # client 1 learns from client 0, same size
+  # Client 2 (D = 16) learns from 0 and 1 (D = 8): no embedding target either.
+  assert metrics['emb'][2] == 0 and metrics['kd_main'][2] > 0
