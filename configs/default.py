@@ -56,6 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.temperature = 1.0        # KD temperature T (losses scaled by T^2)
   c.target = 'most_confident'  # 'most_confident' | 'mean' | 'random'
   c.include_self = False     # aux head k also distils from the client's own head k-1
+  c.average_every = 0        # FedAvg / gossip baseline: average weights along the graph every
+                             # N steps (same-architecture clients only); 0 = off
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'       # mlp | cnn | resnet18 | resnet34 | resnet18_cifar | resnet34_cifar

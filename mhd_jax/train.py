@@ -8,6 +8,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from mhd_jax import baselines
 from mhd_jax import communication
 from mhd_jax import evaluate
 from mhd_jax import input_pipeline
@@ -52,8 +53,10 @@ def client_table(acc: evaluate.Accuracies) -> str:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains the population described by `config`, writes logs and summary to `workdir`.
 
-  Writes `workdir/metrics.jsonl` (one JSON record per log/eval step) and
-  `workdir/summary.json` (DESIGN §5). Returns the summary.
+  Writes `workdir/metrics.jsonl` (one JSON record per log/eval step),
+  `workdir/summary.json` (DESIGN §5) and `workdir/per_class.npz` (final
+  correct predictions per client, head and class; examples per class; primary
+  classes). Returns the summary.
   """
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
@@ -65,6 +68,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = jax.jit(step_lib.make_train_step(specs, adjacency, config, config.strategy),
                        donate_argnums=0)
   predict = jax.jit(evaluate.make_predict(specs, config.strategy))
+  average = jax.jit(baselines.make_average(specs, adjacency), donate_argnums=0)
   step_rng = jax.random.fold_in(rng, 1)
   primary = data.partition.primary_mask()
   sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
@@ -81,6 +85,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t_last, step_last = time.time(), 0
   for step in range(1, config.num_steps + 1):
     state, metrics = train_step(state, next(batches), step_rng)
+    if config.average_every and step % config.average_every == 0:
+      state = average(state)  # FedAvg / gossip baseline
     if step % config.log_every == 0 or step == config.num_steps:
       metrics = jax.device_get(metrics)
       now = time.time()
@@ -122,4 +128,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   }
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
+  np.savez(os.path.join(workdir, 'per_class.npz'), correct_NxHxC=acc.correct_NxHxC,
+           count_C=acc.count_C, primary_NxC=primary)
   return summary

@@ -1,0 +1,48 @@
+"""FedAvg / gossip averaging against hand-computed averages."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mhd_jax import baselines
+from mhd_jax import population as pop
+from mhd_jax import topology
+
+
+def test_averaging_matrix_is_row_stochastic_over_self_and_neighbours():
+  w = baselines.averaging_matrix(topology.chain(3))
+  np.testing.assert_allclose(w, [[1 / 2, 1 / 2, 0], [1 / 3, 1 / 3, 1 / 3], [0, 1 / 2, 1 / 2]],
+                             rtol=1e-6)
+  np.testing.assert_allclose(baselines.averaging_matrix(topology.empty(2)), np.eye(2))
+
+
+def _state(values_per_group):
+  groups = tuple(pop.Group(params={'w': jnp.asarray(v, jnp.float32)},
+                           batch_stats={'m': 10 * jnp.asarray(v, jnp.float32)},
+                           opt_state={'count': jnp.arange(len(v))})
+                 for v in values_per_group)
+  return pop.TrainState(step=jnp.zeros((), jnp.int32), groups=groups)
+
+
+class _Spec:
+  def __init__(self, n):
+    self.num_clients, self.model, self.tx = n, None, optax.identity()
+
+
+def test_complete_graph_is_fedavg_and_groups_do_not_mix():
+  state = _state([[[1.0], [2.0], [6.0]], [[100.0], [200.0]]])
+  average = jax.jit(baselines.make_average([_Spec(3), _Spec(2)], topology.complete(5)))
+  out = average(state)
+  np.testing.assert_allclose(out.groups[0].params['w'], [[3.0]] * 3, rtol=1e-6)
+  np.testing.assert_allclose(out.groups[0].batch_stats['m'], [[30.0]] * 3, rtol=1e-6)
+  # The second group (another architecture) averages only within itself.
+  np.testing.assert_allclose(out.groups[1].params['w'], [[150.0]] * 2, rtol=1e-6)
+  # Optimizer states stay local.
+  np.testing.assert_array_equal(out.groups[0].opt_state['count'], [0, 1, 2])
+
+
+def test_gossip_on_a_chain_moves_one_hop_per_round():
+  state = _state([[[0.0], [0.0], [6.0]]])
+  out = baselines.make_average([_Spec(3)], topology.chain(3))(state)
+  np.testing.assert_allclose(out.groups[0].params['w'], [[0.0], [2.0], [3.0]], rtol=1e-6)
