@@ -69,10 +69,15 @@ def init_group(spec: GroupSpec, first_client: int, image_shape, rng) -> Group:
   """Client i's variables come from `fold_in(rng, i)` (i global), whatever N is."""
   keys = jnp.stack([jax.random.fold_in(rng, first_client + i) for i in range(spec.num_clients)])
   dummy = jnp.zeros((1, *image_shape), jnp.float32)
-  variables = jax.vmap(lambda k: spec.model.init(k, dummy, train=False))(keys)
-  params = variables['params']
-  return Group(params=params, batch_stats=variables.get('batch_stats', {}),
-               opt_state=jax.vmap(spec.tx.init)(params))
+
+  @jax.jit
+  def init(keys):
+    variables = jax.vmap(lambda k: spec.model.init(k, dummy, train=False))(keys)
+    params = variables['params']
+    return Group(params=params, batch_stats=variables.get('batch_stats', {}),
+                 opt_state=jax.vmap(spec.tx.init)(params))
+
+  return init(keys)
 
 
 def init_state(specs: Sequence[GroupSpec], image_shape, rng) -> TrainState:
