@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from mhd_jax import tfds_pipeline
 
-_DATASET = flags.DEFINE_string('dataset', None, 'TFDS name, e.g. imagenet2012.', required=True)
+_DATASET = flags.DEFINE_string('dataset', None, 'TFDS name, e.g. imagenet2012.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data_dir ('' = TFDS default).")
 _MANUAL_DIR = flags.DEFINE_string(
     'manual_dir', '', "Manually downloaded files ('' = <data_dir>/downloads/manual).")
@@ -89,4 +89,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.mark_flag_as_required('dataset')
   app.run(main)
