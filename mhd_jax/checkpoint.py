@@ -113,19 +113,9 @@ def read_partition(workdir: str) -> dict:
     return json.load(f)
 
 
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def config_differences(saved: dict, config) -> list[str]:
   """'field: saved -> new' for every field that may not change when resuming."""
-  old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
+  old, new = config_check.dotted(saved), config_check.dotted(json.loads(config.to_json()))
   allowed = set(RESUMABLE)
   if new.get('optimizer.schedule') == 'cosine':
     allowed.discard('num_steps')

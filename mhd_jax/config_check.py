@@ -26,6 +26,17 @@ class ConfigError(ValueError):
     super().__init__('\n'.join(self.problems))
 
 
+def dotted(tree: dict, prefix: str = '') -> dict:
+  """A nested dict (a config's `to_dict()`) as {'section.field': value}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(dotted(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
 def _dataset_problem(name: str) -> str | None:
   """'digits', or a name TFDS knows (looked up only for non-default datasets)."""
   if name == 'digits':
@@ -91,13 +102,13 @@ def _name_problems(config) -> list[str]:
 
 
 def check_device_split(config, num_devices: int) -> list[str]:
-  """Batches that are split over this host's devices must divide evenly.
+  """Problems with splitting batches over this host's `num_devices` devices.
 
-  Today's step keeps every client's private batch whole and gives every
-  client the same public batch; what is split over devices is the data axis
-  of the shared batches (public and evaluation). The sharding of the client
-  axis extends this function: it is the one place that says how a config must
-  fit the devices.
+  Today's step keeps the whole population on one device, so nothing is split
+  yet. This checks the batches every client shares (public and evaluation),
+  which a split of the data axis over devices divides; it is the one place
+  that says how a config must fit the devices, for the sharding of the client
+  axis to extend (client padding, per-client batch splits).
   """
   problems = []
   for field in ('public_batch_size', 'eval_batch_size'):

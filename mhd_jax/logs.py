@@ -10,8 +10,8 @@ run's records equal an uninterrupted run's (but for the timings).
 
 TensorBoard files are written with TensorBoard's record writer, without
 importing TensorFlow (its event-file writer would, to reach `tf.io.gfile`,
-which costs seconds per run). Tags: `mean/<metric>` for the mean over clients and
-`<metric>/client_<i>` per client.
+which costs seconds per run). Tags: `mean/<metric>` for the mean over clients
+and `<metric>/client_<i>` per client; `bytes_sent` counts all bytes sent so far.
 """
 
 import json
@@ -25,6 +25,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 from tensorboard.summary.writer import record_writer
+
+from mhd_jax import config_check
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -62,15 +64,8 @@ class JsonlLog:
 
 def flat_hparams(config) -> dict:
   """The config as TensorBoard hyperparameters: dotted names, bool/number/str values."""
-  out = {}
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        walk(v, f'{prefix}{k}.')
-      else:
-        out[f'{prefix}{k}'] = v if isinstance(v, (bool, int, float, str)) else str(v)
-  walk(config.to_dict(), '')
-  return out
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+          for k, v in config_check.dotted(config.to_dict()).items()}
 
 
 def per_client(metric: str, values_N) -> dict:

@@ -1,6 +1,5 @@
 """Durable runs: killed (SIGKILL), preempted (SIGTERM) or stopped by a NaN, then resumed."""
 
-import functools
 import json
 import os
 import signal
