@@ -24,6 +24,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 500         # evaluation every N steps (and at the end)
   c.strategy = 'vmap'        # how clients run inside the step: 'vmap' | 'loop'
 
+  # Orbax checkpoints in WORKDIR/checkpoints; a run on a workdir that holds some
+  # resumes from the latest (see mhd_jax/checkpoint.py for what may change).
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500   # save every N steps, and always at the end; 0 = only at the end
+  c.checkpoint.keep = 3      # how many of the latest checkpoints to keep
+
   c.num_clients = 5
   c.num_heads = 3            # 1 = naive distillation, >= 2 = MHD
 

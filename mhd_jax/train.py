@@ -1,22 +1,52 @@
-"""The training loop: `train_and_evaluate(config, workdir)`."""
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Durability (see `checkpoint.py` and `logs.py`):
+- the population is checkpointed every `checkpoint.every` steps and at the
+  end; a run on a workdir that holds checkpoints resumes from the latest one
+  and ends exactly as an uninterrupted run would, since the batch of step s
+  depends only on (seed, s) and the step's randomness is fold_in(rng, s);
+- SIGTERM (preemption) makes the loop save the current step and raise
+  `Preempted`;
+- a non-finite loss raises `NonFiniteLossError` naming the first step and the
+  clients, and no checkpoint of a bad state is ever written.
+"""
 
 import json
 import os
+import signal
+import threading
 import time
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mhd_jax import baselines
+from mhd_jax import checkpoint
 from mhd_jax import communication
+from mhd_jax import config_check
 from mhd_jax import evaluate
 from mhd_jax import input_pipeline
+from mhd_jax import logs
 from mhd_jax import population as pop
+from mhd_jax import report
 from mhd_jax import step as step_lib
 from mhd_jax import topology
 
 TERMS = ('loss', 'ce', 'kd_main', 'kd_aux', 'emb', 'train_acc')
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss term became NaN or Inf; the message names the step and the clients."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; the state of `step` was checkpointed."""
+
+  def __init__(self, step: int):
+    self.step = step
+    super().__init__(f'preempted (SIGTERM) at step {step}; its checkpoint is saved.')
 
 
 def communication_costs(specs, state, adjacency, image_shape, config):
@@ -50,74 +80,105 @@ def client_table(acc: evaluate.Accuracies) -> str:
   return '\n'.join(rows)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains the population described by `config`, writes logs and summary to `workdir`.
+def watch_nonfinite(train_step):
+  """Adds `first_bad_N` to the step: per client, the first step with a non-finite term (0: none).
 
-  Writes `workdir/metrics.jsonl` (one JSON record per log/eval step),
-  `workdir/summary.json` (DESIGN §5) and `workdir/per_class.npz` (final
-  correct predictions per client, head and class; examples per class; primary
-  classes). Returns the summary.
+  Computed on device inside the same jit, so checking it costs one small
+  transfer where the loop syncs anyway (log and checkpoint steps).
   """
-  os.makedirs(workdir, exist_ok=True)
-  start = time.time()
-  adjacency = topology.build(config)
-  data = input_pipeline.get_data(config)
-  specs = pop.make_specs(config, data.num_classes)
-  rng = jax.random.PRNGKey(config.seed)
-  state = pop.init_state(specs, data.image_shape, jax.random.fold_in(rng, 0))
-  train_step = jax.jit(step_lib.make_train_step(specs, adjacency, config, config.strategy),
-                       donate_argnums=0)
-  predict = jax.jit(evaluate.make_predict(specs, config.strategy))
-  average = jax.jit(baselines.make_average(specs, adjacency), donate_argnums=0)
-  step_rng = jax.random.fold_in(rng, 1)
-  primary = data.partition.primary_mask()
-  sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
-  logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
-               '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
-               config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
-               fedavg.mean())
+  def step(state, batch, rng, first_bad_N):
+    state, metrics = train_step(state, batch, rng)
+    finite_N = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in TERMS]), axis=0)
+    return state, metrics, jnp.where((first_bad_N == 0) & ~finite_N, state.step, first_bad_N)
+  return step
+
+
+def _check_finite(first_bad_N, mngr) -> None:
+  bad = np.asarray(jax.device_get(first_bad_N))
+  if bad.any():
+    step = int(bad[bad > 0].min())
+    latest = mngr.latest_step()
+    kept = (f'the last good checkpoint (step {latest}) is kept in {mngr.directory}'
+            if latest is not None else 'no checkpoint was saved')
+    raise NonFiniteLossError(
+        f'non-finite loss at step {step} in clients {np.flatnonzero(bad == step).tolist()}; '
+        f'the run stops and {kept}.')
+
+
+class _SigtermWatch:
+  """While active, SIGTERM sets `requested` instead of killing the process."""
+
+  def __enter__(self):
+    self.requested, self._previous = False, None
+    if threading.current_thread() is threading.main_thread():  # signals need the main thread
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint after this step, then stopping.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _initial_state(mngr, specs, image_shape, config):
+  """(state, step, wall seconds so far) from the latest checkpoint, or a fresh population."""
+  latest = mngr.latest_step()
+  if latest is None:
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+    return pop.init_state(specs, image_shape, rng), 0, 0.0
+  if latest > config.num_steps:
+    raise config_check.ConfigError([
+        f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
+        f'{config.num_steps}; raise num_steps or choose another --workdir.'])
+  state, meta = checkpoint.restore(mngr, checkpoint.abstract_state(specs, image_shape), latest)
+  logging.info('resuming from the checkpoint of step %d in %s.', latest, mngr.directory)
+  return state, latest, float(meta['wall_seconds'])
+
+
+def _log_train(step, metrics, clock, sent_N, config, log, board):
+  """Progress line, metrics.jsonl record and TensorBoard scalars; returns the new clock."""
+  metrics = jax.device_get(metrics)
+  now = time.time()
+  rate = (step - clock[1]) / max(now - clock[0], 1e-9)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
+  means = {k: float(np.mean(metrics[k])) for k in TERMS}
+  logging.info('step %d/%d | %.1f steps/s, %.0f client-steps/s, %.0f examples/s | ETA %.0fs'
+               ' | %s', step, config.num_steps, rate, rate * config.num_clients,
+               rate * examples_per_step, (config.num_steps - step) / rate,
+               ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
+  log.write({'step': step, 'steps_per_sec': rate,
+             'client_steps_per_sec': rate * config.num_clients,
+             'examples_per_sec': rate * examples_per_step, **means,
+             'clients': {k: np.asarray(metrics[k]).tolist() for k in TERMS}})
+  scalars = {'mean/steps_per_sec': rate, **logs.per_client('bytes_sent', sent_N * step)}
+  for k in TERMS:
+    scalars.update(logs.per_client(k, metrics[k]))
+  board.write(step, scalars)
+  return now, step
 
-  log = open(os.path.join(workdir, 'metrics.jsonl'), 'w')
-  batches = data.train_batches(0)
-  acc = None
-  t_last, step_last = time.time(), 0
-  for step in range(1, config.num_steps + 1):
-    state, metrics = train_step(state, next(batches), step_rng)
-    if config.average_every and step % config.average_every == 0:
-      state = average(state)  # FedAvg / gossip baseline
-    if step % config.log_every == 0 or step == config.num_steps:
-      metrics = jax.device_get(metrics)
-      now = time.time()
-      rate = (step - step_last) / (now - t_last)
-      t_last, step_last = now, step
-      means = {k: float(np.mean(metrics[k])) for k in TERMS}
-      if not all(np.isfinite(v) for v in means.values()):
-        raise FloatingPointError(f'non-finite loss at step {step}: {means}')
-      logging.info('step %d/%d | %.1f steps/s, %.0f client-steps/s, %.0f examples/s | ETA %.0fs'
-                   ' | %s', step, config.num_steps, rate, rate * config.num_clients,
-                   rate * examples_per_step, (config.num_steps - step) / rate,
-                   ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
-      log.write(json.dumps({'step': step, 'steps_per_sec': rate,
-                            'client_steps_per_sec': rate * config.num_clients,
-                            'examples_per_sec': rate * examples_per_step, **means,
-                            'clients': {k: np.asarray(metrics[k]).tolist() for k in TERMS}})
-                + '\n')
-    if step % config.eval_every == 0 or step == config.num_steps:
-      acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
-      rec = _eval_record(acc)
-      logging.info('eval step %d | mean private acc %s | mean shared acc %s', step,
-                   np.round(rec['mean_private_acc'], 4).tolist(),
-                   np.round(rec['mean_shared_acc'], 4).tolist())
-      log.write(json.dumps({'step': step, 'eval': rec}) + '\n')
-    log.flush()
-  log.close()
 
-  logging.info('final accuracies (%%):\n%s', client_table(acc))
-  summary = {
+def _log_eval(step, acc, log, board) -> None:
+  rec = _eval_record(acc)
+  logging.info('eval step %d | mean private acc %s | mean shared acc %s', step,
+               np.round(rec['mean_private_acc'], 4).tolist(),
+               np.round(rec['mean_shared_acc'], 4).tolist())
+  log.write({'step': step, 'eval': rec})
+  scalars = {}
+  for k in range(acc.private_NxH.shape[1]):
+    scalars.update(logs.per_client(f'private_acc_head{k}', acc.private_NxH[:, k]))
+    scalars.update(logs.per_client(f'shared_acc_head{k}', acc.shared_NxH[:, k]))
+  board.write(step, scalars)
+
+
+def _summary(config, acc, sent, fedavg, wall_seconds) -> dict:
+  return {
       'num_clients': config.num_clients, 'num_heads': config.num_heads,
-      'steps': config.num_steps, 'wall_seconds': time.time() - start,
+      'steps': config.num_steps, 'wall_seconds': wall_seconds,
       'mean_private_acc': acc.private_NxH.mean(0).tolist(),
       'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
       'clients': [{'id': i, 'private_acc': acc.private_NxH[i].tolist(),
@@ -126,8 +187,92 @@ def train_and_evaluate(config, workdir: str) -> dict:
       'bytes_sent_per_step': int(sent.sum()),
       'fedavg_bytes_per_round': int(fedavg.sum()),
   }
+
+
+def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
+  """Trains the population described by `config`, writes logs and summary to `workdir`.
+
+  Resumes from the latest checkpoint in `workdir` if there is one. Writes
+  `metrics.jsonl` (one JSON record per log/eval step), `tensorboard/`,
+  `checkpoints/` and their metadata, and at the end `summary.json`
+  (DESIGN §5), `per_class.npz` (final correct predictions per client, head and
+  class; examples per class; primary classes) and `report/`. Returns the summary.
+
+  Args:
+    config: the run's config (checked first: `config_check.ConfigError`).
+    workdir: where everything is written.
+    overwrite: replace a run of another config found in `workdir` instead of
+      refusing it (the earlier run's outputs are deleted).
+
+  Raises:
+    config_check.ConfigError: a bad config, or a workdir of another run.
+    NonFiniteLossError: a loss term became NaN or Inf.
+    Preempted: SIGTERM arrived; the current step was checkpointed.
+  """
+  start = time.time()
+  config_check.validate(config)
+  checkpoint.check_workdir(workdir, config, overwrite)
+  adjacency = topology.build(config)
+  data = input_pipeline.get_data(config)
+  config_check.validate_partition(data.partition, config)
+  if overwrite:
+    checkpoint.clear_workdir(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  specs = pop.make_specs(config, data.num_classes)
+  mngr = checkpoint.manager(workdir, config)
+  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config)
+  checkpoint.write_metadata(workdir, config, data)
+  train_step = jax.jit(watch_nonfinite(step_lib.make_train_step(
+      specs, adjacency, config, config.strategy)), donate_argnums=(0, 3))
+  predict = jax.jit(evaluate.make_predict(specs, config.strategy))
+  average = jax.jit(baselines.make_average(specs, adjacency), donate_argnums=0)
+  step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  primary = data.partition.primary_mask()
+  sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
+  logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
+               '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
+               config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
+               fedavg.mean())
+
+  log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
+  board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
+  wall = lambda: wall_before + time.time() - start
+  first_bad = jnp.zeros(config.num_clients, jnp.int32)
+  batches = data.train_batches(start_step)
+  every, acc, clock = config.checkpoint.every, None, (time.time(), start_step)
+  try:
+    with _SigtermWatch() as sigterm:
+      for step in range(start_step + 1, config.num_steps + 1):
+        state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad)
+        if config.average_every and step % config.average_every == 0:
+          state = average(state)  # FedAvg / gossip baseline
+        last = step == config.num_steps
+        if step % config.log_every == 0 or last:
+          _check_finite(first_bad, mngr)
+          clock = _log_train(step, metrics, clock, sent, config, log, board)
+        if step % config.eval_every == 0 or last:
+          acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
+          _log_eval(step, acc, log, board)
+        if (every and step % every == 0) or last or sigterm.requested:
+          _check_finite(first_bad, mngr)  # a bad state is never saved
+          checkpoint.save(mngr, step, state, wall(), force=True)
+        if sigterm.requested and not last:
+          mngr.wait_until_finished()
+          raise Preempted(step)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    log.close()
+    board.close()
+
+  if acc is None:  # resumed from the final checkpoint: nothing left to train
+    acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
+  logging.info('final accuracies (%%):\n%s', client_table(acc))
+  summary = _summary(config, acc, sent, fedavg, wall())
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
   np.savez(os.path.join(workdir, 'per_class.npz'), correct_NxHxC=acc.correct_NxHxC,
            count_C=acc.count_C, primary_NxC=primary)
+  report.write(os.path.join(workdir, 'report'),
+               logs.read_jsonl(os.path.join(workdir, 'metrics.jsonl')), acc, adjacency, summary)
   return summary

@@ -1,9 +1,49 @@
-"""Test-session settings."""
+"""Test-session settings and shared fixtures (a short finished run of the default config)."""
+
+import json
+import os
 
 import jax
+import pytest
+
+from configs import default
+from mhd_jax import train
 
 # The partitionable threefry PRNG (JAX's default) compiles random initialisers
 # several times more slowly on CPU (ResNet-18 init: 12 s vs 3.5 s). The tests
 # never depend on particular random values, only on their agreement between
 # code paths, so they use the cheaper-to-compile form.
 jax.config.update('jax_threefry_partitionable', False)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def short_config(**overrides):
+  """The default config cut to seconds: 40 steps, logs every 10, evaluations and checkpoints
+  every 20; `overrides` by dotted name."""
+  config = default.get_config()
+  config.num_steps = 40
+  config.log_every = 10
+  config.eval_every = 20
+  config.checkpoint.every = 20
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.fixture(scope='session')
+def short_run(tmp_path_factory):
+  """(workdir, summary) of a finished 40-step run of the default config."""
+  workdir = str(tmp_path_factory.mktemp('short_run'))
+  summary = train.train_and_evaluate(short_config(), workdir)
+  return workdir, summary
+
+
+def read_records(workdir, timings=False):
+  """metrics.jsonl's records; without the timing fields unless `timings`."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  if not timings:
+    for r in records:
+      for k in ('steps_per_sec', 'client_steps_per_sec', 'examples_per_sec'):
+        r.pop(k, None)
+  return records

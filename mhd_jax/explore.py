@@ -1,0 +1,128 @@
+"""A finished (or interrupted) run, loaded for study: `mhd_jax.load(workdir)`.
+
+    run = mhd_jax.load('/tmp/mhd_default')    # the latest checkpoint
+    run.config.num_heads, run.step, run.adjacency
+    run.predict(client=2, head=1, images=x)    # [B] predicted classes
+    run.logits(client=2, images=x)             # [H, B, C]
+    acc = run.accuracies()                     # evaluate.Accuracies on the eval split
+    acc.private_NxH, acc.shared_NxH, acc.per_class()   # [N, H], [N, H], [N, H, C]
+    run.client_accuracy(2)                     # {'private': [H], 'shared': [H]}
+    run.metrics(), run.summary()               # metrics.jsonl records, summary.json
+
+Everything comes from the workdir: the config and dataset facts written
+beside the checkpoints, and the checkpoint itself. Nothing is re-stated.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from mhd_jax import checkpoint
+from mhd_jax import evaluate
+from mhd_jax import input_pipeline
+from mhd_jax import logs
+from mhd_jax import population as pop
+from mhd_jax import topology
+
+
+@dataclasses.dataclass
+class Run:
+  """A population restored from a workdir, with per-client helpers.
+
+  Attributes:
+    workdir: where it was loaded from.
+    config: the run's config (`config.json`).
+    step: the step of the loaded checkpoint.
+    state: the population's TrainState (clients stacked per group).
+    specs: the population's groups (model, optimizer, size).
+    adjacency: [N, N], A[i, j] > 0 when client i learns from client j.
+    partition: dataset facts and the partition (`partition.json`): num_classes,
+      image_shape, primary_classes, client_sizes, label_counts.
+  """
+  workdir: str
+  config: Any
+  step: int
+  state: pop.TrainState
+  specs: tuple
+  adjacency: np.ndarray
+  partition: dict
+  _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  @property
+  def num_clients(self) -> int:
+    return self.config.num_clients
+
+  def primary_mask(self) -> np.ndarray:
+    """[N, C] bool: client i owns class c."""
+    mask = np.zeros((self.num_clients, self.partition['num_classes']), bool)
+    for i, classes in enumerate(self.partition['primary_classes']):
+      mask[i, classes] = True
+    return mask
+
+  def logits(self, client: int, images) -> np.ndarray:
+    """[H, B, C] logits of every head of `client` on images [B, ...] (eval mode)."""
+    g, one = pop.client_slice(self.state, self.specs, client)
+    logits, _ = self._apply(g)({'params': one.params, 'batch_stats': one.batch_stats},
+                               np.asarray(images, np.float32))
+    return np.asarray(logits)
+
+  def predict(self, client: int, head: int, images) -> np.ndarray:
+    """[B] classes that head `head` of `client` predicts for images [B, ...]."""
+    return self.logits(client, images)[head].argmax(-1)
+
+  def _apply(self, group: int):
+    key = ('apply', group)
+    if key not in self._cache:
+      self._cache[key] = jax.jit(functools.partial(self.specs[group].model.apply, train=False))
+    return self._cache[key]
+
+  @functools.cached_property
+  def data(self) -> input_pipeline.Data:
+    """The run's dataset and partition (built again from the config)."""
+    return input_pipeline.get_data(self.config)
+
+  def accuracies(self) -> evaluate.Accuracies:
+    """Private and shared accuracy of every client and head on the evaluation split."""
+    if 'accuracies' not in self._cache:
+      predict = jax.jit(evaluate.make_predict(self.specs, self.config.strategy))
+      self._cache['accuracies'] = evaluate.accuracies(
+          predict, self.state, self.data.eval_batches(), self.primary_mask())
+    return self._cache['accuracies']
+
+  def client_accuracy(self, client: int) -> dict:
+    """{'private': [H], 'shared': [H]} accuracies of one client's heads."""
+    acc = self.accuracies()
+    return {'private': acc.private_NxH[client].tolist(),
+            'shared': acc.shared_NxH[client].tolist()}
+
+  def metrics(self) -> list[dict]:
+    """The records of metrics.jsonl (training every log_every steps, and evaluations)."""
+    return logs.read_jsonl(os.path.join(self.workdir, 'metrics.jsonl'))
+
+  def summary(self) -> dict | None:
+    """summary.json, or None if the run has not finished."""
+    path = os.path.join(self.workdir, 'summary.json')
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+
+def load(workdir: str, step: int | None = None) -> Run:
+  """Loads the checkpoint of `step` (default: the latest) of the run in `workdir`."""
+  config = checkpoint.read_config(workdir)
+  facts = checkpoint.read_partition(workdir)
+  specs = pop.make_specs(config, facts['num_classes'])
+  mngr = checkpoint.manager(workdir)
+  try:
+    state, meta = checkpoint.restore(
+        mngr, checkpoint.abstract_state(specs, tuple(facts['image_shape'])), step)
+  finally:
+    mngr.close()
+  return Run(workdir=workdir, config=config, step=int(meta['step']), state=state, specs=specs,
+             adjacency=topology.build(config), partition=facts)

@@ -1,0 +1,127 @@
+"""Bad input: each problem gets its own one-line message, and `launch.py` shows no traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from mhd_jax import checkpoint
+from mhd_jax import config_check
+from tests.conftest import ROOT, short_config
+
+EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+
+# name: (launch flags, environment, the expected message's telling part)
+BAD = {
+    'unknown dataset': (['--config.data.name=no_such_dataset'], {},
+                        "unknown dataset 'no_such_dataset'"),
+    'unknown model': (['--config.model.name=transformer'], {},
+                      "unknown model 'transformer': config.model.name must be one of mlp, cnn"),
+    'adjacency shape': (['--config.topology=explicit', '--config.adjacency=0 1; 1 0'], {},
+                        'adjacency has shape (2, 2), expected (5, 5) for num_clients=5'),
+    'adjacency sign': (['--config.num_clients=2', '--config.topology=explicit',
+                        '--config.adjacency=0 -1; 1 0'], {},
+                       'adjacency has negative weights (e.g. A[0, 1] = -1.0)'),
+    'clients vs graph': (['--config.num_clients=3', '--config.topology=islands',
+                          '--config.num_islands=4'], {}, 'num_islands must be in [1, 3], got 4'),
+    'clients vs partition': (['--config.num_clients=40', '--config.partition=dirichlet',
+                              '--config.dirichlet_alpha=0.01'], {},
+                             'the dirichlet partition leaves clients [0, 1, 2'),
+    'groups vs clients': (['--config=configs/digits_hetero.py', '--config.num_clients=7'], {},
+                          'groups hold 8 clients in all but num_clients is 7'),
+    'skew': (['--config.skew=1.5'], {}, 'skew must be in [0, 1] (0 = iid, 1 = only primary '
+                                        'classes), got 1.5.'),
+    'batch vs devices': (['--config.data.public_batch_size=60'], EIGHT_DEVICES,
+                         'data.public_batch_size=60 is not divisible by the device count (8)'),
+    'workdir of another config': ([], {}, 'holds a run with a different config (skew: 0.5 -> 0.9)'
+                                  '; choose another --workdir, or pass --overwrite'),
+}
+
+
+def _workdir_of_another_run(path) -> str:
+  """A workdir holding a run whose config differs from the default in `skew`."""
+  other = default.get_config()
+  other.skew = 0.5
+  os.makedirs(path)
+  (path / 'config.json').write_text(other.to_json())
+  (path / 'metrics.jsonl').write_text('{"step": 10}\n')
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def launched(tmp_path_factory):
+  """Every bad case, plus --overwrite on another run's workdir, launched all at once."""
+  tmp = tmp_path_factory.mktemp('bad')
+  cases = {name: (flags, env, str(tmp / name.replace(' ', '_')))
+           for name, (flags, env, _) in BAD.items()}
+  cases['workdir of another config'] = ([], {}, _workdir_of_another_run(tmp / 'other'))
+  cases['overwrite'] = (['--overwrite', '--config.num_steps=5', '--config.log_every=5',
+                         '--config.eval_every=5'], {}, _workdir_of_another_run(tmp / 'overwrite'))
+  procs = {name: subprocess.Popen(
+      [sys.executable, 'launch.py', f'--workdir={workdir}', *flags], cwd=ROOT, text=True,
+      env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for name, (flags, env, workdir) in cases.items()}
+  return {name: (proc.wait(timeout=300), proc.communicate()[1], cases[name][2])
+          for name, proc in procs.items()}
+
+
+@pytest.mark.parametrize('name', list(BAD))
+def test_launch_gives_one_line_per_bad_config_and_no_traceback(launched, name):
+  returncode, stderr, _ = launched[name]
+  assert returncode == 2, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  lines = [line for line in stderr.splitlines() if 'error' in line.lower()]
+  assert len(lines) == 1 and lines[0].startswith('config error: '), stderr[-3000:]
+  assert BAD[name][2] in lines[0]
+
+
+def test_a_refused_workdir_is_left_untouched(launched):
+  _, _, workdir = launched['workdir of another config']
+  assert sorted(os.listdir(workdir)) == ['config.json', 'metrics.jsonl']
+  assert json.loads(open(os.path.join(workdir, 'config.json')).read())['skew'] == 0.5
+
+
+def test_overwrite_replaces_the_other_run(launched):
+  returncode, stderr, workdir = launched['overwrite']
+  assert returncode == 0, stderr[-3000:]
+  assert checkpoint.read_config(workdir).skew == 0.9
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert [json.loads(line)['step'] for line in f] == [5, 5]  # the old record is gone
+
+
+def test_every_problem_is_listed_on_its_own_line():
+  config = short_config(skew=-0.1, num_heads=0, target='loudest',
+                        **{'model.name': 'vit', 'data.batch_size': 0})
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.validate(config, num_devices=1)
+  assert len(e.value.problems) == 5 and str(e.value).count('\n') == 4
+  assert all('\n' not in p for p in e.value.problems)
+  assert "unknown target 'loudest'" in str(e.value)
+  assert 'data.batch_size must be >= 1' in str(e.value)
+
+
+def test_the_default_config_passes():
+  assert config_check.problems(default.get_config(), num_devices=1) == []
+  assert config_check.problems(default.get_config(), num_devices=8) == []
+
+
+def test_device_split_names_each_batch():
+  config = short_config(**{'data.public_batch_size': 12, 'data.eval_batch_size': 90})
+  assert config_check.check_device_split(config, 1) == []
+  assert config_check.check_device_split(config, 4) == [
+      'data.eval_batch_size=90 is not divisible by the device count (4); use a multiple of 4.']
+  assert len(config_check.check_device_split(config, 8)) == 2
+
+
+def test_overwrite_removes_only_what_a_run_writes(tmp_path):
+  workdir = _workdir_of_another_run(tmp_path / 'w')
+  os.makedirs(os.path.join(workdir, 'checkpoints', '10'))
+  (tmp_path / 'w' / 'notes.txt').write_text('mine')
+  with pytest.raises(config_check.ConfigError):
+    checkpoint.check_workdir(workdir, default.get_config(), overwrite=False)
+  checkpoint.check_workdir(workdir, default.get_config(), overwrite=True)
+  checkpoint.clear_workdir(workdir)
+  assert os.listdir(workdir) == ['notes.txt']
