@@ -8,6 +8,7 @@ Runs go to `DIR/NAME/<variant>/seed<k>/`. `--config` picks the base config
 configs; `--config.FIELD=value` overrides it.
 """
 
+import inspect
 import json
 import os
 from typing import Callable
@@ -234,7 +235,8 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   results, xlabel = STUDIES[name](_CONFIG.value, range(_SEEDS.value),
                                   os.path.join(_WORKDIR.value, name))
-  md = (f'# {name}\n\n{STUDIES[name].__doc__}\n\nMean ± std over {_SEEDS.value} seeds; '
+  doc = inspect.cleandoc(STUDIES[name].__doc__)
+  md = (f'# {name}\n\n{doc}\n\nMean ± std over {_SEEDS.value} seeds; '
         'private = mean private accuracy of head 0, shared = mean shared accuracy of the '
         'last head (%).\n\n' + table(results['grid'], xlabel) + '\n')
   if 'transitivity' in results:
