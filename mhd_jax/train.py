@@ -12,6 +12,7 @@ from mhd_jax import communication
 from mhd_jax import evaluate
 from mhd_jax import input_pipeline
 from mhd_jax import population as pop
+from mhd_jax import sharding
 from mhd_jax import step as step_lib
 from mhd_jax import topology
 
@@ -57,14 +58,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
+  sharding.initialize_distributed(config)
   adjacency = topology.build(config)
-  data = input_pipeline.get_data(config)
+  layout = sharding.Layout.create(pop.group_sizes(config), sharding.make_mesh(config.num_devices))
+  data = input_pipeline.get_data(config, layout.local_client_ids())  # this process's clients
   specs = pop.make_specs(config, data.num_classes)
+  strategy = pop.resolve_strategy(config.strategy)
   rng = jax.random.PRNGKey(config.seed)
-  state = pop.init_state(specs, data.image_shape, jax.random.fold_in(rng, 0))
-  train_step = jax.jit(step_lib.make_train_step(specs, adjacency, config, config.strategy),
-                       donate_argnums=0)
-  predict = jax.jit(evaluate.make_predict(specs, config.strategy))
+  state = layout.init_state(specs, data.image_shape, jax.random.fold_in(rng, 0))
+  train_step = layout.make_train_step(specs, adjacency, config, strategy)
+  predict = layout.make_predict(specs, strategy)
   step_rng = jax.random.fold_in(rng, 1)
   primary = data.partition.primary_mask()
   sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
@@ -72,6 +75,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
                config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
                fedavg.mean())
+  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s).',
+               strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
+               layout.num_padding)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
 
@@ -80,7 +86,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   acc = None
   t_last, step_last = time.time(), 0
   for step in range(1, config.num_steps + 1):
-    state, metrics = train_step(state, next(batches), step_rng)
+    state, metrics = train_step(state, layout.place_batch(next(batches)), step_rng)
     if step % config.log_every == 0 or step == config.num_steps:
       metrics = jax.device_get(metrics)
       now = time.time()
