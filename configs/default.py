@@ -22,7 +22,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_steps = 1500
   c.log_every = 100          # progress line and metrics.jsonl record every N steps
   c.eval_every = 500         # evaluation every N steps (and at the end)
-  c.strategy = 'vmap'        # how clients run inside the step: 'vmap' | 'loop'
+  c.strategy = 'auto'        # how clients run inside the step: auto | vmap | hybrid | loop
+  c.num_devices = 0          # devices the client axis is sharded over (0 = all)
+  c.distributed = ml_collections.ConfigDict()  # multi-host start-up (jax.distributed)
+  c.distributed.initialize = False     # True on multi-host TPU pods / GPU clusters
+  c.distributed.coordinator_address = ''  # '' = let JAX detect the cluster; else 'host:port'
+  c.distributed.num_processes = 0      # with coordinator_address
+  c.distributed.process_id = -1        # with coordinator_address
 
   # Orbax checkpoints in WORKDIR/checkpoints; a run on a workdir that holds some
   # resumes from the latest (see mhd_jax/checkpoint.py for what may change).

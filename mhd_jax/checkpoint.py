@@ -13,8 +13,8 @@ A workdir holds:
 
 A run on a workdir that holds checkpoints resumes from the latest one. Its
 config must equal the saved one except for the fields in `RESUMABLE` (how
-long, how often to log and save, where the data lives, how clients are run:
-none changes what a step computes, though `strategy` may change the last bits
+long, how often to log and save, where the data lives, how clients are run and
+on how many devices and hosts: none changes what a step computes, though `strategy` may change the last bits
 of the floats). `num_steps` stays fixed under a cosine schedule, whose shape
 depends on it.
 """
@@ -32,10 +32,12 @@ from mhd_jax import config_check
 from mhd_jax import population as pop
 
 RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkpoint.keep',
-             'data.data_dir', 'strategy')
+             'data.data_dir', 'strategy', 'num_devices', 'distributed.initialize',
+             'distributed.coordinator_address', 'distributed.num_processes',
+             'distributed.process_id')
 # What a run writes into its workdir; `--overwrite` removes exactly these.
 OUTPUTS = ('checkpoints', 'config.json', 'partition.json', 'partition_indices.npz',
-           'metrics.jsonl', 'summary.json', 'report', 'tensorboard')
+           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard')
 _ITEMS = ('state', 'meta')
 
 

@@ -31,6 +31,7 @@ from mhd_jax import input_pipeline
 from mhd_jax import logs
 from mhd_jax import population as pop
 from mhd_jax import report
+from mhd_jax import sharding
 from mhd_jax import step as step_lib
 from mhd_jax import topology
 
@@ -124,19 +125,23 @@ class _SigtermWatch:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _initial_state(mngr, specs, image_shape, config):
-  """(state, step, wall seconds so far) from the latest checkpoint, or a fresh population."""
+def _initial_state(mngr, specs, image_shape, config, layout):
+  """(state, step, wall seconds so far) from the latest checkpoint, or a fresh population.
+
+  Checkpoints hold the real clients only (no padding), so any device count
+  can restore them; the state comes back padded and placed on the mesh.
+  """
   latest = mngr.latest_step()
   if latest is None:
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    return pop.init_state(specs, image_shape, rng), 0, 0.0
+    return layout.init_state(specs, image_shape, rng), 0, 0.0
   if latest > config.num_steps:
     raise config_check.ConfigError([
         f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
         f'{config.num_steps}; raise num_steps or choose another --workdir.'])
   state, meta = checkpoint.restore(mngr, checkpoint.abstract_state(specs, image_shape), latest)
   logging.info('resuming from the checkpoint of step %d in %s.', latest, mngr.directory)
-  return state, latest, float(meta['wall_seconds'])
+  return layout.pad_state(state), latest, float(meta['wall_seconds'])
 
 
 def _log_train(step, metrics, clock, sent_N, config, log, board):
@@ -210,22 +215,26 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     Preempted: SIGTERM arrived; the current step was checkpointed.
   """
   start = time.time()
+  sharding.initialize_distributed(config)  # before anything touches the devices
   config_check.validate(config)
   checkpoint.check_workdir(workdir, config, overwrite)
   adjacency = topology.build(config)
-  data = input_pipeline.get_data(config)
+  layout = sharding.Layout.create(pop.group_sizes(config), sharding.make_mesh(config.num_devices))
+  data = input_pipeline.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
   if overwrite:
     checkpoint.clear_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   specs = pop.make_specs(config, data.num_classes)
   mngr = checkpoint.manager(workdir, config)
-  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config)
+  strategy = pop.resolve_strategy(config.strategy)
+  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout)
   checkpoint.write_metadata(workdir, config, data)
-  train_step = jax.jit(watch_nonfinite(step_lib.make_train_step(
-      specs, adjacency, config, config.strategy)), donate_argnums=(0, 3))
-  predict = jax.jit(evaluate.make_predict(specs, config.strategy))
-  average = jax.jit(baselines.make_average(specs, adjacency), donate_argnums=0)
+  train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy)),
+                       donate_argnums=(0, 3))
+  predict = layout.make_predict(specs, strategy)
+  average_real = baselines.make_average(specs, adjacency)  # over the real clients only
+  average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   primary = data.partition.primary_mask()
   sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
@@ -233,6 +242,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
                config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
                fedavg.mean())
+  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s).',
+               strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
+               layout.num_padding)
 
   log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
   board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
@@ -243,7 +255,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   try:
     with _SigtermWatch() as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
-        state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad)
+        state, metrics, first_bad = train_step(state, layout.place_batch(next(batches)), step_rng,
+                                               first_bad)
         if config.average_every and step % config.average_every == 0:
           state = average(state)  # FedAvg / gossip baseline
         last = step == config.num_steps
@@ -255,7 +268,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           _log_eval(step, acc, log, board)
         if (every and step % every == 0) or last or sigterm.requested:
           _check_finite(first_bad, mngr)  # a bad state is never saved
-          checkpoint.save(mngr, step, state, wall(), force=True)
+          checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True)
         if sigterm.requested and not last:
           mngr.wait_until_finished()
           raise Preempted(step)

@@ -139,8 +139,8 @@ def test_nan_stops_the_run_naming_step_and_client_and_keeps_the_last_good_checkp
     tmp_path, monkeypatch):
   real_get_data = input_pipeline.get_data
 
-  def get_data(config):
-    data = real_get_data(config)
+  def get_data(config, client_ids=None):
+    data = real_get_data(config, client_ids)
     def train_batches(start_step):
       for step, batch in enumerate(data.train_batches(start_step), start_step + 1):
         if step == 7:  # the batch of step 7 (steps count from 1)

@@ -1,0 +1,204 @@
+"""The population's client axis spread over devices and hosts (DESIGN §4).
+
+Every leaf of every group's state has a leading client axis; it is sharded
+over the mesh axis 'clients' (`NamedSharding(mesh, P('clients'))`), so each
+device holds, and computes, only its own clients. The public batch is
+replicated. Inside the step each device runs the model on its clients
+(`shard_map`, see `step.make_train_step`); the distillation targets are built
+in the global view from all clients' public outputs, and XLA moves those
+outputs between devices with the collectives the shardings call for (an
+all-gather of [N, H, B_pub, C] logits: the only cross-client traffic, as in
+the algorithm).
+
+A group whose size the device count does not divide is padded at its end with
+masked clients (copies of its client 0 fed zero images): they get no target
+and no loss and their state never changes. Metrics, predictions and
+`unpad_state` speak of the real clients only.
+
+Multi-host: `initialize_distributed` starts `jax.distributed` when the config
+asks; each process then feeds only the clients its devices hold
+(`Layout.local_client_ids`, to pass to `input_pipeline.get_data`), and
+`Layout.place_batch` assembles the global batch from the processes' parts.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from mhd_jax import evaluate
+from mhd_jax import population as pop
+from mhd_jax import step as step_lib
+
+AXIS = 'clients'
+
+
+def initialize_distributed(config) -> bool:
+  """Starts `jax.distributed` if `config.distributed.initialize`; returns whether it did.
+
+  Call it before anything touches the devices. With no address given, JAX
+  finds the cluster itself (Cloud TPU pods, SLURM, ...); otherwise
+  `coordinator_address`, `num_processes` and `process_id` are passed on.
+  """
+  dist = config.get('distributed')
+  if dist is None or not dist.initialize:
+    return False
+  kwargs = {}
+  if dist.coordinator_address:
+    kwargs = {'coordinator_address': dist.coordinator_address,
+              'num_processes': dist.num_processes, 'process_id': dist.process_id}
+  jax.distributed.initialize(**kwargs)
+  return True
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A one-axis ('clients') mesh over the first `num_devices` devices (0: all of them)."""
+  available = jax.device_count()
+  n = num_devices or available
+  if not 1 <= n <= available:
+    raise ValueError(f'num_devices={num_devices} but {available} device(s) are available '
+                     f'({jax.devices()[0].platform}); use 0 for all of them.')
+  if n != available and jax.process_count() > 1:
+    raise ValueError(f'num_devices={num_devices}: on several hosts the mesh must span all '
+                     f'{available} devices; use 0.')
+  devices = jax.devices()[:n]
+  return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the clients live: each group's clients, padded to a multiple of the mesh size.
+
+  Stacked positions run group after group (group g occupies `padded[g]`
+  positions, its real clients first); real client ids run group after group
+  too, as in `population`.
+  """
+  mesh: Mesh
+  sizes: tuple[int, ...]   # real clients per group
+  padded: tuple[int, ...]  # stacked clients per group
+
+  @classmethod
+  def create(cls, sizes: Sequence[int], mesh: Mesh, allow_padding: bool = True):
+    """Layout of groups of `sizes` clients; padding or, if not allowed, a clear refusal."""
+    d = mesh.devices.size
+    sizes = tuple(int(n) for n in sizes)
+    padded = tuple(-(-n // d) * d for n in sizes)
+    if padded != sizes and not allow_padding:
+      raise ValueError(f'group sizes {list(sizes)} are not multiples of the {d} devices of the '
+                       f'mesh; change num_clients, set num_devices to a divisor, or allow '
+                       f'padding with masked clients.')
+    return cls(mesh, sizes, padded)
+
+  @property
+  def clients(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(AXIS))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def num_padding(self) -> int:
+    return sum(self.padded) - sum(self.sizes)
+
+  def padded_specs(self, specs):
+    return tuple(dataclasses.replace(s, num_clients=p) for s, p in zip(specs, self.padded))
+
+  def real_clients(self) -> np.ndarray:
+    """[N] stacked position of each real client."""
+    firsts = np.cumsum([0, *self.padded])[:-1]
+    return np.concatenate([f + np.arange(n) for f, n in zip(firsts, self.sizes)])
+
+  def state_shardings(self):
+    """Sharding prefix of a TrainState: the step counter replicated, every group leaf by client."""
+    return pop.TrainState(step=self.replicated, groups=self.clients)
+
+  def batch_shardings(self):
+    return {'private': self.clients, 'public': self.replicated}
+
+  def _pad(self, state: pop.TrainState) -> pop.TrainState:
+    def pad(x, extra):
+      return jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]) if extra else x
+    groups = tuple(jax.tree.map(lambda x, e=p - n: pad(x, e), g)
+                   for g, n, p in zip(state.groups, self.sizes, self.padded))
+    return pop.TrainState(step=state.step, groups=groups)
+
+  def pad_state(self, state: pop.TrainState) -> pop.TrainState:
+    """Pads every group with copies of its client 0 and places the state on the mesh."""
+    return jax.jit(self._pad, out_shardings=self.state_shardings())(state)
+
+  def init_state(self, specs, image_shape, rng) -> pop.TrainState:
+    """`population.init_state`, padded, created already sharded: each device builds its clients."""
+    return jax.jit(lambda rng: self._pad(pop.init_state(specs, image_shape, rng)),
+                   out_shardings=self.state_shardings())(rng)
+
+  def unpad_state(self, state: pop.TrainState) -> pop.TrainState:
+    """The real clients' state (e.g. for a checkpoint that any device count can restore)."""
+    groups = tuple(jax.tree.map(lambda x, n=n: x[:n], g) for g, n in zip(state.groups, self.sizes))
+    return pop.TrainState(step=state.step, groups=groups)
+
+  def _local_positions(self, g: int) -> np.ndarray:
+    """Stacked positions (within group g) held by this process's devices, in order."""
+    index_map = self.clients.addressable_devices_indices_map((self.padded[g],))
+    return np.unique(np.concatenate([np.arange(self.padded[g])[idx[0]]
+                                     for idx in index_map.values()]))
+
+  def local_client_ids(self) -> list[int]:
+    """Global ids of the real clients whose private batches this process must feed."""
+    ids, first = [], 0
+    for g, n in enumerate(self.sizes):
+      ids += [first + int(p) for p in self._local_positions(g) if p < n]
+      first += n
+    return ids
+
+  def place_batch(self, batch):
+    """Global batch from this process's part: the private arrays hold `local_client_ids()`.
+
+    Returns `{'private': (per-group dicts of [padded, B, ...] arrays), 'public':
+    {'image': replicated}}`; padded clients get zeros.
+    """
+    private, row, groups = batch['private'], 0, []
+    for g, n in enumerate(self.sizes):
+      pos = self._local_positions(g)
+      real = pos[pos < n]
+      def block(x, real=real, pos=pos, row=row, g=g):
+        x = np.asarray(x)
+        out = np.zeros((len(pos), *x.shape[1:]), x.dtype)
+        out[:len(real)] = x[row:row + len(real)]
+        return jax.make_array_from_process_local_data(self.clients, out,
+                                                      (self.padded[g], *x.shape[1:]))
+      groups.append(jax.tree.map(block, private))
+      row += len(real)
+    public = jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)),
+        batch['public'])
+    return {'private': tuple(groups), 'public': public}
+
+  def make_train_step(self, specs, adjacency, config, strategy: str):
+    """The jitted, sharded `train_step(state, batch, rng)` over the padded population.
+
+    `state` comes from `pad_state`, `batch` from `place_batch`; the state is
+    donated and comes back with the same shardings; metrics are [N] arrays
+    over the real clients, replicated.
+    """
+    step = step_lib.make_train_step(self.padded_specs(specs), adjacency, config, strategy,
+                                    mesh=self.mesh, real_clients=self.real_clients())
+    return jax.jit(step, in_shardings=(self.state_shardings(), self.batch_shardings(),
+                                       self.replicated),
+                   out_shardings=(self.state_shardings(), self.replicated), donate_argnums=0)
+
+  def make_predict(self, specs, strategy: str):
+    """Jitted `predict(state, images) -> [N, H, B]` predictions, each device on its clients."""
+    padded = self.padded_specs(specs)
+    per_device = jax.shard_map(evaluate.make_predict(padded, strategy), mesh=self.mesh,
+                               in_specs=(self.state_specs(), P()), out_specs=P(AXIS))
+    real = self.real_clients()
+    return jax.jit(lambda state, images: per_device(state, images)[real],
+                   in_shardings=(self.state_shardings(), self.replicated),
+                   out_shardings=self.replicated)
+
+  def state_specs(self):
+    return pop.TrainState(step=P(), groups=P(AXIS))
