@@ -121,7 +121,7 @@ class Bench:
     from mhd_jax import sharding  # pylint: disable=g-import-not-at-top
     self.jax = jax
     config = config.copy_and_resolve_references()
-    config.num_clients = num_clients
+    config.num_clients = self.num_clients = num_clients
     specs = pop.make_specs(config, 10)
     if adjacency is None:
       adjacency = np.ones((num_clients, num_clients), np.float32) - np.eye(num_clients)
@@ -131,18 +131,34 @@ class Bench:
                          'label': rng.integers(10, size=(num_clients, b)).astype(np.int32)},
              'public': {'image': rng.normal(size=(b_pub, *image)).astype(np.float32)}}
     state = pop.init_state(specs, image, jax.random.PRNGKey(0))
-    self.strategy = pop.resolve_strategy(strategy)
+    self.strategy = pop.strategy_for(strategy, specs, image)
     layout = sharding.Layout.create([s.num_clients for s in specs], sharding.make_mesh(devices))
     self.state = layout.pad_state(state)
     self.batch = layout.place_batch(batch)
-    self.step = self.make_step(specs, adjacency, config, layout)
     self.rng = jax.random.PRNGKey(1)
+    self.lowered = self.make_step(specs, adjacency, config, layout).lower(
+        self.state, self.batch, self.rng)
+    self.step, self.compile_s, self.block = None, None, 1
+
+  def compile(self) -> 'Bench':
+    """Compiles the step (XLA releases the GIL: benches can compile two at a time)."""
     t = time.perf_counter()
-    self.run(1)
+    self.step = self.lowered.compile()
     self.compile_s = time.perf_counter() - t
-    self.block = 1
-    per_step = self.time(1)  # warm: the first call after compiling can be slow
+    m = self.step.memory_analysis()
+    self.memory_mb = (m.temp_size_in_bytes + m.argument_size_in_bytes
+                      + m.output_size_in_bytes - m.alias_size_in_bytes) / 2**20
+    return self
+
+  def release(self) -> None:
+    self.step = self.lowered = self.state = self.batch = None
+
+  def warm(self) -> 'Bench':
+    """Runs twice (the first calls after compiling can be slow) and sizes the timing blocks."""
+    self.run(1)
+    per_step = self.time(1)
     self.block = max(1, int(0.3 / max(per_step, 1e-6)))  # blocks of >= 0.3 s against timer noise
+    return self
 
   def make_step(self, specs, adjacency, config, layout):
     return layout.make_train_step(specs, adjacency, config, self.strategy)
@@ -158,3 +174,12 @@ class Bench:
     t = time.perf_counter()
     self.run(k)
     return (time.perf_counter() - t) / k
+
+
+def compile_all(benches) -> None:
+  """Compiles the benches two at a time, largest first beside the rest (compiling is mostly
+  single-threaded; timing starts only when all are compiled)."""
+  from concurrent import futures  # pylint: disable=g-import-not-at-top
+  order = sorted(benches, key=lambda b: -b.lowered.as_text().count('\n'))
+  with futures.ThreadPoolExecutor(2) as pool:
+    list(pool.map(Bench.compile, order))

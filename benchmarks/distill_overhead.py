@@ -79,6 +79,9 @@ def main():
       isolated = common.Bench(config, image, n, args.strategy, args.devices,
                               adjacency=np.zeros((n, n), np.float32))
       private = PrivateOnly(config, image, n, args.strategy, args.devices)
+      common.compile_all([mhd, isolated, private])
+      for bench in (mhd, isolated, private):
+        bench.warm()
       times = {'mhd': [], 'isolated': [], 'private': []}
       for _ in range(args.repeats):
         for name, bench in (('mhd', mhd), ('isolated', isolated), ('private', private)):

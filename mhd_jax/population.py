@@ -48,28 +48,54 @@ def offsets(specs: Sequence[GroupSpec]) -> list[int]:
   return [int(x) for x in np.cumsum([0] + [s.num_clients for s in specs])[:-1]]
 
 
-def resolve_strategy(strategy: str, backend: str | None = None) -> str:
-  """The strategy to run: 'auto' becomes the fastest one measured for the backend.
+def resolve_strategy(strategy: str, backend: str | None = None,
+                     convolutions: bool = True) -> str:
+  """The strategy to run: 'auto' becomes the fastest one measured for the backend and model.
 
-  CPU: 'hybrid' (benchmarks/README.md: 4 ResNet-18 clients step about 14x
-  faster than with 'vmap', and compile about 1.5x faster than with 'loop').
-  Accelerators: 'vmap', which compiles once whatever the number of clients;
-  grouped convolutions are native there (not measured in this repository:
-  run `benchmarks/client_scaling.py --strategies=vmap,hybrid` to check).
+  CPU, model with convolutions: 'loop'. Measured on 2 CPU cores (README,
+  "Scale"), 4 ResNet-18 clients (CIFAR stem, width 16, batch 32): the stacked
+  step took 0.87x the time of 4 single-client steps with 'loop', 1.02x with
+  'hybrid' and 16.7x with 'vmap' (grouped convolutions, slow on XLA:CPU);
+  'loop' compiles slowest (44 s against 23 s for 'hybrid'), and its compile
+  time grows with the clients per device. CPU without convolutions: 'vmap'
+  (one batched matmul per layer beats N small ones). Accelerators: 'vmap',
+  which compiles once whatever the number of clients and where grouped
+  convolutions are native (not measured in this repository:
+  `benchmarks/client_scaling.py --strategies=vmap,hybrid,loop` measures them
+  on the machine at hand).
   """
   if strategy not in STRATEGIES:
     raise ValueError(f'unknown strategy {strategy!r}; choose one of {", ".join(STRATEGIES)}.')
   if strategy != 'auto':
     return strategy
   backend = backend or jax.default_backend()
-  return 'hybrid' if backend == 'cpu' and _CONV_BATCHERS_PATCHABLE else 'vmap'
+  return 'loop' if backend == 'cpu' and convolutions else 'vmap'
+
+
+def uses_convolutions(fn: Callable, *args) -> bool:
+  """Whether `fn(*args)` contains a convolution (traced abstractly, nothing runs)."""
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+                          if not isinstance(x, jax.ShapeDtypeStruct) else x, args)
+  return 'conv_general_dilated' in str(jax.make_jaxpr(fn)(*abstract))
+
+
+def strategy_for(strategy: str, specs: Sequence['GroupSpec'], image_shape) -> str:
+  """`resolve_strategy` for a population's models on images of `image_shape`."""
+  def apply(model, variables, x):
+    return model.apply(variables, x, train=False)
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  convolutions = False
+  for spec in specs:
+    variables = jax.eval_shape(lambda m=spec.model: m.init(jax.random.PRNGKey(0), x, train=False))
+    convolutions |= uses_convolutions(functools.partial(apply, spec.model), variables, x)
+  return resolve_strategy(strategy, convolutions=convolutions)
 
 
 # `hybrid` swaps, while it traces, the rule that batches convolutions under
 # vmap: JAX's rule turns per-client kernels into one grouped convolution, which
 # XLA:CPU runs an order of magnitude slower than the same convolutions one by
 # one. The table of batching rules is internal to JAX (checked for jax 0.10);
-# if it moves, 'auto' falls back to 'loop' and 'hybrid' says why.
+# if it moves, 'hybrid' says so and names the alternatives.
 try:
   from jax._src.interpreters import batching as _batching  # pylint: disable=g-import-not-at-top
   from jax.extend.core.primitives import conv_general_dilated_p as _CONV_P  # pylint: disable=g-import-not-at-top
@@ -78,14 +104,23 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX v
   _CONV_BATCHERS_PATCHABLE = False
 
 
+def _unstack(x, axis: int = 0) -> list[jax.Array]:
+  """x[i] for every i along `axis`, as one split: its transpose is one concatenate.
+
+  (Indexing client by client instead transposes to one zero-padded full-size
+  array per client, which makes the backward pass quadratic in the clients.)
+  """
+  n = x.shape[axis]
+  return [jnp.squeeze(part, axis) for part in jax.lax.split(x, [1] * n, axis=axis)]
+
+
 def _conv_per_client(default_rule, axis_data, args, dims, **params):
   """Batching rule: a convolution whose input and kernel both carry clients runs per client."""
   (lhs, rhs), (lhs_dim, rhs_dim) = args, dims
   if lhs_dim is None or rhs_dim is None:  # shared kernel or shared input: no grouping needed
     return default_rule(axis_data, args, dims, **params)
-  outs = [_CONV_P.bind(jax.lax.index_in_dim(lhs, i, lhs_dim, keepdims=False),
-                       jax.lax.index_in_dim(rhs, i, rhs_dim, keepdims=False), **params)
-          for i in range(lhs.shape[lhs_dim])]
+  outs = [_CONV_P.bind(l, r, **params)
+          for l, r in zip(_unstack(lhs, lhs_dim), _unstack(rhs, rhs_dim))]
   return jnp.stack(outs), 0
 
 
@@ -117,12 +152,17 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
             (plain convolutions, slicing the client axis). Elementwise ops,
             normalisation and dense layers stay batched over clients.
     loop:   every client's whole computation written out one after another.
-    auto:   `resolve_strategy` picks one for the default backend.
+    auto:   `resolve_strategy` picks one for the default backend and for whether
+            `fn` convolves.
 
   `hybrid` and `loop` grow the program (and the compile time) with the number
   of clients they see: under a device mesh that is the clients of one device.
   """
-  strategy = resolve_strategy(strategy)
+  if strategy == 'auto':
+    axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+    one = [jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), a) if ax == 0
+           else a for a, ax in zip(args, axes)]
+    strategy = resolve_strategy(strategy, convolutions=uses_convolutions(fn, *one))
   if strategy == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)(*args)
   if strategy == 'hybrid':
@@ -130,8 +170,11 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
       return jax.vmap(fn, in_axes=in_axes)(*args)
   axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
   n = jax.tree.leaves([a for a, ax in zip(args, axes) if ax == 0])[0].shape[0]
-  outs = [fn(*[jax.tree.map(lambda x, i=i: x[i], a) if ax == 0 else a
-               for a, ax in zip(args, axes)]) for i in range(n)]
+  per_client = [jax.tree.map(lambda x: _unstack(x), a) if ax == 0 else None
+                for a, ax in zip(args, axes)]
+  outs = [fn(*[a if ax is None else jax.tree.map(lambda parts, i=i: parts[i], pc,
+                                                 is_leaf=lambda x: isinstance(x, list))
+               for a, ax, pc in zip(args, axes, per_client)]) for i in range(n)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 

@@ -34,13 +34,28 @@ def test_hybrid_writes_convolutions_out_per_client_and_vmap_groups_them():
   assert len(hybrid) >= ts.N * 2  # at least the private and public forward conv of each client
 
 
-def test_auto_strategy_per_backend():
-  assert pop.resolve_strategy('auto', 'cpu') == 'hybrid'
-  assert pop.resolve_strategy('auto', 'tpu') == 'vmap'
-  assert pop.resolve_strategy('auto', 'gpu') == 'vmap'
-  assert pop.resolve_strategy('loop', 'tpu') == 'loop'
+def test_auto_strategy_per_backend_and_model():
+  assert pop.resolve_strategy('auto', 'cpu', convolutions=True) == 'loop'
+  assert pop.resolve_strategy('auto', 'cpu', convolutions=False) == 'vmap'
+  assert pop.resolve_strategy('auto', 'tpu', convolutions=True) == 'vmap'
+  assert pop.resolve_strategy('auto', 'gpu', convolutions=True) == 'vmap'
+  assert pop.resolve_strategy('hybrid', 'tpu') == 'hybrid'
   with pytest.raises(ValueError, match='unknown strategy .pmap.*auto, vmap, hybrid, loop'):
     pop.resolve_strategy('pmap')
+  # On this (CPU) backend: the models decide.
+  assert pop.strategy_for('auto', ts.make_specs('cnn'), ts.IMAGE) == 'loop'
+  assert pop.strategy_for('auto', ts.make_specs('mlp'), ts.IMAGE) == 'vmap'
+  assert pop.strategy_for('hybrid', ts.make_specs('mlp'), ts.IMAGE) == 'hybrid'
+
+
+def test_auto_in_map_clients_picks_by_the_function():
+  x = np.ones((2, 1, 4, 4, 1), np.float32)
+  conv = lambda w, x: jax.lax.conv(x, w, (1, 1), 'SAME')
+  dense = lambda w, x: x.reshape(1, -1) @ w
+  assert pop.uses_convolutions(conv, np.ones((1, 1, 3, 3)), x[0].transpose(0, 3, 1, 2))
+  assert not pop.uses_convolutions(dense, np.ones((16, 2)), x[0])
+  out = pop.map_clients(dense, 'auto', np.ones((2, 16, 3)), x)
+  assert out.shape == (2, 1, 3)
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'hybrid', 'loop'])
