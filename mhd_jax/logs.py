@@ -83,6 +83,16 @@ def _next_file_time(logdir: str) -> int:
   return max([int(time.time())] + [t + 1 for t in times])
 
 
+class Discard:
+  """Stands in for `JsonlLog` and `TensorBoardLog` on processes that write no logs."""
+
+  def write(self, *args) -> None:
+    del args
+
+  def close(self) -> None:
+    pass
+
+
 class TensorBoardLog:
   """Scalars per client and their mean, and the config as hyperparameters.
 

@@ -22,6 +22,7 @@ asks; each process then feeds only the clients its devices hold
 """
 
 import dataclasses
+import os
 from typing import Sequence
 
 import jax
@@ -50,6 +51,9 @@ def initialize_distributed(config) -> bool:
   if dist.coordinator_address:
     kwargs = {'coordinator_address': dist.coordinator_address,
               'num_processes': dist.num_processes, 'process_id': dist.process_id}
+  platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')
+  if platforms == 'cpu':  # CPU-only processes talk over TCP (gloo); accelerators need nothing
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
   return True
 
@@ -134,6 +138,20 @@ class Layout:
     """`population.init_state`, padded, created already sharded: each device builds its clients."""
     return jax.jit(lambda rng: self._pad(pop.init_state(specs, image_shape, rng)),
                    out_shardings=self.state_shardings())(rng)
+
+  def restore_target(self, abstract: pop.TrainState) -> pop.TrainState:
+    """`abstract` (the real clients' shapes) with the shardings to restore a checkpoint into.
+
+    A group whose size the device count divides is restored by client (each
+    process reads its own clients); any other group is replicated (every
+    process reads all of it) and `pad_state` then keeps each device's part.
+    """
+    d = self.mesh.devices.size
+    def target(x, sharding):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    groups = tuple(jax.tree.map(lambda x, s=self.clients if n % d == 0 else self.replicated:
+                                target(x, s), g) for g, n in zip(abstract.groups, self.sizes))
+    return pop.TrainState(step=target(abstract.step, self.replicated), groups=groups)
 
   def unpad_state(self, state: pop.TrainState) -> pop.TrainState:
     """The real clients' state (e.g. for a checkpoint that any device count can restore)."""

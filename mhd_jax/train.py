@@ -6,7 +6,8 @@ Durability (see `checkpoint.py` and `logs.py`):
   and ends exactly as an uninterrupted run would, since the batch of step s
   depends only on (seed, s) and the step's randomness is fold_in(rng, s);
 - SIGTERM (preemption) makes the loop save the current step and raise
-  `Preempted`;
+  `Preempted`; on several hosts JAX's preemption service catches it and every
+  process saves at the same step (orbax `reached_preemption`);
 - a non-finite loss raises `NonFiniteLossError` naming the first step and the
   clients, and no checkpoint of a bad state is ever written.
 """
@@ -19,6 +20,7 @@ import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -107,11 +109,24 @@ def _check_finite(first_bad_N, mngr) -> None:
 
 
 class _SigtermWatch:
-  """While active, SIGTERM sets `requested` instead of killing the process."""
+  """While active, SIGTERM sets `requested` instead of killing the process.
+
+  On several processes JAX's preemption service owns SIGTERM instead (it was
+  installed by `jax.distributed.initialize`): `stop_at(step)` then asks orbax
+  whether all processes have reached the step at which they agreed to stop.
+  """
+
+  def __init__(self, mngr):
+    self._mngr, self._multi = mngr, jax.process_count() > 1
+
+  def stop_at(self, step: int) -> bool:
+    if self._multi and not self.requested:
+      self.requested = self._mngr.reached_preemption(step)
+    return self.requested
 
   def __enter__(self):
     self.requested, self._previous = False, None
-    if threading.current_thread() is threading.main_thread():  # signals need the main thread
+    if threading.current_thread() is threading.main_thread() and not self._multi:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -123,6 +138,12 @@ class _SigtermWatch:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _sync(name: str) -> None:
+  """Waits for every process (nothing to wait for on one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def _initial_state(mngr, specs, image_shape, config, layout):
@@ -139,7 +160,8 @@ def _initial_state(mngr, specs, image_shape, config, layout):
     raise config_check.ConfigError([
         f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
         f'{config.num_steps}; raise num_steps or choose another --workdir.'])
-  state, meta = checkpoint.restore(mngr, checkpoint.abstract_state(specs, image_shape), latest)
+  state, meta = checkpoint.restore(
+      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), latest)
   logging.info('resuming from the checkpoint of step %d in %s.', latest, mngr.directory)
   return layout.pad_state(state), latest, float(meta['wall_seconds'])
 
@@ -222,14 +244,17 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   layout = sharding.Layout.create(pop.group_sizes(config), sharding.make_mesh(config.num_devices))
   data = input_pipeline.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
-  if overwrite:
+  lead = jax.process_index() == 0  # the process that writes all but the checkpoints
+  if overwrite and lead:
     checkpoint.clear_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
+  _sync('workdir ready')
   specs = pop.make_specs(config, data.num_classes)
   mngr = checkpoint.manager(workdir, config)
-  strategy = pop.resolve_strategy(config.strategy)
+  strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
   state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout)
-  checkpoint.write_metadata(workdir, config, data)
+  if lead:
+    checkpoint.write_metadata(workdir, config, data)
   train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy)),
                        donate_argnums=(0, 3))
   predict = layout.make_predict(specs, strategy)
@@ -246,14 +271,16 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
                layout.num_padding)
 
-  log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
-  board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
+  log, board = logs.Discard(), logs.Discard()
+  if lead:
+    log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
+    board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
   wall = lambda: wall_before + time.time() - start
   first_bad = jnp.zeros(config.num_clients, jnp.int32)
   batches = data.train_batches(start_step)
   every, acc, clock = config.checkpoint.every, None, (time.time(), start_step)
   try:
-    with _SigtermWatch() as sigterm:
+    with _SigtermWatch(mngr) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
         state, metrics, first_bad = train_step(state, layout.place_batch(next(batches)), step_rng,
                                                first_bad)
@@ -266,10 +293,11 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         if step % config.eval_every == 0 or last:
           acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
           _log_eval(step, acc, log, board)
-        if (every and step % every == 0) or last or sigterm.requested:
+        stop = sigterm.stop_at(step)
+        if (every and step % every == 0) or last or stop:
           _check_finite(first_bad, mngr)  # a bad state is never saved
           checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True)
-        if sigterm.requested and not last:
+        if stop and not last:
           mngr.wait_until_finished()
           raise Preempted(step)
   finally:
@@ -282,6 +310,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
   logging.info('final accuracies (%%):\n%s', client_table(acc))
   summary = _summary(config, acc, sent, fedavg, wall())
+  if not lead:
+    return summary
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
   np.savez(os.path.join(workdir, 'per_class.npz'), correct_NxHxC=acc.correct_NxHxC,
