@@ -56,8 +56,8 @@ def resolve_strategy(strategy: str, backend: str | None = None,
   "Scale"), 4 ResNet-18 clients (CIFAR stem, width 16, batch 32): the stacked
   step took 0.87x the time of 4 single-client steps with 'loop', 1.02x with
   'hybrid' and 16.7x with 'vmap' (grouped convolutions, slow on XLA:CPU);
-  'loop' compiles slowest (44 s against 23 s for 'hybrid'), and its compile
-  time grows with the clients per device. CPU without convolutions: 'vmap'
+  'loop' compiles slowest (44 s against 23 s for 'hybrid', compiling two
+  programs at a time), and its compile time grows with the clients per device. CPU without convolutions: 'vmap'
   (one batched matmul per layer beats N small ones). Accelerators: 'vmap',
   which compiles once whatever the number of clients and where grouped
   convolutions are native (not measured in this repository:
@@ -81,6 +81,8 @@ def uses_convolutions(fn: Callable, *args) -> bool:
 
 def strategy_for(strategy: str, specs: Sequence['GroupSpec'], image_shape) -> str:
   """`resolve_strategy` for a population's models on images of `image_shape`."""
+  if strategy != 'auto':
+    return resolve_strategy(strategy)
   def apply(model, variables, x):
     return model.apply(variables, x, train=False)
   x = jnp.zeros((1, *image_shape), jnp.float32)
@@ -158,8 +160,11 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
   `hybrid` and `loop` grow the program (and the compile time) with the number
   of clients they see: under a device mesh that is the clients of one device.
   """
+  axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+  if len(axes) != len(args) or any(ax not in (0, None) for ax in axes):
+    raise ValueError(f'in_axes must be 0 or None per argument; got {in_axes!r} '
+                     f'for {len(args)} arguments.')
   if strategy == 'auto':
-    axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
     one = [jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), a) if ax == 0
            else a for a, ax in zip(args, axes)]
     strategy = resolve_strategy(strategy, convolutions=uses_convolutions(fn, *one))
@@ -168,13 +173,14 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
   if strategy == 'hybrid':
     with _convolutions_per_client():
       return jax.vmap(fn, in_axes=in_axes)(*args)
-  axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
-  n = jax.tree.leaves([a for a, ax in zip(args, axes) if ax == 0])[0].shape[0]
-  per_client = [jax.tree.map(lambda x: _unstack(x), a) if ax == 0 else None
-                for a, ax in zip(args, axes)]
-  outs = [fn(*[a if ax is None else jax.tree.map(lambda parts, i=i: parts[i], pc,
-                                                 is_leaf=lambda x: isinstance(x, list))
-               for a, ax, pc in zip(args, axes, per_client)]) for i in range(n)]
+  # loop: split every per-client leaf once, then rebuild each client's arguments.
+  split = [None if ax is None else jax.tree.flatten(a) for a, ax in zip(args, axes)]
+  split = [None if f is None else ([_unstack(x) for x in f[0]], f[1]) for f in split]
+  n = next(len(parts[0]) for parts, _ in filter(None, split))
+  def client(i):
+    return [a if f is None else jax.tree.unflatten(f[1], [parts[i] for parts in f[0]])
+            for a, f in zip(args, split)]
+  outs = [fn(*client(i)) for i in range(n)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 

@@ -22,7 +22,6 @@ asks; each process then feeds only the clients its devices hold
 """
 
 import dataclasses
-import os
 from typing import Sequence
 
 import jax
@@ -51,9 +50,6 @@ def initialize_distributed(config) -> bool:
   if dist.coordinator_address:
     kwargs = {'coordinator_address': dist.coordinator_address,
               'num_processes': dist.num_processes, 'process_id': dist.process_id}
-  platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')
-  if platforms == 'cpu':  # CPU-only processes talk over TCP (gloo); accelerators need nothing
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
   return True
 
@@ -144,7 +140,9 @@ class Layout:
 
     A group whose size the device count divides is restored by client (each
     process reads its own clients); any other group is replicated (every
-    process reads all of it) and `pad_state` then keeps each device's part.
+    process reads all of it, and every device holds all of it until
+    `pad_state` has kept each device's part): on accelerators, a large group
+    resumes in less memory with a client count the device count divides.
     """
     d = self.mesh.devices.size
     def target(x, sharding):

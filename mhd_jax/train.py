@@ -112,16 +112,22 @@ class _SigtermWatch:
   """While active, SIGTERM sets `requested` instead of killing the process.
 
   On several processes JAX's preemption service owns SIGTERM instead (it was
-  installed by `jax.distributed.initialize`): `stop_at(step)` then asks orbax
+  installed by `jax.distributed.initialize`): `stop_at(step)` asks orbax
   whether all processes have reached the step at which they agreed to stop.
+  That agreement is over the steps done in this session (every process starts
+  from the same checkpoint): a notice that arrives before the first step,
+  while the run restores or compiles, has them stop after that step.
   """
 
-  def __init__(self, mngr):
-    self._mngr, self._multi = mngr, jax.process_count() > 1
+  def __init__(self, mngr, start_step: int):
+    self._mngr, self._start = mngr, start_step
+    self._multi = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
 
   def stop_at(self, step: int) -> bool:
     if self._multi and not self.requested:
-      self.requested = self._mngr.reached_preemption(step)
+      self.requested = self._mngr.reached_preemption(step - self._start)
+      if self.requested:
+        logging.warning('preemption notice: every process saves step %d, then stops.', step)
     return self.requested
 
   def __enter__(self):
@@ -224,6 +230,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   `checkpoints/` and their metadata, and at the end `summary.json`
   (DESIGN §5), `per_class.npz` (final correct predictions per client, head and
   class; examples per class; primary classes) and `report/`. Returns the summary.
+  On several processes (`distributed.initialize`), each saves its part of the
+  checkpoints and process 0 alone writes the other files.
 
   Args:
     config: the run's config (checked first: `config_check.ConfigError`).
@@ -280,7 +288,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   batches = data.train_batches(start_step)
   every, acc, clock = config.checkpoint.every, None, (time.time(), start_step)
   try:
-    with _SigtermWatch(mngr) as sigterm:
+    with _SigtermWatch(mngr, start_step) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
         state, metrics, first_bad = train_step(state, layout.place_batch(next(batches)), step_rng,
                                                first_bad)
@@ -310,12 +318,12 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
   logging.info('final accuracies (%%):\n%s', client_table(acc))
   summary = _summary(config, acc, sent, fedavg, wall())
-  if not lead:
-    return summary
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
-  np.savez(os.path.join(workdir, 'per_class.npz'), correct_NxHxC=acc.correct_NxHxC,
-           count_C=acc.count_C, primary_NxC=primary)
-  report.write(os.path.join(workdir, 'report'),
-               logs.read_jsonl(os.path.join(workdir, 'metrics.jsonl')), acc, adjacency, summary)
+  if lead:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=1)
+    np.savez(os.path.join(workdir, 'per_class.npz'), correct_NxHxC=acc.correct_NxHxC,
+             count_C=acc.count_C, primary_NxC=primary)
+    report.write(os.path.join(workdir, 'report'),
+                 logs.read_jsonl(os.path.join(workdir, 'metrics.jsonl')), acc, adjacency, summary)
+  _sync('outputs written')  # no process returns before the workdir is complete
   return summary

@@ -1,5 +1,7 @@
 """Two real JAX processes (2 fake CPU devices each, gloo collectives) against one process
 with 4 devices: the same run, the same results, and only process 0 writes the workdir's logs.
+Five clients on four devices: padding, and the replicated restore of a group the device
+count does not divide, across processes.
 
 Every process is a `launch.py` in its own interpreter, as on a pod's hosts.
 """
@@ -15,7 +17,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ['--config=configs/default.py', '--config.num_clients=4', '--config.num_steps=30',
+FLAGS = ['--config=configs/default.py', '--config.num_clients=5', '--config.num_steps=30',
          '--config.log_every=10', '--config.eval_every=30', '--config.checkpoint.every=10']
 
 
@@ -42,11 +44,17 @@ def _launch_two(workdir, *flags):
 
 
 def _wait(procs, timeout=300) -> list[tuple[int, str]]:
+  """[(exit status, output)] of each process; all are killed if one outlives `timeout`."""
+  deadline = time.time() + timeout
   try:
-    return [(p.wait(timeout), p.stdout.read()) for p in procs]
-  finally:
+    outs = [p.communicate(timeout=max(deadline - time.time(), 1))[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outs)]
+  except subprocess.TimeoutExpired:
     for p in procs:
       p.kill()
+    outs = '\n'.join(f'--- process {i}:\n' + p.communicate()[0][-3000:]
+                     for i, p in enumerate(procs))
+    raise AssertionError(f'a process ran past {timeout} s:\n{outs}') from None
 
 
 def _losses(workdir) -> np.ndarray:
@@ -80,25 +88,41 @@ def test_multihost_device_mesh_two_processes_match_one(tmp_path):
   assert sorted(os.listdir(two / 'checkpoints')) == ['10', '20', '30']
 
 
-def test_multihost_device_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
-  """JAX's preemption service spreads one host's SIGTERM: both processes save one checkpoint,
-  of the same step, and exit 143 (resuming from it is `test_durability`'s subject)."""
-  workdir = tmp_path / 'run'
-  long = ['--config.num_steps=100000', '--config.log_every=50', '--config.eval_every=100000',
-          '--config.checkpoint.every=0']
-  procs = _launch_two(workdir, *long)
-  metrics = workdir / 'metrics.jsonl'
+def _sigterm_when(procs, ready, target) -> list[tuple[int, str]]:
+  """Sends SIGTERM to `procs[target]` once `ready()`; waits for both (killed in the end)."""
   deadline = time.time() + 200
   try:
-    while not (metrics.exists() and metrics.read_text().count('\n') >= 2):
+    while not ready():
       assert time.time() < deadline and all(p.poll() is None for p in procs), 'no progress'
-      time.sleep(0.5)
-    procs[1].send_signal(signal.SIGTERM)
-    results = _wait(procs, timeout=120)
+      time.sleep(0.2)
+    procs[target].send_signal(signal.SIGTERM)
+    return _wait(procs, timeout=120)
   finally:
     for p in procs:
       p.kill()
+
+
+def test_multihost_device_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
+  """JAX's preemption service spreads one host's SIGTERM: both processes save a checkpoint of
+  the same step and exit 143; on a resumed run, a SIGTERM during start-up (restore, compile)
+  stops both after their first step."""
+  workdir = tmp_path / 'run'
+  long = ['--config.num_clients=5', '--config.num_steps=100000', '--config.log_every=50',
+          '--config.eval_every=100000', '--config.checkpoint.every=0']
+  metrics = workdir / 'metrics.jsonl'
+  results = _sigterm_when(_launch_two(workdir, *long),
+                          lambda: metrics.exists() and metrics.read_text().count('\n') >= 2, 1)
   for rc, out in results:
     assert rc == 143, out[-3000:]
-  saved = os.listdir(workdir / 'checkpoints')
-  assert len(saved) == 1 and 0 < int(saved[0]) < 100000, saved
+  (saved,) = os.listdir(workdir / 'checkpoints')
+  assert 0 < int(saved) < 100000
+
+  procs = _launch_two(workdir, *long)
+  log = []
+  def resuming():  # process 0 has restored the checkpoint and not yet run a step
+    log.append(procs[0].stdout.readline())
+    return 'resuming from the checkpoint' in log[-1] or not log[-1]
+  results = _sigterm_when(procs, resuming, 0)
+  for rc, out in results:
+    assert rc == 143, ''.join(log)[-2000:] + out[-3000:]
+  assert sorted(os.listdir(workdir / 'checkpoints'), key=int) == [saved, str(int(saved) + 1)]

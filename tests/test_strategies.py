@@ -48,14 +48,18 @@ def test_auto_strategy_per_backend_and_model():
   assert pop.strategy_for('hybrid', ts.make_specs('mlp'), ts.IMAGE) == 'hybrid'
 
 
-def test_auto_in_map_clients_picks_by_the_function():
-  x = np.ones((2, 1, 4, 4, 1), np.float32)
+def test_auto_in_map_clients_picks_by_the_function(monkeypatch):
+  seen, resolve = [], pop.resolve_strategy
+  monkeypatch.setattr(pop, 'resolve_strategy',
+                      lambda s, **kw: seen.append(kw['convolutions']) or resolve(s, **kw))
   conv = lambda w, x: jax.lax.conv(x, w, (1, 1), 'SAME')
   dense = lambda w, x: x.reshape(1, -1) @ w
-  assert pop.uses_convolutions(conv, np.ones((1, 1, 3, 3)), x[0].transpose(0, 3, 1, 2))
+  w, x = np.ones((2, 1, 1, 3, 3), np.float32), np.ones((2, 1, 1, 4, 4), np.float32)
+  np.testing.assert_allclose(pop.map_clients(conv, 'auto', w, x),
+                             pop.map_clients(conv, 'vmap', w, x))
+  assert pop.map_clients(dense, 'auto', np.ones((2, 16, 3)), x).shape == (2, 1, 3)
+  assert seen == [True, False]  # the convolution went to 'loop', the matmul to 'vmap'
   assert not pop.uses_convolutions(dense, np.ones((16, 2)), x[0])
-  out = pop.map_clients(dense, 'auto', np.ones((2, 16, 3)), x)
-  assert out.shape == (2, 1, 3)
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'hybrid', 'loop'])
@@ -65,3 +69,12 @@ def test_map_clients_slices_mapped_args_and_shares_the_rest(strategy):
   out = pop.map_clients(lambda x, s: (x['a'] * s).sum(), strategy, xs, shared,
                         in_axes=(0, None))
   np.testing.assert_allclose(out, [20.0, 80.0, 140.0])
+
+
+@pytest.mark.parametrize('strategy', ['vmap', 'hybrid', 'loop'])
+def test_map_clients_keeps_the_callers_containers(strategy):
+  xs = [np.ones((3, 2)), 2 * np.ones((3, 2))]  # a list of per-client arrays (3 clients)
+  out = pop.map_clients(lambda a: a[0].sum() + 10 * a[1].sum(), strategy, xs)
+  np.testing.assert_allclose(out, [42.0, 42.0, 42.0])
+  with pytest.raises(ValueError, match='in_axes must be 0 or None'):
+    pop.map_clients(lambda a: a, strategy, np.ones((3, 2)), in_axes=1)
