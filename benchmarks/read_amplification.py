@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 
 from absl import app
@@ -51,24 +50,6 @@ class SyntheticJpegs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield i, {'image': np.roll(base, i, axis=0), 'label': int(rng.integers(100))}
 
 
-class CountingReader:
-  """Wraps the ArrayRecord reader under tfds: no read can bypass the count."""
-
-  def __init__(self, reader):
-    self.reader, self.count, self.lock = reader, 0, threading.Lock()
-
-  def __len__(self):
-    return len(self.reader)
-
-  def __getitem__(self, key):
-    return self.__getitems__([key])[0]
-
-  def __getitems__(self, keys):
-    with self.lock:
-      self.count += len(keys)
-    return self.reader.__getitems__(keys)
-
-
 def main(argv):
   del argv
   root = tempfile.mkdtemp()
@@ -81,14 +62,9 @@ def main(argv):
                 eval_split='validation', image_size=224, augment='imagenet', batch_size=b,
                 public_batch_size=b_pub, eval_batch_size=128)))
   builder = tfds_pipeline.get_builder('synthetic_jpegs', root)
-  sources, readers = [], []
-  for split in ('train', 'validation'):
-    source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    source.data_source = CountingReader(source.data_source)
-    readers.append(source.data_source)
-    sources.append(tfds_pipeline.CountingSource(source))
+  sources, readers = tfds_pipeline.audited_sources(builder, ('train', 'validation'))
   data = tfds_pipeline.get_data(config, sources=tuple(sources))
-  startup_reads = readers[0].count
+  startup_reads = readers[0].num_read
   batches = data.train_batches(0)
   next(batches)
   start = time.time()
@@ -97,15 +73,15 @@ def main(argv):
   seconds = time.time() - start
   consumed = steps * (n * b + b_pub)
   print(json.dumps({'benchmark': 'read_amplification', 'num_clients': n, 'steps': steps,
-                    'examples_consumed': consumed, 'records_read': readers[0].count,
+                    'examples_consumed': consumed, 'records_read': readers[0].num_read,
                     'startup_reads': startup_reads,
-                    'read_amplification': round(readers[0].count / consumed, 4),
+                    'read_amplification': round(readers[0].num_read / consumed, 4),
                     'examples_per_sec': round((steps - 1) * (n * b + b_pub) / seconds, 1),
                     'cpu_count': os.cpu_count()}))
   del batches
   evaluated = sum(int(e['mask'].sum()) for e in data.eval_batches())
   print(json.dumps({'benchmark': 'eval_reads', 'examples_evaluated': evaluated,
-                    'records_read': readers[1].count}))
+                    'records_read': readers[1].num_read}))
 
 
 if __name__ == '__main__':

@@ -94,6 +94,37 @@ def open_source(builder, split: str, data_dir: str) -> CountingSource:
   return CountingSource(source)
 
 
+class CountingReader:
+  """Wraps the ArrayRecord reader beneath a tfds source: counts every record it returns."""
+
+  def __init__(self, reader):
+    self.reader, self.num_read, self.lock = reader, 0, threading.Lock()
+
+  def __len__(self):
+    return len(self.reader)
+
+  def __getitem__(self, key):
+    return self.__getitems__([key])[0]
+
+  def __getitems__(self, keys):
+    with self.lock:
+      self.num_read += len(keys)
+    return self.reader.__getitems__(keys)
+
+
+def audited_sources(builder, splits):
+  """([CountingSource], [CountingReader]) per split: reads counted by the pipeline and again
+  beneath tfds, where no code path can bypass the count (for tests and benchmarks)."""
+  sources, readers = [], []
+  for split in splits:
+    source = builder.as_data_source(
+        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    source.data_source = CountingReader(source.data_source)
+    sources.append(CountingSource(source))
+    readers.append(source.data_source)
+  return sources, readers
+
+
 def _not_ready_message(builder, split, data_dir, error) -> str:
   name, root = builder.name, data_dir or os.fspath(builder.data_dir_root)
   if not builder.is_prepared():

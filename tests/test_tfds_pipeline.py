@@ -5,7 +5,6 @@
 image i is filled with the value i, so a batch tells which records it holds.
 """
 
-import threading
 
 import ml_collections
 import numpy as np
@@ -64,24 +63,6 @@ def tiny_dir(tmp_path_factory):
   return root
 
 
-class CountingReader:
-  """Wraps the ArrayRecord reader beneath a tfds source: counts every record it returns."""
-
-  def __init__(self, reader):
-    self.reader, self.num_read, self.lock = reader, 0, threading.Lock()
-
-  def __len__(self):
-    return len(self.reader)
-
-  def __getitem__(self, key):
-    return self.__getitems__([key])[0]
-
-  def __getitems__(self, keys):
-    with self.lock:
-      self.num_read += len(keys)
-    return self.reader.__getitems__(keys)
-
-
 def tiny_data(root, **kw):
   """(data, [train, eval] CountingSource, [train, eval] CountingReader) of TinyImages.
 
@@ -91,12 +72,7 @@ def tiny_data(root, **kw):
   config = make_config('tiny_images', root, augment='none', **kw)
   config.data.image_size = 8
   builder = tfds_pipeline.get_builder('tiny_images', root)
-  sources, readers = [], []
-  for split in ('train', 'test'):
-    source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    source.data_source = CountingReader(source.data_source)
-    sources.append(tfds_pipeline.CountingSource(source))
-    readers.append(source.data_source)
+  sources, readers = tfds_pipeline.audited_sources(builder, ('train', 'test'))
   return tfds_pipeline.get_data(config, sources=tuple(sources)), sources, readers
 
 
