@@ -1,6 +1,6 @@
 """ImageNet with mixed architectures: 4 ResNet-18 and 4 ResNet-34 clients.
 
-    python launch.py --config=configs/imagenet_hetero.py --workdir=gs://BUCKET/mhd/hetero
+    python launch.py --config=configs/imagenet_hetero.py --workdir=/mnt/shared/mhd/hetero
     python launch.py --config=configs/imagenet_hetero.py:small --workdir=/tmp/hetero_small
     python -m mhd_jax.studies models --config=configs/imagenet_hetero.py --workdir=DIR
 

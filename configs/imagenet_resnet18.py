@@ -1,6 +1,6 @@
 """ImageNet, ResNet-18 clients: the paper's main setting, as we specify it.
 
-    python launch.py --config=configs/imagenet_resnet18.py --workdir=gs://BUCKET/mhd/r18
+    python launch.py --config=configs/imagenet_resnet18.py --workdir=/mnt/shared/mhd/r18
 
 Smoke run (seconds, small images, tiny batches, 2 steps; used by the tests
 under `tfds.testing.mock_data`):

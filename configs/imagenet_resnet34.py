@@ -1,6 +1,6 @@
 """ImageNet, ResNet-34 clients: the main setting with the larger model.
 
-    python launch.py --config=configs/imagenet_resnet34.py --workdir=gs://BUCKET/mhd/r34
+    python launch.py --config=configs/imagenet_resnet34.py --workdir=/mnt/shared/mhd/r34
     python launch.py --config=configs/imagenet_resnet34.py:small --workdir=/tmp/r34_small
 
 Identical to `imagenet_resnet18.py` (8 clients, 4 heads, skew 0.9, 10% public,

@@ -131,9 +131,13 @@ def check_workdir(workdir: str, config, overwrite: bool) -> None:
   """Refuses a workdir that holds a run of another config, unless `overwrite`.
 
   Raises:
-    ConfigError: the workdir's config.json differs from `config` in a field
+    ConfigError: the workdir is a URL (gs://...), or its config.json differs from `config` in a field
       not in `RESUMABLE`, and `overwrite` is False.
   """
+  if '://' in workdir:
+    raise config_check.ConfigError([
+        f'workdir {workdir} is a URL; the logs and report are written with plain file I/O: '
+        'use a local path (a bucket mounted with GCS-FUSE, NFS, ...).'])
   path = os.path.join(workdir, 'config.json')
   if overwrite or not os.path.exists(path):
     return

@@ -125,3 +125,10 @@ def test_overwrite_removes_only_what_a_run_writes(tmp_path):
   checkpoint.check_workdir(workdir, default.get_config(), overwrite=True)
   checkpoint.clear_workdir(workdir)
   assert os.listdir(workdir) == ['notes.txt']
+
+
+def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(config_check.ConfigError, match='gs://b/run is a URL.*local path'):
+    checkpoint.check_workdir('gs://b/run', default.get_config(), overwrite=False)
+  assert os.listdir(tmp_path) == []  # no local 'gs:' folder
