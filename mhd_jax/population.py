@@ -176,7 +176,7 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
   # loop: split every per-client leaf once, then rebuild each client's arguments.
   split = [None if ax is None else jax.tree.flatten(a) for a, ax in zip(args, axes)]
   split = [None if f is None else ([_unstack(x) for x in f[0]], f[1]) for f in split]
-  n = next(len(parts[0]) for parts, _ in filter(None, split))
+  n = next(len(leaf) for f in split if f for leaf in f[0])  # leaves: lists of client slices
   def client(i):
     return [a if f is None else jax.tree.unflatten(f[1], [parts[i] for parts in f[0]])
             for a, f in zip(args, split)]

@@ -76,5 +76,8 @@ def test_map_clients_keeps_the_callers_containers(strategy):
   xs = [np.ones((3, 2)), 2 * np.ones((3, 2))]  # a list of per-client arrays (3 clients)
   out = pop.map_clients(lambda a: a[0].sum() + 10 * a[1].sum(), strategy, xs)
   np.testing.assert_allclose(out, [42.0, 42.0, 42.0])
+  # An empty per-client state first (an MLP's batch_stats is {}).
+  out = pop.map_clients(lambda s, a: a[0].sum(), strategy, {}, xs)
+  np.testing.assert_allclose(out, [2.0, 2.0, 2.0])
   with pytest.raises(ValueError, match='in_axes must be 0 or None'):
     pop.map_clients(lambda a: a, strategy, np.ones((3, 2)), in_axes=1)
