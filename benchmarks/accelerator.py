@@ -215,7 +215,10 @@ def device_peak_mb():
 def compile_group(run, benches) -> bool:
   """Compiles two at a time; False when the budget ran out first (compiles left running)."""
   pool = concurrent.futures.ThreadPoolExecutor(2)
-  order = sorted(benches, key=lambda b: -b.num_clients)
+  # Longest first (program size grows with the clients; loop > vmap > hybrid at one N,
+  # as issue 12 measured on an H100), so that the two threads finish together.
+  rank = {'loop': 0, 'vmap': 1, 'hybrid': 2}
+  order = sorted(benches, key=lambda b: (-b.num_clients, rank.get(b.strategy, 0)))
   futures = {pool.submit(b.compile): b for b in order}
   done, pending = concurrent.futures.wait(futures, timeout=max(run.left(), 0))
   pool.shutdown(wait=False)
@@ -236,8 +239,7 @@ def measure(bench, single, repeats: int):
 
 
 def main():
-  p = common.parser(__doc__)
-  p.set_defaults(models='resnet18,resnet34,resnet18_cifar', repeats=5)
+  p = common.parser(__doc__, SHAPES, 'resnet18,resnet34,resnet18_cifar')
   p.add_argument('--n', default='', help='comma-separated client counts (default per shape: ' +
                  '; '.join(f'{k}: {v[3]}' for k, v in SHAPES.items()) + ')')
   p.add_argument('--strategies', default='hybrid,vmap,loop,auto',
@@ -285,15 +287,20 @@ def main():
 
 
 def measure_model(run, args, model, rows) -> bool:
-  """Emits the rows of one shape, N by N; False when the budget ran out."""
+  """Emits the rows of one shape, N by N; False when the budget ran out.
+
+  The single-client program compiles beside the first group of stacked ones
+  (the N = 1 row comes first all the same: nothing is timed before both are
+  compiled).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
   config, image, classes = make_config(model)
   b, b_pub = config.data.batch_size, config.data.public_batch_size
   config.num_clients = 1
   specs = pop.make_specs(config, classes)
   flops_fwd = forward_flops_per_image(specs[0].model, image)
-  import jax  # pylint: disable=g-import-not-at-top
-  kind = jax.devices()[0].device_kind
+  peak = peak_tflops(jax.devices()[0].device_kind)
   base = {'model': model, 'image': list(image), 'dtype': config.model.dtype,
           'batch_private': b, 'batch_public': b_pub, 'heads': config.num_heads,
           'classes': classes, 'forward_gflop_per_image': _sig(flops_fwd / 1e9),
@@ -304,73 +311,77 @@ def measure_model(run, args, model, rows) -> bool:
     x.min_block, x.min_window_s, x.error = (1, 0.3, None) if args.quick else (2, 0.5, None)
     return x
 
+  def metrics(x, single, n):
+    """The measured fields of a row (x is single: the N = 1 row)."""
+    if x is single:
+      stacked_s = single_s = statistics.median(single.time() for _ in range(args.repeats))
+      ratio = 1.0
+    else:
+      stacked_s, single_s, ratio = measure(x, single, args.repeats)
+    train_flop = TRAIN_FACTOR * flops_fwd * n * (b + b_pub)
+    tflops = train_flop / stacked_s / 1e12
+    return {'step_ms': _sig(1e3 * stacked_s, 5), 'single_step_ms': _sig(1e3 * single_s, 5),
+            'ratio_vs_n_single': round(ratio, 3),
+            'images_per_s': round(n * (b + b_pub) / stacked_s, 1),
+            'train_tflop_per_step': _sig(train_flop / 1e12), 'tflops': _sig(tflops),
+            'fraction_of_peak': None if peak is None else _sig(tflops / peak, 3),
+            'compile_s': round(x.compile_s, 1), 'step_memory_mb': round(x.memory_mb, 1),
+            'device_peak_mb': device_peak_mb(), 'timed_steps': x.block * args.repeats}
+
   single = bench(1, 'loop', None)
-  if not compile_group(run, [single]):
-    return False
-  if single.error:  # nothing to compare with: report the shape as failed
-    for _, n, strategy in rows:
-      run.emit({**base, 'n_clients': n, 'strategy': strategy, 'error': single.error[:500]})
-    return True
-  single.warm()
-  for n in sorted({r[1] for r in rows}):
+  ns = sorted({r[1] for r in rows})
+  for n in [n for n in ns if n > 1] or [1]:
     if run.left() <= 0:
       return False
     group = [r[2] for r in rows if r[1] == n]
-    batch = common.random_batch(n, b, b_pub, image, classes)
-    resolved = {s: pop.strategy_for(s, specs, image) for s in group if s != 'single'}
-    to_build = [] if n == 1 else list(dict.fromkeys(resolved[s] for s in group))
     benches = {}
-    for s in to_build:
-      try:
-        benches[s] = bench(n, s, batch)
-      except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory
-        run.emit({**base, 'n_clients': n, 'strategy': s, 'error': repr(e)[:500]})
-    if not compile_group(run, list(benches.values())):
+    resolved = {s: pop.strategy_for(s, specs, image) for s in group if s != 'single'}
+    if n > 1:
+      batch = common.random_batch(n, b, b_pub, image, classes)
+      for s in dict.fromkeys(resolved.values()):
+        try:
+          benches[s] = bench(n, s, batch)
+        except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory
+          run.emit({**base, 'n_clients': n, 'strategy': s, 'error': repr(e)[:500]})
+    first = single.step is None
+    if not compile_group(run, ([single] if first else []) + list(benches.values())):
       return False
+    if single.error:  # nothing to compare with: report the shape as failed
+      for _, m, strategy in rows:
+        run.emit({**base, 'n_clients': m, 'strategy': strategy, 'error': single.error[:500]})
+      return True
+    if first:
+      single.warm()
+      if 1 in ns:
+        run.emit({**base, 'n_clients': 1, 'strategy': 'single', **metrics(single, single, 1)})
+    if n == 1:
+      break
     measured = {}
     for strategy in group:
       row = {**base, 'n_clients': n, 'strategy': strategy}
-      s = resolved.get(strategy, 'loop')
+      s = resolved[strategy]
       if strategy == 'auto':
         row['resolved'] = s
         row['note'] = 'auto as mhd_jax.population.strategy_for resolves it at this commit'
       if s in measured:
         run.emit({**row, **measured[s]})
         continue
-      x = single if n == 1 else benches.get(s)
+      x = benches.get(s)
       if x is None:
         continue  # its construction failed and was reported
       try:
         if x.error:
           raise RuntimeError(x.error)
-        if x is not single:
-          x.warm()
+        x.warm()
         per_round = x.block * x.time(1) + n * x.block * single.time(1)
         if run.left() < args.repeats * per_round + 5:
           return False
-        if x is single:
-          stacked_s = single_s = statistics.median(single.time() for _ in range(args.repeats))
-          ratio = 1.0
-        else:
-          stacked_s, single_s, ratio = measure(x, single, args.repeats)
+        measured[s] = metrics(x, single, n)
+        run.emit({**row, **measured[s]})
       except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory
-        run.emit({**row, 'error': repr(e)[:500]})
-        if x is not single:
-          x.release()
-        continue
-      train_flop = TRAIN_FACTOR * flops_fwd * n * (b + b_pub)
-      tflops = train_flop / stacked_s / 1e12
-      peak = peak_tflops(kind)
-      measured[s] = {
-          'step_ms': _sig(1e3 * stacked_s, 5), 'single_step_ms': _sig(1e3 * single_s, 5),
-          'ratio_vs_n_single': round(ratio, 3),
-          'images_per_s': round(n * (b + b_pub) / stacked_s, 1),
-          'train_tflop_per_step': _sig(train_flop / 1e12), 'tflops': _sig(tflops),
-          'fraction_of_peak': None if peak is None else _sig(tflops / peak, 3),
-          'compile_s': round(x.compile_s, 1), 'step_memory_mb': round(x.memory_mb, 1),
-          'device_peak_mb': device_peak_mb(), 'timed_steps': x.block * args.repeats}
-      run.emit({**row, **measured[s]})
-      if x is not single:
+        x.error = x.error or repr(e)
+        run.emit({**row, 'error': x.error[:500]})
+      finally:
         x.release()
   return True
 

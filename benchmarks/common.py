@@ -23,10 +23,10 @@ QUICK = {'resnet18_cifar': ({'name': 'resnet18_cifar', 'width': 4}, (8, 8, 3), 4
          'default': ({}, (8, 8, 1), 8, 8)}
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(doc: str, models=MODELS,
+           default_models: str = 'resnet18_cifar,default') -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--models', default='resnet18_cifar,default', help='comma-separated: ' +
-                 ', '.join(MODELS))
+  p.add_argument('--models', default=default_models, help='comma-separated: ' + ', '.join(models))
   p.add_argument('--repeats', type=int, default=5, help='timed rounds; the median is reported')
   p.add_argument('--devices', type=int, default=1,
                  help='CPU devices to fake (XLA_FLAGS) and shard the clients over')
