@@ -45,11 +45,13 @@ written to `--out` + '.md').
 """
 
 import concurrent.futures
+import functools
 import json
 import math
 import os
 import statistics
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -212,20 +214,37 @@ def device_peak_mb():
   return None if peak is None else round(peak / 2**20, 1)
 
 
-def compile_group(run, benches) -> bool:
-  """Compiles two at a time; False when the budget ran out first (compiles left running)."""
+# Building a Bench traces its step; 'hybrid' swaps a global JAX batching rule while it
+# traces, so a 'vmap' traced beside it in another thread would get per-client convolutions.
+# Tracing is one at a time; compiling (most of the time) overlaps.
+_TRACING = threading.Lock()
+
+
+def _build_and_compile(make):
+  with _TRACING:
+    bench = make()
+  return bench.compile()
+
+
+def compile_group(run, makers: dict) -> dict | None:
+  """Builds and compiles benches two at a time, within the budget.
+
+  `makers`: key -> (client count, strategy, a function that builds the
+  Bench: init, trace and lower, which for 16 clients takes a while too).
+  Returns key -> compiled Bench or the exception it raised; None when the
+  budget ran out first (the threads are left running: the caller exits).
+  """
   pool = concurrent.futures.ThreadPoolExecutor(2)
   # Longest first (program size grows with the clients; loop > vmap > hybrid at one N,
   # as issue 12 measured on an H100), so that the two threads finish together.
   rank = {'loop': 0, 'vmap': 1, 'hybrid': 2}
-  order = sorted(benches, key=lambda b: (-b.num_clients, rank.get(b.strategy, 0)))
-  futures = {pool.submit(b.compile): b for b in order}
-  done, pending = concurrent.futures.wait(futures, timeout=max(run.left(), 0))
+  order = sorted(makers, key=lambda k: (-makers[k][0], rank.get(makers[k][1], 3)))
+  futures = {k: pool.submit(_build_and_compile, makers[k][2]) for k in order}
+  _, pending = concurrent.futures.wait(futures.values(), timeout=max(run.left(), 0))
   pool.shutdown(wait=False)
-  for f in done:
-    if f.exception() is not None:
-      futures[f].error = repr(f.exception())
-  return not pending
+  if pending:
+    return None
+  return {k: f.exception() or f.result() for k, f in futures.items()}
 
 
 def measure(bench, single, repeats: int):
@@ -308,7 +327,7 @@ def measure_model(run, args, model, rows) -> bool:
 
   def bench(n, strategy, batch):
     x = common.Bench(config, image, n, strategy, args.devices, num_classes=classes, batch=batch)
-    x.min_block, x.min_window_s, x.error = (1, 0.3, None) if args.quick else (2, 0.5, None)
+    x.min_block, x.min_window_s = (1, 0.3) if args.quick else (2, 0.5)
     return x
 
   def metrics(x, single, n):
@@ -328,29 +347,30 @@ def measure_model(run, args, model, rows) -> bool:
             'compile_s': round(x.compile_s, 1), 'step_memory_mb': round(x.memory_mb, 1),
             'device_peak_mb': device_peak_mb(), 'timed_steps': x.block * args.repeats}
 
-  single = bench(1, 'loop', None)
+  single = None
   ns = sorted({r[1] for r in rows})
   for n in [n for n in ns if n > 1] or [1]:
     if run.left() <= 0:
       return False
     group = [r[2] for r in rows if r[1] == n]
-    benches = {}
     resolved = {s: pop.strategy_for(s, specs, image) for s in group if s != 'single'}
+    makers = {}
     if n > 1:
       batch = common.random_batch(n, b, b_pub, image, classes)
-      for s in dict.fromkeys(resolved.values()):
-        try:
-          benches[s] = bench(n, s, batch)
-        except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory
-          run.emit({**base, 'n_clients': n, 'strategy': s, 'error': repr(e)[:500]})
-    first = single.step is None
-    if not compile_group(run, ([single] if first else []) + list(benches.values())):
-      return False
-    if single.error:  # nothing to compare with: report the shape as failed
-      for _, m, strategy in rows:
-        run.emit({**base, 'n_clients': m, 'strategy': strategy, 'error': single.error[:500]})
-      return True
+      makers = {s: (n, s, functools.partial(bench, n, s, batch))
+                for s in dict.fromkeys(resolved.values())}
+    first = single is None
     if first:
+      makers['single'] = (1, 'single', functools.partial(bench, 1, 'loop', None))
+    benches = compile_group(run, makers)
+    if benches is None:
+      return False
+    if first:
+      single = benches.pop('single')
+      if isinstance(single, Exception):  # nothing to compare with: report the shape as failed
+        for _, m, strategy in rows:
+          run.emit({**base, 'n_clients': m, 'strategy': strategy, 'error': repr(single)[:500]})
+        return True
       single.warm()
       if 1 in ns:
         run.emit({**base, 'n_clients': 1, 'strategy': 'single', **metrics(single, single, 1)})
@@ -366,12 +386,11 @@ def measure_model(run, args, model, rows) -> bool:
       if s in measured:
         run.emit({**row, **measured[s]})
         continue
-      x = benches.get(s)
-      if x is None:
-        continue  # its construction failed and was reported
+      x = benches[s]
+      if isinstance(x, Exception):  # building or compiling it failed (e.g. out of memory)
+        run.emit({**row, 'error': repr(x)[:500]})
+        continue
       try:
-        if x.error:
-          raise RuntimeError(x.error)
         x.warm()
         per_round = x.block * x.time(1) + n * x.block * single.time(1)
         if run.left() < args.repeats * per_round + 5:
@@ -379,8 +398,8 @@ def measure_model(run, args, model, rows) -> bool:
         measured[s] = metrics(x, single, n)
         run.emit({**row, **measured[s]})
       except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory
-        x.error = x.error or repr(e)
-        run.emit({**row, 'error': x.error[:500]})
+        run.emit({**row, 'error': repr(e)[:500]})
+        benches[s] = e  # for the auto row
       finally:
         x.release()
   return True
