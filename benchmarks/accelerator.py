@@ -39,8 +39,9 @@ ascending N).
 Output: the first line describes the machine; then one JSON row per
 (model, N, strategy), printed and appended (flushed) to `--out` as soon as it
 is measured, so a run killed at its time limit keeps its rows. `--budget_s`
-bounds the whole run: when it runs out, the remaining rows are written as
-skipped and the process exits cleanly. A markdown table closes stdout (and is
+bounds the whole run: compiling stops at 90% of it (what compiled is then
+timed, the last 10% being kept for that), and when it runs out the remaining
+rows are written as skipped and the process exits cleanly. A markdown table closes stdout (and is
 written to `--out` + '.md').
 """
 
@@ -58,6 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 START = time.monotonic()
+RESERVE = 0.1  # of the budget, kept for timing what compiled when compiling runs late
 TRAIN_FACTOR = 3  # forward + backward FLOPs per image, in units of the forward pass
 STRATEGIES = ('vmap', 'hybrid', 'loop', 'auto')
 
@@ -166,6 +168,7 @@ class Run:
 
   def __init__(self, args):
     self.out, self.rows = args.out, []
+    self.budget = args.budget_s
     self.deadline = START + args.budget_s
 
   def left(self) -> float:
@@ -180,8 +183,11 @@ class Run:
     if 'model' in record:
       self.rows.append(record)
 
-  def finish(self) -> None:
-    table = markdown(self.rows)
+  def finish(self, todo) -> None:
+    """Prints (and writes) the table, rows in the order asked for (`todo`: (model, N, strategy))."""
+    order = {key: i for i, key in enumerate(todo)}
+    table = markdown(sorted(self.rows, key=lambda r: order.get(
+        (r['model'], r['n_clients'], r['strategy']), len(order))))
     print(table, flush=True)
     if self.out:
       with open(self.out + '.md', 'w') as f:
@@ -226,25 +232,28 @@ def _build_and_compile(make):
   return bench.compile()
 
 
-def compile_group(run, makers: dict) -> dict | None:
+def compile_group(run, makers: dict) -> tuple[dict, bool]:
   """Builds and compiles benches two at a time, within the budget.
 
   `makers`: key -> (client count, strategy, a function that builds the
   Bench: init, trace and lower, which for 16 clients takes a while too).
-  Returns key -> compiled Bench or the exception it raised; None when the
-  budget ran out first (the threads are left running: the caller exits).
+  Returns (key -> compiled Bench or the exception it raised, whether all
+  finished). Compiling stops `RESERVE` of the budget before its end, so that
+  what compiled can still be timed; the rest are left compiling in their
+  threads (the caller times what it has, then exits).
   """
   pool = concurrent.futures.ThreadPoolExecutor(2)
-  # Longest first (program size grows with the clients; loop > vmap > hybrid at one N,
-  # as issue 12 measured on an H100), so that the two threads finish together.
-  rank = {'loop': 0, 'vmap': 1, 'hybrid': 2}
-  order = sorted(makers, key=lambda k: (-makers[k][0], rank.get(makers[k][1], 3)))
+  # The single-client program first (every row needs it), then longest first (program
+  # size grows with the clients; loop > vmap > hybrid at one N, as issue 12 measured on
+  # an H100), so that the two threads finish together.
+  rank = {'single': -1, 'loop': 0, 'vmap': 1, 'hybrid': 2}
+  order = sorted(makers, key=lambda k: (makers[k][1] != 'single', -makers[k][0],
+                                          rank.get(makers[k][1], 3)))
   futures = {k: pool.submit(_build_and_compile, makers[k][2]) for k in order}
-  _, pending = concurrent.futures.wait(futures.values(), timeout=max(run.left(), 0))
+  done, pending = concurrent.futures.wait(futures.values(),
+                                          timeout=max(run.left() - RESERVE * run.budget, 0))
   pool.shutdown(wait=False)
-  if pending:
-    return None
-  return {k: f.exception() or f.result() for k, f in futures.items()}
+  return {k: f.exception() or f.result() for k, f in futures.items() if f in done}, not pending
 
 
 def measure(bench, single, repeats: int):
@@ -300,9 +309,9 @@ def main():
         if (m, n, s) not in done:
           run.emit({'model': m, 'n_clients': n, 'strategy': s,
                     'skipped': f'budget of {args.budget_s:.0f} s spent'})
-      run.finish()
+      run.finish(todo)
       os._exit(0)  # compiles may still run in threads: leave without waiting for them
-  run.finish()
+  run.finish(todo)
 
 
 def measure_model(run, args, model, rows) -> bool:
@@ -362,10 +371,10 @@ def measure_model(run, args, model, rows) -> bool:
     first = single is None
     if first:
       makers['single'] = (1, 'single', functools.partial(bench, 1, 'loop', None))
-    benches = compile_group(run, makers)
-    if benches is None:
-      return False
+    benches, complete = compile_group(run, makers)
     if first:
+      if 'single' not in benches:
+        return False
       single = benches.pop('single')
       if isinstance(single, Exception):  # nothing to compare with: report the shape as failed
         for _, m, strategy in rows:
@@ -386,22 +395,28 @@ def measure_model(run, args, model, rows) -> bool:
       if s in measured:
         run.emit({**row, **measured[s]})
         continue
-      x = benches[s]
+      x = benches.get(s)
+      if x is None:  # still compiling: the budget is spent (written as skipped at the end)
+        continue
       if isinstance(x, Exception):  # building or compiling it failed (e.g. out of memory)
         run.emit({**row, 'error': repr(x)[:500]})
         continue
       try:
         x.warm()
         per_round = x.block * x.time(1) + n * x.block * single.time(1)
-        if run.left() < args.repeats * per_round + 5:
+        if run.left() < args.repeats * per_round + 1:
           return False
         measured[s] = metrics(x, single, n)
+        if not complete:
+          measured[s]['timing_note'] = 'timed while other programs were still compiling'
         run.emit({**row, **measured[s]})
       except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory
         run.emit({**row, 'error': repr(e)[:500]})
         benches[s] = e  # for the auto row
       finally:
         x.release()
+    if not complete:
+      return False
   return True
 
 
