@@ -78,13 +78,14 @@ SHAPES = {
 }
 
 # Dense (no sparsity) bf16 peak TFLOP/s by `device_kind` prefix, first match wins. Sources:
-# NVIDIA H100 datasheet (SXM 989.4, PCIe 756; the 1,979 figure is with sparsity); H200
+# NVIDIA H100 datasheet (SXM 989.4, PCIe 756, NVL 835; the 1,979 figure is with sparsity); H200
 # datasheet (989, same tensor cores as H100 SXM); A100 datasheet (312); Google Cloud TPU
 # system-architecture pages: v4 275, v5e 197, v5p 459, v6e (Trillium) 918.
 PEAK_TFLOPS = (
-    ('NVIDIA H100 PCIe', 756.0), ('NVIDIA H100', 989.4), ('NVIDIA H200', 989.4),
-    ('NVIDIA A100', 312.0), ('TPU v4', 275.0), ('TPU v5 lite', 197.0), ('TPU v5e', 197.0),
-    ('TPU v5p', 459.0), ('TPU v5', 459.0), ('TPU v6 lite', 918.0), ('TPU v6e', 918.0),
+    ('NVIDIA H100 PCIe', 756.0), ('NVIDIA H100 NVL', 835.0), ('NVIDIA H100', 989.4),
+    ('NVIDIA H200', 989.4), ('NVIDIA A100', 312.0), ('TPU v4', 275.0), ('TPU v5 lite', 197.0),
+    ('TPU v5e', 197.0), ('TPU v5p', 459.0), ('TPU v5', 459.0), ('TPU v6 lite', 918.0),
+    ('TPU v6e', 918.0),
 )
 
 

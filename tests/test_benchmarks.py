@@ -110,3 +110,10 @@ def test_accelerator_budget_skips_the_rest(tmp_path):
   assert [(r['n_clients'], r['strategy']) for r in rows] == [(1, 'single'), (3, 'vmap'),
                                                              (3, 'loop')]
   assert all('budget' in r['skipped'] for r in rows)
+
+
+def test_peak_by_device_kind():
+  """jax's device_kind strings: the H100 SXM, PCIe, v5e ('lite') and v5p differ; unknown: None."""
+  peak = _accelerator().peak_tflops
+  assert peak('NVIDIA H100 80GB HBM3') == 989.4 and peak('NVIDIA H100 PCIe') == 756.0
+  assert peak('TPU v5 lite') == 197.0 and peak('TPU v5') == 459.0 and peak('cpu') is None
