@@ -32,9 +32,9 @@ achieved TFLOP/s is a lower bound on useful work within a few percent.
 (XLA's own cost analysis does not count convolutions on GPU: not used.)
 `fraction_of_peak` divides by the device's dense bf16 peak (`PEAK_TFLOPS`).
 
-Memory: JAX takes 75% of a GPU's memory by default, and 16 ResNet-18 clients at
-224 px need most of an 80 GB H100: raise XLA_PYTHON_CLIENT_MEM_FRACTION as
-above. A strategy that runs out of memory gives an `error` row; the rest go
+Memory: JAX takes 75% of a GPU's memory by default, and 16 clients at 224 px
+may need more (XLA:CPU assigns one ResNet-18 client's step 9.3 GB; bf16 on a
+GPU should need less): raise XLA_PYTHON_CLIENT_MEM_FRACTION as above. A strategy that runs out of memory gives an `error` row; the rest go
 on. `step_memory_mb` is XLA's buffer assignment for one step (arguments,
 outputs, temporaries); `device_peak_mb` is the device allocator's peak so far
 in the process (`memory_stats()`, GPU/TPU only; it only grows, rows come in
