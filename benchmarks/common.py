@@ -23,10 +23,10 @@ QUICK = {'resnet18_cifar': ({'name': 'resnet18_cifar', 'width': 4}, (8, 8, 3), 4
          'default': ({}, (8, 8, 1), 8, 8)}
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(doc: str, models=MODELS,
+           default_models: str = 'resnet18_cifar,default') -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--models', default='resnet18_cifar,default', help='comma-separated: ' +
-                 ', '.join(MODELS))
+  p.add_argument('--models', default=default_models, help='comma-separated: ' + ', '.join(models))
   p.add_argument('--repeats', type=int, default=5, help='timed rounds; the median is reported')
   p.add_argument('--devices', type=int, default=1,
                  help='CPU devices to fake (XLA_FLAGS) and shard the clients over')
@@ -42,7 +42,7 @@ MALLOC_TUNING = ('glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.m
                  'glibc.malloc.trim_threshold=68719476736')
 
 
-def setup(args) -> None:
+def setup(args, platforms: str | None = 'cpu') -> None:
   """Fixes the configuration before JAX starts, re-running the script if it must.
 
   Threads: every core of the affinity mask, one XLA:CPU intra-op thread pool
@@ -54,6 +54,9 @@ def setup(args) -> None:
   faults per step for 8 clients). One arena without mmap keeps the memory in
   the process, and huge pages cut TLB misses: together about 25% off the
   single-client step on this machine, and more as N grows.
+
+  `platforms`: the JAX_PLATFORMS default ('cpu'); None leaves JAX its own
+  choice (an accelerator where there is one).
   """
   if not args.no_malloc_tuning and MALLOC_TUNING not in os.environ.get('GLIBC_TUNABLES', ''):
     tunables = ':'.join(filter(None, [os.environ.get('GLIBC_TUNABLES', ''), MALLOC_TUNING]))
@@ -67,7 +70,8 @@ def setup(args) -> None:
   flags += ['--xla_cpu_multi_thread_eigen=true',
             f'--xla_force_host_platform_device_count={args.devices}']
   os.environ['XLA_FLAGS'] = ' '.join(flags)
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  if platforms:
+    os.environ.setdefault('JAX_PLATFORMS', platforms)
   sys.path.insert(0, ROOT)
 
 
@@ -114,7 +118,7 @@ class Bench:
   """A jitted step on fixed batches, timed in blocks of calls."""
 
   def __init__(self, config, image, num_clients: int, strategy: str, devices: int,
-               adjacency=None):
+               adjacency=None, num_classes: int = 10, batch=None):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
@@ -122,14 +126,12 @@ class Bench:
     self.jax = jax
     config = config.copy_and_resolve_references()
     config.num_clients = self.num_clients = num_clients
-    specs = pop.make_specs(config, 10)
+    specs = pop.make_specs(config, num_classes)
     if adjacency is None:
       adjacency = np.ones((num_clients, num_clients), np.float32) - np.eye(num_clients)
-    rng = np.random.default_rng(0)
-    b, b_pub = config.data.batch_size, config.data.public_batch_size
-    batch = {'private': {'image': rng.normal(size=(num_clients, b, *image)).astype(np.float32),
-                         'label': rng.integers(10, size=(num_clients, b)).astype(np.int32)},
-             'public': {'image': rng.normal(size=(b_pub, *image)).astype(np.float32)}}
+    if batch is None:
+      batch = random_batch(num_clients, config.data.batch_size, config.data.public_batch_size,
+                           image, num_classes)
     state = pop.init_state(specs, image, jax.random.PRNGKey(0))
     self.strategy = pop.strategy_for(strategy, specs, image)
     layout = sharding.Layout.create([s.num_clients for s in specs], sharding.make_mesh(devices))
@@ -139,6 +141,7 @@ class Bench:
     self.lowered = self.make_step(specs, adjacency, config, layout).lower(
         self.state, self.batch, self.rng)
     self.step, self.compile_s, self.block = None, None, 1
+    self.min_block, self.min_window_s = 1, 0.3
 
   def compile(self) -> 'Bench':
     """Compiles the step (XLA releases the GIL: benches can compile two at a time)."""
@@ -157,7 +160,8 @@ class Bench:
     """Runs twice (the first calls after compiling can be slow) and sizes the timing blocks."""
     self.run(1)
     per_step = self.time(1)
-    self.block = max(1, int(0.3 / max(per_step, 1e-6)))  # blocks of >= 0.3 s against timer noise
+    # blocks of >= min_window_s against timer noise
+    self.block = max(self.min_block, int(self.min_window_s / max(per_step, 1e-6)))
     return self
 
   def make_step(self, specs, adjacency, config, layout):
@@ -174,6 +178,15 @@ class Bench:
     t = time.perf_counter()
     self.run(k)
     return (time.perf_counter() - t) / k
+
+
+def random_batch(num_clients: int, b: int, b_pub: int, image, num_classes: int) -> dict:
+  """Normal images, uniform labels: N x b private examples and b_pub public images."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  return {'private': {'image': rng.standard_normal((num_clients, b, *image), np.float32),
+                      'label': rng.integers(num_classes, size=(num_clients, b)).astype(np.int32)},
+          'public': {'image': rng.standard_normal((b_pub, *image), np.float32)}}
 
 
 def compile_all(benches) -> None:

@@ -34,3 +34,86 @@ def test_distill_overhead_quick():
   for key in ('mhd_step_ms', 'isolated_step_ms', 'private_only_step_ms',
               'ratio_mhd_vs_isolated', 'ratio_mhd_vs_private_only'):
     assert row[key] > 0, key
+
+
+def _accelerator():
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import accelerator  # pylint: disable=g-import-not-at-top
+  return accelerator
+
+
+def test_count_flops_by_hand():
+  """One strided grouped conv and one dense layer (inside a nested jit): 2 x multiply-adds."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def net(x_Bx8x8x4, k_3x3x2x6, w_96x5):
+    y = jax.lax.conv_general_dilated(x_Bx8x8x4, k_3x3x2x6, (2, 2), 'SAME', feature_group_count=2,
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # [B, 4, 4, 6]
+    return jax.jit(jnp.dot)(y.reshape(y.shape[0], -1), w_96x5)
+
+  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((3, 8, 8, 4), (3, 3, 2, 6), (96, 5))]
+  conv_macs = 3 * 4 * 4 * 6 * (3 * 3 * 2)  # outputs x (window x input features per group)
+  dense_macs = 3 * 5 * 96
+  assert _accelerator().count_flops(net, *args) == 2 * (conv_macs + dense_macs)
+
+
+def test_resnet_flops_match_published_counts():
+  """The backbones' forward multiply-adds at 224 px are torchvision's (1.81 G, 3.66 G) plus heads."""
+  from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
+  acc = _accelerator()
+  for name, published_gmacs in (('resnet18', 1.8136), ('resnet34', 3.6637)):
+    config, image, classes = acc.make_config(name)
+    config.num_clients = 1
+    (spec,) = pop.make_specs(config, classes)
+    heads_macs = config.num_heads * 512 * classes
+    backbone_gmacs = (acc.forward_flops_per_image(spec.model, image) / 2 - heads_macs) / 1e9
+    assert abs(backbone_gmacs - published_gmacs) < 1e-3 * published_gmacs, (name, backbone_gmacs)
+
+
+def run_accelerator(tmp_path, *flags):
+  out = tmp_path / 'accel.jsonl'
+  proc = subprocess.run([sys.executable, 'benchmarks/accelerator.py', '--quick', f'--out={out}',
+                         *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  records = [json.loads(l) for l in lines if l.startswith('{')]
+  assert out.read_text().splitlines() == [json.dumps(r) for r in records]  # every row, flushed
+  table = [l for l in lines if l.startswith('| tiny_cnn')]
+  assert records[0]['machine']['device_kind'] and len(table) == len(records) - 1
+  return records[1:]
+
+
+def test_accelerator_quick(tmp_path):
+  rows = run_accelerator(tmp_path)
+  assert [(r['n_clients'], r['strategy']) for r in rows] == [
+      (1, 'single'), (2, 'hybrid'), (2, 'vmap'), (2, 'loop'), (2, 'auto')]
+  single = rows[0]
+  assert single['ratio_vs_n_single'] == 1.0 and single['step_ms'] == single['single_step_ms']
+  for r in rows:
+    assert 'error' not in r and 'skipped' not in r, r
+    n, images = r['n_clients'], r['n_clients'] * (4 + 4)
+    # 3x3 conv 3->4 on 8x8, Dense 64->8 after the 2x2 pool, 2 heads of 10 (SHAPES' comment).
+    assert r['forward_flop_per_image'] == 2 * (8 * 8 * 4 * 27 + 64 * 8 + 2 * 8 * 10) == 15168
+    step_s = r['step_ms'] / 1e3
+    assert abs(r['ratio_vs_n_single'] - r['step_ms'] / (n * r['single_step_ms'])) < 2e-3
+    assert abs(r['images_per_s'] - images / step_s) < 1e-3 * r['images_per_s']
+    assert abs(r['tflops'] - 3 * 15168 * images / step_s / 1e12) < 1e-3 * r['tflops']
+    assert r['fraction_of_peak'] is None  # no known peak for a CPU
+  auto, loop = rows[4], rows[3]
+  assert auto['resolved'] == 'loop' and auto['step_ms'] == loop['step_ms']  # CPU + convolutions
+
+
+def test_accelerator_budget_skips_the_rest(tmp_path):
+  """A spent budget writes every remaining row as skipped and exits cleanly (no timing)."""
+  rows = run_accelerator(tmp_path, '--budget_s=0.001', '--n=1,3', '--strategies=vmap,loop')
+  assert [(r['n_clients'], r['strategy']) for r in rows] == [(1, 'single'), (3, 'vmap'),
+                                                             (3, 'loop')]
+  assert all('budget' in r['skipped'] for r in rows)
+
+
+def test_peak_by_device_kind():
+  """jax's device_kind strings: the H100 SXM, PCIe, v5e ('lite') and v5p differ; unknown: None."""
+  peak = _accelerator().peak_tflops
+  assert peak('NVIDIA H100 80GB HBM3') == 989.4 and peak('NVIDIA H100 PCIe') == 756.0
+  assert peak('TPU v5 lite') == 197.0 and peak('TPU v5') == 459.0 and peak('cpu') is None
