@@ -35,6 +35,9 @@ def test_hop_curves_on_a_chain_by_hand():
   assert out['d'] == [1, 2] and out['pairs_D'] == [4, 2]
   # d=1: (0,1) (1,0) (1,2) (2,1) -> 50, 40, 60, 80; d=2: (0,2) (2,0) -> 20, 0.
   np.testing.assert_allclose(out['acc_HxD'], [[57.5, 10.0], [28.75, 5.0]])
+  # Class 1 with 20 test examples: pairs (0,1) (2,1) -> 25, 40; d=1 mean (25+40+60+40)/4.
+  pc['count_C'] = np.array([10, 20, 10])
+  np.testing.assert_allclose(sm.hop_curves(pc, topology.chain(3))['acc_HxD'][0], [41.25, 10.0])
 
 
 def test_hop_curves_on_a_ring_wrap_around():
@@ -116,4 +119,7 @@ def test_accuracy_curve_averages_clients_of_the_chosen_head():
 def test_exceeds_noise_two_standard_errors():
   assert sm.exceeds_noise([10, 11, 12], [1, 2, 3])
   assert not sm.exceeds_noise([10, 11, 12], [9, 10, 14])
+  # Difference 1.5, standard error sqrt(1/3 + 1/3) = 0.82: beyond one, within two.
+  assert not sm.exceeds_noise([10, 11, 12], [8.5, 9.5, 10.5])
+  assert sm.exceeds_noise([10, 11, 12], [8.3, 9.3, 10.3])
   assert not sm.exceeds_noise([10], [0])  # one seed: no noise estimate, never claimed
