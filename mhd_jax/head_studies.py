@@ -42,11 +42,11 @@ def _cell(values, mark: str = '') -> str:
   return f'{m:.1f} ± {s:.1f}{mark}{more}'
 
 
-def _mark(values, reference) -> str:
+def _mark(values, reference, lower_is_better: bool = False) -> str:
   """' ↑' / ' ↓' where `values` beat / trail `reference` beyond the noise, else ''."""
   if reference is None or not sm.exceeds_noise(values, reference):
     return ''
-  return ' ↑' if np.mean(values) > np.mean(reference) else ' ↓'
+  return ' ↑' if (np.mean(values) > np.mean(reference)) != lower_is_better else ' ↓'
 
 
 def _pyplot():
@@ -130,6 +130,7 @@ def _plot_hops(results: dict, path: str):
       for k in range(acc.shape[1]):
         ax.errorbar(v['d'], acc[:, k].mean(0), yerr=acc[:, k].std(0), marker='o', capsize=3,
                     label=f'head {k}')
+      ax.set_xticks(v['d'])
       _label(ax, f'{t}, {h}', 'hops d', 'accuracy on classes d hops away (%)')
   _save(plt, fig, path)
 
@@ -159,7 +160,7 @@ def efficiency(base, opts):
   bound's final value (mean over seeds), '(r/S)' when only r of S seeds get
   there; AUC: area under accuracy-over-steps / evaluated span (the mean
   accuracy over the run, %). ↑ / ↓: beats / trails H=1 of the same setting by
-  more than two standard errors.
+  more than two standard errors (for steps, beating = fewer steps).
   """
   heads = opts.heads or ((1, 2) if opts.quick else (1, 2, 3, 4, 5))
   settings = {f'skew {s}, {t}': {'skew': s, 'topology': t}
@@ -195,7 +196,7 @@ def _efficiency_table(results: dict, heads) -> str:
       for key in EFFICIENCY_KEYS:
         # Fewer steps is better; only figures every seed reached are compared.
         ref = None if h == 1 or None in f[key] or None in naive[key] else naive[key]
-        cells.append(_cell(f[key], _mark(f[key], ref)))
+        cells.append(_cell(f[key], _mark(f[key], ref, lower_is_better=key.startswith('steps'))))
       lines.append(f'| {name} | {h} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

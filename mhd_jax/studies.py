@@ -252,7 +252,7 @@ STUDIES: dict[str, Callable] = {'heterogeneity': heterogeneity, 'heads': heads,
                                 'recipes': head_studies.recipes}
 # Seeds per study when --seeds is not given: sized so the main tables fit in 40 min
 # on 2 cores (README, "When do auxiliary heads help?").
-DEFAULT_SEEDS = {'hops': 6, 'efficiency': 3, 'recipes': 4}
+DEFAULT_SEEDS = {'hops': 8, 'efficiency': 4, 'recipes': 4}
 QUICK = {'num_steps': 30, 'log_every': 10}  # --quick: the tests' form
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Base config.',

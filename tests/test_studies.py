@@ -56,7 +56,7 @@ def _study(name, workdir, *args):
 
 
 def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
-  out = _study('hops', tmp_path, '--quick', '--seeds=2', '--jobs=2')
+  out = _study('hops', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / 'hops.json').read_text())
   assert set(results) == {'chain', 'ring'}
@@ -64,10 +64,10 @@ def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
   assert chain['H=2']['d'] == list(range(1, 10)) and ring['H=2']['d'] == [1, 2, 3, 4, 5]
   assert chain['H=2']['pairs'] == [18, 16, 14, 12, 10, 8, 6, 4, 2]
   assert ring['H=1']['pairs'] == [20, 20, 20, 20, 10]
-  assert np.asarray(chain['H=2']['per_seed']).shape == (2, 2, 9)  # [seeds, heads, d]
+  assert np.asarray(chain['H=2']['per_seed']).shape == (1, 2, 9)  # [seeds, heads, d]
   # The hop curve of every run is the one its per_class.npz gives by hand.
-  run = tmp_path / 'hops' / 'chain_H2' / 'seed1'
-  np.testing.assert_allclose(chain['H=2']['per_seed'][1][1], studies.chain_hops(str(run)))
+  run = tmp_path / 'hops' / 'chain_H2' / 'seed0'
+  np.testing.assert_allclose(chain['H=2']['per_seed'][0][1], studies.chain_hops(str(run)))
   md = (tmp_path / 'hops.md').read_text()
   assert '### ring' in md and '| 2 | 1 |' in md and '| | pairs | 18 |' in md
   assert os.path.getsize(tmp_path / 'hops.png') > 10_000
@@ -118,3 +118,33 @@ def test_a_workdir_of_another_config_is_refused_up_front(tmp_path):
   other = study_runs.Run(runs[1].config, runs[0].workdir)  # H=2 into the H=1 run's workdir
   with pytest.raises(config_check.ConfigError, match='different config'):
     study_runs.check([other])
+
+
+def test_efficiency_and_recipes_quick_forms_read_their_runs(tmp_path):
+  for name in ('efficiency', 'recipes'):
+    out = _study(name, tmp_path, '--quick', '--seeds=1', '--jobs=2')
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.path.getsize(tmp_path / f'{name}.png') > 10_000
+  eff = json.loads((tmp_path / 'efficiency.json').read_text())
+  bound = eff['supervised']
+  assert eff['bound_final'] == bound['final'][0] == bound['curve'][0][-1]
+  h2 = eff['settings']['skew 1.0, chain']['H=2']
+  assert h2['steps'][0] == list(range(1, 31))  # eval_every = 30 steps / 30
+  records = [json.loads(line) for line in
+             (tmp_path / 'efficiency' / 'skew_1.0_chain_H=2' / 'seed0' / 'metrics.jsonl').open()]
+  last = [r for r in records if 'eval' in r][-1]['eval']['mean_shared_acc'][-1]
+  np.testing.assert_allclose(h2['final'][0], 100 * last)
+  assert '| skew 1.0, chain | 2 |' in (tmp_path / 'efficiency.md').read_text()
+  rec = json.loads((tmp_path / 'recipes.json').read_text())
+  assert list(rec) == ['chain: naive (H=1)', 'chain: MHD (H=4)',
+                       'chain: include_self, target=neighbour_and_self']
+  summary = json.loads((tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0' / 'summary.json')
+                       .read_text())
+  mhd = rec['chain: MHD (H=4)']
+  np.testing.assert_allclose(mhd['private'][0], 100 * summary['mean_private_acc'][0])
+  np.testing.assert_allclose(mhd['shared_best'][0], 100 * max(summary['mean_shared_acc']))
+  # Far-hop accuracy of the last head = the hop curve's pair-weighted mean over d >= 5.
+  curve = studies.chain_hops(str(tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0'))
+  pairs = np.array([18, 16, 14, 12, 10, 8, 6, 4, 2])
+  np.testing.assert_allclose(mhd['far_last'][0], (curve[4:] * pairs[4:]).sum() / pairs[4:].sum(),
+                             rtol=1e-6)
