@@ -255,12 +255,17 @@ def _recipe_figures(run) -> dict:
   far_H = [100 * float(p[far].mean()) for p in pair_HxNxN] if far.any() else None
   with open(os.path.join(run.workdir, 'summary.json')) as f:
     s = json.load(f)
-  steps, acc = sm.accuracy_curve(logs.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl')))
   shared_H = 100 * np.asarray(s['mean_shared_acc'])
   return {'shared_last': float(shared_H[-1]), 'shared_best': float(shared_H.max()),
           'private': 100 * s['mean_private_acc'][0],
           'far_last': far_H and far_H[-1], 'far_best': far_H and max(far_H),
-          'auc': sm.efficiency(steps, acc)['auc']}
+          'auc': run_auc(run)}
+
+
+def run_auc(run) -> float:
+  """A run's AUC (%): `study_metrics.efficiency` of its last head's shared accuracy."""
+  curve = sm.accuracy_curve(logs.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl')))
+  return sm.efficiency(*curve)['auc']
 
 
 def recipes(base, opts):

@@ -69,12 +69,17 @@ def grid_results(rows, cols, summaries: dict[str, list[dict]]) -> dict:
 
 
 def table(results: dict, title: str) -> str:
+  """Private and shared accuracy per cell, and the shared AUC over steps where cells hold it."""
   cols = list(next(iter(results.values())))
-  lines = [f'| {title} | ' + ' | '.join(f'{c} private | {c} shared' for c in cols) + ' |',
-           '|---' * (1 + 2 * len(cols)) + '|']
+  auc = all('auc_mean' in cell for row in results.values() for cell in row.values())
+  heads = [f'{c} private | {c} shared' + (f' | {c} AUC' if auc else '') for c in cols]
+  lines = [f'| {title} | ' + ' | '.join(heads) + ' |',
+           '|---' * (1 + (3 if auc else 2) * len(cols)) + '|']
   for r, row in results.items():
     cells = [f"{row[c]['private_mean']:.1f} ± {row[c]['private_std']:.1f} | "
-             f"{row[c]['shared_mean']:.1f} ± {row[c]['shared_std']:.1f}" for c in cols]
+             f"{row[c]['shared_mean']:.1f} ± {row[c]['shared_std']:.1f}"
+             + (f" | {row[c]['auc_mean']:.1f} ± {row[c]['auc_std']:.1f}" if auc else '')
+             for c in cols]
     lines.append(f'| {r} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -127,6 +132,11 @@ def _grid(rows: dict, cols: dict, xlabel: str, extra_variants=None, extra=None):
 
   def analyse(summaries, runs):
     results = {'grid': grid_results(rows, cols, summaries)}
+    for r in rows:
+      for c in cols:  # mean over the run of the last head's shared accuracy (%)
+        auc = [head_studies.run_auc(run) for run in runs[f'{r}__{c}']]
+        results['grid'][r][c] |= {'auc': auc, 'auc_mean': float(np.mean(auc)),
+                                  'auc_std': float(np.std(auc))}
     md = grid_markdown(results['grid'], xlabel, len(next(iter(summaries.values()))))
     if extra:
       more, more_md = extra(summaries, runs)
@@ -138,8 +148,11 @@ def _grid(rows: dict, cols: dict, xlabel: str, extra_variants=None, extra=None):
 
 
 def grid_markdown(grid_results_: dict, xlabel: str, num_seeds: int) -> str:
+  cell = next(iter(next(iter(grid_results_.values())).values()))
+  auc = ("; AUC = the last head's mean shared accuracy over the run (area under "
+         'accuracy-over-steps / steps, %)') if 'auc_mean' in cell else ''
   return (f'Mean ± std over {num_seeds} seeds; private = mean private accuracy of head 0, '
-          'shared = mean shared accuracy of the last head (%).\n\n'
+          f'shared = mean shared accuracy of the last head (%){auc}.\n\n'
           + table(grid_results_, xlabel) + '\n')
 
 

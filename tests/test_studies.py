@@ -46,6 +46,14 @@ def test_methods_study_writes_its_table_plot_and_numbers(tmp_path):
                            'FedAvg (every 10 steps)', 'supervised upper bound']
   md = (tmp_path / 'methods.md').read_text()
   assert all(name in md for name in results)
+  # Every run evaluated at each step (eval_every = 4 // 30 -> 1): its AUC is the trapezoid mean.
+  records = [json.loads(line) for line in
+             (tmp_path / 'methods' / 'isolated' / 'seed0' / 'metrics.jsonl').open()]
+  acc = [100 * r['eval']['mean_shared_acc'][-1] for r in records if 'eval' in r]
+  assert len(acc) == 4
+  np.testing.assert_allclose(results['isolated']['']['auc_mean'],
+                             (acc[0] / 2 + acc[1] + acc[2] + acc[3] / 2) / 3, rtol=1e-6)
+  assert '| isolated | ' in md and ' AUC |' in md
   assert os.path.getsize(tmp_path / 'methods.png') > 10_000
 
 
