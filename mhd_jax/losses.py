@@ -8,7 +8,8 @@ computed from `jax.lax.stop_gradient` of the teachers' outputs.
 import jax
 import jax.numpy as jnp
 
-TARGET_RULES = ('most_confident', 'mean', 'random')
+TARGET_RULES = ('most_confident', 'mean', 'random', 'confidence_weighted', 'neighbours_first',
+                'neighbour_and_self')
 _HIGHEST = jax.lax.Precision.HIGHEST  # targets are mixtures of probabilities: keep f32 on TPU
 
 
@@ -56,32 +57,59 @@ def source_probs(teacher_logits_NxHxBxC, temperature):
   return jax.nn.softmax(teacher_logits_NxHxBxC[:, src] / temperature, axis=-1)
 
 
+def _best(score_NxHxBxN, allowed_NxHxBxN):
+  """One-hot on the allowed candidate of largest score (all-zero where none is allowed)."""
+  n = score_NxHxBxN.shape[-1]
+  choice = jnp.argmax(jnp.where(allowed_NxHxBxN, score_NxHxBxN, -jnp.inf), axis=-1)
+  return jax.nn.one_hot(choice, n) * allowed_NxHxBxN.any(-1, keepdims=True)
+
+
 def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng):
   """M[i, k, b, j]: how much candidate j contributes to client i's head-k target on example b.
 
-  Rows sum to 1 where client i has a candidate for head k, else to 0.
-    most_confident: one-hot on the candidate whose distribution has the
-      largest max-probability on example b;
+  Rows sum to 1 where client i has a candidate for head k, else to 0. With
+  conf[j, k, b] = max_c P[j, k, b, c] and "neighbours" the candidates j != i
+  (the candidate j = i is the client's own head k-1, under `include_self`):
+    most_confident: one-hot on the candidate of largest conf on example b;
     mean: the normalised weights W[k, i, :], the same for every example;
     random: one-hot on a candidate drawn with probability proportional to
-      W[k, i, j], one draw per (client, head) per step.
+      W[k, i, j], one draw per (client, head) per step;
+    confidence_weighted: W[k, i, j] conf[j, k, b] / sum_j' W[k, i, j'] conf[j', k, b],
+      a mixture in which no single over-confident source wins outright;
+    neighbours_first: one-hot on the most confident neighbour; the own head
+      only where client i has no neighbour candidate for head k;
+    neighbour_and_self: 1/2 the most confident neighbour + 1/2 the own head
+      k-1 (whichever of the two exists gets weight 1): the own head keeps what
+      walks shorter than k brought, the neighbour adds one more hop, and an
+      own head sure of its own class (skew 1) cannot crowd the neighbour out.
   """
   n, h, b, _ = probs_NxHxBxC.shape
   w_NxHxN = jnp.transpose(weights_HxNxN, (1, 0, 2))
   has_NxH = w_NxHxN.sum(-1) > 0
+  cand_NxHxBxN = jnp.broadcast_to((w_NxHxN > 0)[:, :, None, :], (n, h, b, n))
+  conf_NxHxBxN = jnp.broadcast_to(
+      jnp.transpose(probs_NxHxBxC.max(-1), (1, 2, 0))[None], (n, h, b, n))
+  neighbour_NxHxBxN = cand_NxHxBxN & ~jnp.eye(n, dtype=bool)[:, None, None, :]
+  self_NxHxBxN = cand_NxHxBxN & jnp.eye(n, dtype=bool)[:, None, None, :]
   if rule == 'mean':
     m = w_NxHxN / jnp.maximum(w_NxHxN.sum(-1, keepdims=True), 1e-30)
     return jnp.broadcast_to(m[:, :, None, :], (n, h, b, n))
   if rule == 'most_confident':
-    conf_HxBxN = jnp.transpose(probs_NxHxBxC.max(-1), (1, 2, 0))
-    score = jnp.where(w_NxHxN[:, :, None, :] > 0, conf_HxBxN[None], -jnp.inf)
-    choice_NxHxB = jnp.argmax(score, axis=-1)
-  elif rule == 'random':
+    return _best(conf_NxHxBxN, cand_NxHxBxN)
+  if rule == 'random':
     logw = jnp.where(w_NxHxN > 0, jnp.log(jnp.maximum(w_NxHxN, 1e-30)), -jnp.inf)
     choice_NxHxB = jnp.broadcast_to(jax.random.categorical(rng, logw)[:, :, None], (n, h, b))
-  else:
-    raise ValueError(f'unknown target rule {rule!r}; choose one of {", ".join(TARGET_RULES)}.')
-  return jax.nn.one_hot(choice_NxHxB, n) * has_NxH[:, :, None, None]
+    return jax.nn.one_hot(choice_NxHxB, n) * has_NxH[:, :, None, None]
+  if rule == 'confidence_weighted':
+    s = jnp.where(cand_NxHxBxN, w_NxHxN[:, :, None, :] * conf_NxHxBxN, 0.0)
+    return s / jnp.maximum(s.sum(-1, keepdims=True), 1e-30)
+  if rule == 'neighbours_first':
+    has_neighbour = neighbour_NxHxBxN.any(-1, keepdims=True)
+    return _best(conf_NxHxBxN, jnp.where(has_neighbour, neighbour_NxHxBxN, self_NxHxBxN))
+  if rule == 'neighbour_and_self':
+    s = _best(conf_NxHxBxN, neighbour_NxHxBxN) + self_NxHxBxN
+    return s / jnp.maximum(s.sum(-1, keepdims=True), 1e-30)
+  raise ValueError(f'unknown target rule {rule!r}; choose one of {", ".join(TARGET_RULES)}.')
 
 
 def mix_targets(mixing_NxHxBxN, probs_NxHxBxC):

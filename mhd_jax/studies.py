@@ -1,16 +1,22 @@
 """The paper's studies as commands: `python -m mhd_jax.studies NAME --workdir DIR`.
 
-Each study runs a grid of config variants over several seeds, in this
-process, and writes `DIR/NAME.json` (every run's summary numbers),
-`DIR/NAME.md` (a table, mean ± std over seeds) and `DIR/NAME.png` (a plot).
-Runs go to `DIR/NAME/<variant>/seed<k>/`. `--config` picks the base config
-(default: configs/default.py), so the same study scales to the ImageNet
-configs; `--config.FIELD=value` overrides it.
+Each study runs a grid of config variants over several seeds and writes
+`DIR/NAME.json` (the numbers behind the table), `DIR/NAME.md` (a table,
+mean ± std over seeds) and `DIR/NAME.png` (a plot). Runs go to
+`DIR/NAME/<variant>/seed<k>/`; every run's config is checked before any
+trains, runs train on `--jobs` worker processes (`study_runs`), and a
+finished run is reused, so a stopped study restarts where it was. Every run
+evaluates 30 times (eval_every = num_steps / 30) for accuracy over steps.
+`--config` picks the base config (default: configs/default.py), so the same
+study scales to the ImageNet configs; `--config.FIELD=value` overrides it;
+`--quick` is the tests' few-step form.
 """
 
 import inspect
 import json
 import os
+import re
+import sys
 from typing import Callable
 
 from absl import app
@@ -19,7 +25,11 @@ from absl import logging
 import numpy as np
 from ml_collections import config_flags
 
-from mhd_jax import train
+from mhd_jax import config_check
+from mhd_jax import head_studies
+from mhd_jax import study_metrics
+from mhd_jax import study_runs
+from mhd_jax import topology as topology_lib
 
 ISOLATED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1,
             'topology': 'none'}
@@ -27,23 +37,10 @@ NAIVE = {'num_heads': 1}
 MHD = {'num_heads': 3}
 MHD_EMB = {'num_heads': 3, 'nu_emb': 1.0}
 FEDAVG = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1, 'average_every': 10}
-# One model trained with labels on the union of the private data.
-SUPERVISED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1, 'num_clients': 1,
-              'topology': 'none'}
+SUPERVISED = head_studies.SUPERVISED  # one model, labels of the union of the private data
 # Small and large clients for the `models` study when the base config has no two groups.
 SMALL = {'name': 'mlp', 'width': 32, 'depth': 1}
 LARGE = {'name': 'mlp', 'width': 256, 'depth': 3}
-
-
-def run_variant(base, overrides: dict, seeds, workdir: str) -> list[dict]:
-  """Runs one variant for every seed; returns the summaries."""
-  out = []
-  for seed in seeds:
-    config = base.copy_and_resolve_references()
-    with config.unlocked():
-      config.update_from_flattened_dict({**overrides, 'seed': seed})
-    out.append(train.train_and_evaluate(config, os.path.join(workdir, f'seed{seed}')))
-  return out
 
 
 def headline(summaries: list[dict], clients=None) -> dict:
@@ -61,21 +58,28 @@ def headline(summaries: list[dict], clients=None) -> dict:
           'private': private, 'shared': shared}
 
 
-def grid(base, rows: dict[str, dict], cols: dict[str, dict], seeds, workdir) -> dict:
-  """Runs every (row, column) pair of overrides; returns {row: {col: headline}}."""
-  return {r: {c: headline(run_variant(base, {**ro, **co}, seeds,
-                                      os.path.join(workdir, f'{r}__{c}')))
-              for c, co in cols.items()}
-          for r, ro in rows.items()}
+def grid_variants(rows: dict[str, dict], cols: dict[str, dict]) -> dict[str, dict]:
+  """Every (row, column) pair of overrides, named 'row__col'."""
+  return {f'{r}__{c}': {**ro, **co} for r, ro in rows.items() for c, co in cols.items()}
+
+
+def grid_results(rows, cols, summaries: dict[str, list[dict]]) -> dict:
+  """{row: {col: headline}} from the summaries of `grid_variants(rows, cols)`."""
+  return {r: {c: headline(summaries[f'{r}__{c}']) for c in cols} for r in rows}
 
 
 def table(results: dict, title: str) -> str:
+  """Private and shared accuracy per cell, and the shared AUC over steps where cells hold it."""
   cols = list(next(iter(results.values())))
-  lines = [f'| {title} | ' + ' | '.join(f'{c} private | {c} shared' for c in cols) + ' |',
-           '|---' * (1 + 2 * len(cols)) + '|']
+  auc = all('auc_mean' in cell for row in results.values() for cell in row.values())
+  heads = [f'{c} private | {c} shared' + (f' | {c} AUC' if auc else '') for c in cols]
+  lines = [f'| {title} | ' + ' | '.join(heads) + ' |',
+           '|---' * (1 + (3 if auc else 2) * len(cols)) + '|']
   for r, row in results.items():
     cells = [f"{row[c]['private_mean']:.1f} ± {row[c]['private_std']:.1f} | "
-             f"{row[c]['shared_mean']:.1f} ± {row[c]['shared_std']:.1f}" for c in cols]
+             f"{row[c]['shared_mean']:.1f} ± {row[c]['shared_std']:.1f}"
+             + (f" | {row[c]['auc_mean']:.1f} ± {row[c]['auc_std']:.1f}" if auc else '')
+             for c in cols]
     lines.append(f'| {r} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -119,92 +123,130 @@ def plot(results: dict, xlabel: str, path: str):
   plt.close(fig)
 
 
-def heterogeneity(base, seeds, workdir):
+def _grid(rows: dict, cols: dict, xlabel: str, extra_variants=None, extra=None):
+  """A study over a rows x columns grid: (variants, analyse) as `head_studies` describes.
+
+  `extra(summaries, runs)` may add (results, markdown) to the grid's.
+  """
+  variants = grid_variants(rows, cols) | (extra_variants or {})
+
+  def analyse(summaries, runs):
+    results = {'grid': grid_results(rows, cols, summaries)}
+    for r in rows:
+      for c in cols:  # mean over the run of the last head's shared accuracy (%)
+        auc = [head_studies.run_auc(run) for run in runs[f'{r}__{c}']]
+        results['grid'][r][c] |= {'auc': auc, 'auc_mean': float(np.mean(auc)),
+                                  'auc_std': float(np.std(auc))}
+    md = grid_markdown(results['grid'], xlabel, len(next(iter(summaries.values()))))
+    if extra:
+      more, more_md = extra(summaries, runs)
+      results |= more
+      md += more_md
+    return results, md, lambda path: plot(results, xlabel, path)
+
+  return variants, analyse
+
+
+def grid_markdown(grid_results_: dict, xlabel: str, num_seeds: int) -> str:
+  cell = next(iter(next(iter(grid_results_.values())).values()))
+  auc = ("; AUC = the last head's mean shared accuracy over the run (area under "
+         'accuracy-over-steps / steps, %)') if 'auc_mean' in cell else ''
+  return (f'Mean ± std over {num_seeds} seeds; private = mean private accuracy of head 0, '
+          f'shared = mean shared accuracy of the last head (%){auc}.\n\n'
+          + table(grid_results_, xlabel) + '\n')
+
+
+def heterogeneity(base, opts):
   """Skew 0, 0.5, 0.9, 1.0: isolated vs naive distillation vs MHD."""
+  del base, opts
   rows = {f'skew {s}': {'skew': s} for s in (0.0, 0.5, 0.9, 1.0)}
   cols = {'isolated': ISOLATED, 'naive (H=1)': NAIVE, 'MHD (H=3)': MHD}
-  return {'grid': grid(base, rows, cols, seeds, workdir)}, 'data skew'
+  return _grid(rows, cols, 'data skew')
 
 
-def heads(base, seeds, workdir):
+def heads(base, opts):
   """H = 1..5 at skew 1.0 (disjoint classes), on a complete graph and on a chain."""
+  del base, opts
   rows = {f'H={h}': {'num_heads': h, 'skew': 1.0} for h in range(1, 6)}
   cols = {'complete': {'topology': 'complete'}, 'chain': {'topology': 'chain'}}
-  return {'grid': grid(base, rows, cols, seeds, workdir)}, 'heads'
+  return _grid(rows, cols, 'heads')
 
 
 def chain_hops(summary_dir: str, last_head: bool = True) -> np.ndarray:
-  """[N] accuracy (%) of client i on the primary classes of clients d hops away, d = 1..N-1.
+  """[N-1] accuracy (%) of client i on the primary classes of clients d hops away, d = 1..N-1.
 
   Averaged over the ordered pairs (i, j) with |i - j| = d on the chain 0 - 1 - ... - (N-1).
   """
-  z = np.load(os.path.join(summary_dir, 'per_class.npz'))
-  correct = z['correct_NxHxC'][:, -1 if last_head else 0]  # [N, C]
-  count, primary = z['count_C'], z['primary_NxC']
-  n = len(primary)
-  acc = np.array([[correct[i, primary[j]].sum() / max(count[primary[j]].sum(), 1)
-                   for j in range(n)] for i in range(n)])
-  return np.array([100 * np.mean([acc[i, j] for i in range(n) for j in range(n)
-                                  if abs(i - j) == d]) for d in range(1, n)])
+  with np.load(os.path.join(summary_dir, 'per_class.npz')) as z:
+    n = len(z['primary_NxC'])
+    curves = study_metrics.hop_curves(dict(z), topology_lib.chain(n))
+  return curves['acc_HxD'][-1 if last_head else 0]
 
 
-def topology(base, seeds, workdir):
+def topology(base, opts):
   """Complete, ring, chain and islands graphs; and transitivity along a chain of 6 clients.
 
   Transitivity: at skew 1.0 on a chain of 6 clients, the last head's accuracy of
   each client on the classes of the clients d hops away, for H = 1..5.
   """
+  del base, opts
   rows = {name: {'topology': name} for name in ('complete', 'ring', 'chain', 'islands')}
   cols = {'naive (H=1)': NAIVE, 'MHD (H=3)': MHD}
-  results = {'grid': grid(base, rows, cols, seeds, workdir)}
-  hops = {}
-  for h in range(1, 6):
-    overrides = {'num_heads': h, 'topology': 'chain', 'num_clients': 6, 'skew': 1.0}
-    run_dir = os.path.join(workdir, f'transitivity_H{h}')
-    run_variant(base, overrides, seeds, run_dir)
-    per_seed = np.stack([chain_hops(os.path.join(run_dir, f'seed{s}')) for s in seeds])
-    hops[f'H={h}'] = {'mean': per_seed.mean(0).tolist(), 'std': per_seed.std(0).tolist()}
-  results['transitivity'] = hops
-  return results, 'topology'
+  chains = {f'transitivity_H{h}': {'num_heads': h, 'topology': 'chain', 'num_clients': 6,
+                                   'skew': 1.0} for h in range(1, 6)}
+
+  def transitivity(summaries, runs):
+    del summaries
+    hops = {}
+    for h in range(1, 6):
+      per_seed = np.stack([chain_hops(r.workdir) for r in runs[f'transitivity_H{h}']])
+      hops[f'H={h}'] = {'mean': per_seed.mean(0).tolist(), 'std': per_seed.std(0).tolist()}
+    return {'transitivity': hops}, (
+        '\n## Transitivity\n\nAccuracy (%) of the last head of each client on the '
+        'classes of the clients d hops away on the chain:\n\n' + hops_table(hops) + '\n')
+
+  return _grid(rows, cols, 'topology', chains, transitivity)
 
 
-def models(base, seeds, workdir):
+def models(base, opts):
   """Small-only, large-only and mixed populations (half small, half large clients).
 
   Columns split the clients by position: the first half (small in the mix) and
   the second half (large in the mix), so every cell compares clients holding
   the same data.
   """
+  del opts
   if len(base.get('groups', {})) == 2:
     (_, small), (_, large) = [(k, dict(v.model)) for k, v in base.groups.items()]
   else:
     small, large = SMALL, LARGE
   n = base.num_clients
   half = n // 2
-  variants = {'small-only': [(n, small)], 'large-only': [(n, large)],
-              'mixed': [(half, small), (n - half, large)]}
-  results = {}
-  for name, groups in variants.items():
-    summaries = []
-    for seed in seeds:
-      config = base.copy_and_resolve_references()
-      with config.unlocked():
-        config.groups = {f'g{g}': {'num_clients': k, 'model': m}
-                         for g, (k, m) in enumerate(groups)}
-        config.seed = seed
-      summaries.append(train.train_and_evaluate(
-          config, os.path.join(workdir, name, f'seed{seed}')))
-    results[name] = {f'clients 0-{half - 1}': headline(summaries, range(half)),
-                     f'clients {half}-{n - 1}': headline(summaries, range(half, n))}
-  return {'grid': results}, 'population'
+  populations = {'small-only': [(n, small)], 'large-only': [(n, large)],
+                 'mixed': [(half, small), (n - half, large)]}
+  variants = {name: {'groups': {f'g{g}': {'num_clients': k, 'model': m}
+                                for g, (k, m) in enumerate(groups)}}
+              for name, groups in populations.items()}
+
+  def analyse(summaries, runs):
+    del runs
+    results = {'grid': {
+        name: {f'clients 0-{half - 1}': headline(summaries[name], range(half)),
+               f'clients {half}-{n - 1}': headline(summaries[name], range(half, n))}
+        for name in populations}}
+    md = grid_markdown(results['grid'], 'population', len(summaries['mixed']))
+    return results, md, lambda path: plot(results, 'population', path)
+
+  return variants, analyse
 
 
-def methods(base, seeds, workdir):
+def methods(base, opts):
   """Isolated, naive distillation, MHD, MHD + embedding distillation, FedAvg, supervised."""
+  del base, opts
   rows = {'isolated': ISOLATED, 'naive (H=1)': NAIVE, 'MHD (H=3)': MHD,
           'MHD + emb (H=3)': MHD_EMB, 'FedAvg (every 10 steps)': FEDAVG,
           'supervised upper bound': SUPERVISED}
-  return {'grid': grid(base, rows, {'': {}}, seeds, workdir)}, 'method'
+  return _grid(rows, {'': {}}, 'method')
 
 
 def hops_table(hops: dict) -> str:
@@ -218,38 +260,104 @@ def hops_table(hops: dict) -> str:
 
 
 STUDIES: dict[str, Callable] = {'heterogeneity': heterogeneity, 'heads': heads,
-                                'topology': topology, 'models': models, 'methods': methods}
+                                'topology': topology, 'models': models, 'methods': methods,
+                                'hops': head_studies.hops, 'efficiency': head_studies.efficiency,
+                                'recipes': head_studies.recipes}
+# Seeds per study when --seeds is not given: sized so the main tables fit in 40 min
+# on 2 cores (README, "When do auxiliary heads help?").
+DEFAULT_SEEDS = {'hops': 8, 'efficiency': 4, 'recipes': 4}
+QUICK = {'num_steps': 30, 'log_every': 10}  # --quick: the tests' form
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Base config.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/studies', 'Where results are written.')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds (0..seeds-1) per variant.')
+_SEEDS = flags.DEFINE_integer('seeds', None, 'Number of seeds (0..seeds-1) per variant '
+                              f'(default: {DEFAULT_SEEDS}, else 3).')
+_JOBS = flags.DEFINE_integer('jobs', 1, 'Worker processes training runs at once (one core each).')
+_QUICK = flags.DEFINE_bool('quick', False, f'A few steps ({QUICK}) and a small grid.')
+_HEADS = flags.DEFINE_list('heads', None, 'hops / efficiency: head counts, e.g. 1,2,4.')
+_TOPOLOGIES = flags.DEFINE_list('topologies', ['chain'], 'recipes: graphs, e.g. chain,complete.')
 
 
-def main(argv):
-  if len(argv) != 2 or argv[1] not in STUDIES:
-    raise app.UsageError(f'usage: python -m mhd_jax.studies NAME --workdir DIR; '
-                         f'NAME is one of {", ".join(STUDIES)}')
-  name = argv[1]
-  logging.set_verbosity(logging.WARNING)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  results, xlabel = STUDIES[name](_CONFIG.value, range(_SEEDS.value),
-                                  os.path.join(_WORKDIR.value, name))
+class UsageError(ValueError):
+  """A bad study argument: one line, exit status 2, before any training."""
+
+
+def study_base(base, quick: bool):
+  """The base config of every run: eval_every = num_steps / 30 (accuracy over steps)."""
+  base = base.copy_and_resolve_references()
+  with base.unlocked():
+    if quick:
+      base.update_from_flattened_dict(QUICK)
+    base.eval_every = max(1, base.num_steps // 30)
+  return base
+
+
+def run_dirname(variant: str) -> str:
+  """A variant's directory name: 'chain: nu_main=0.1, include_self' -> 'chain_nu_main=0.1_include_self'."""
+  return re.sub(r'_+', '_', re.sub(r'[^A-Za-z0-9=.+-]', '_', variant)).strip('_')
+
+
+def plan(name: str, base, opts: study_runs.Options, workdir: str):
+  """(runs by variant, analyse) of study `name`; every run's config checked, nothing trained."""
+  if name not in STUDIES:
+    raise UsageError(f'unknown study {name!r}; NAME is one of {", ".join(STUDIES)}.')
+  if not opts.seeds:
+    raise UsageError('--seeds must be >= 1.')
+  variants, analyse = STUDIES[name](base, opts)
+  runs = {v: study_runs.variant_runs(base, o, opts.seeds, os.path.join(workdir, run_dirname(v)))
+          for v, o in variants.items()}
+  try:
+    study_runs.check([r for rs in runs.values() for r in rs])
+  except config_check.ConfigError as e:
+    raise UsageError(e.problems[0]) from None
+  return runs, analyse
+
+
+def run_study(name: str, base, opts: study_runs.Options, workdir: str, jobs: int = 1) -> str:
+  """Plans, trains (reusing finished runs) and writes DIR/NAME.{json,md,png}; returns the md."""
+  base = study_base(base, opts.quick)
+  runs, analyse = plan(name, base, opts, os.path.join(workdir, name))
+  all_runs = [r for rs in runs.values() for r in rs]
+  summaries = study_runs.execute(all_runs, jobs)
+  by_variant, i = {}, 0
+  for v, rs in runs.items():
+    by_variant[v], i = summaries[i:i + len(rs)], i + len(rs)
+  results, body, draw = analyse(by_variant, runs)
   doc = inspect.cleandoc(STUDIES[name].__doc__)
-  md = (f'# {name}\n\n{doc}\n\nMean ± std over {_SEEDS.value} seeds; '
-        'private = mean private accuracy of head 0, shared = mean shared accuracy of the '
-        'last head (%).\n\n' + table(results['grid'], xlabel) + '\n')
-  if 'transitivity' in results:
-    md += ('\n## Transitivity\n\nAccuracy (%) of the last head of each client on the '
-           'classes of the clients d hops away on the chain:\n\n'
-           + hops_table(results['transitivity']) + '\n')
-  stem = os.path.join(_WORKDIR.value, name)
+  md = f'# {name}\n\n{doc}\n\n{body}\n'
+  stem = os.path.join(workdir, name)
   with open(stem + '.json', 'w') as f:
     json.dump(results, f, indent=1)
   with open(stem + '.md', 'w') as f:
     f.write(md)
-  plot(results, xlabel, stem + '.png')
-  print(md)
+  draw(stem + '.png')
+  return md
+
+
+def main(argv):
+  try:
+    if len(argv) != 2:
+      raise UsageError(f'usage: python -m mhd_jax.studies NAME --workdir DIR; '
+                       f'NAME is one of {", ".join(STUDIES)}.')
+    name = argv[1]
+    if _JOBS.value < 1:
+      raise UsageError(f'--jobs must be >= 1, got {_JOBS.value}.')
+    seeds = _SEEDS.value if _SEEDS.value is not None else DEFAULT_SEEDS.get(name, 3)
+    try:
+      heads_ = tuple(int(h) for h in _HEADS.value) if _HEADS.value else None
+    except ValueError:
+      raise UsageError(f'--heads must be integers, got {",".join(_HEADS.value)}.') from None
+    opts = study_runs.Options(tuple(range(max(seeds, 0))), _QUICK.value, heads_,
+                              tuple(_TOPOLOGIES.value))
+    logging.set_verbosity(logging.WARNING)
+    base = study_base(_CONFIG.value, opts.quick)
+    plan(name, base, opts, os.path.join(_WORKDIR.value, name))  # refuse before any training
+  except UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  print(run_study(name, _CONFIG.value, opts, _WORKDIR.value, _JOBS.value))
 
 
 if __name__ == '__main__':

@@ -288,3 +288,65 @@ def test_most_confident_target_equals_the_chosen_neighbours_distribution():
       losses.mixing_weights(probs, w, 'most_confident', None), probs))
   np.testing.assert_allclose(t[0, 0], [[0.70, 0.30], [0.20, 0.80]], rtol=1e-6)
   np.testing.assert_allclose(t[2, 0], np.zeros((2, 2)))
+
+
+# ------------------------------------------------- rules for multi-hop chains
+# Client 0 receives from 1 (weight 1) and 2 (weight 3), and, with
+# include_self, from its own previous head; client 1 from nobody but itself.
+_A3 = np.array([[0, 1, 3], [0, 0, 0], [1, 0, 0]], np.float32)
+# [N=3, H=2, B=2, C=2]; both heads alike. Max-probabilities: client 0: 0.9,
+# 0.9 (the over-confident own head); client 1: 0.8, 0.6; client 2: 0.6, 0.7.
+_P3 = jnp.broadcast_to(jnp.array([[[0.9, 0.1], [0.1, 0.9]],
+                                  [[0.8, 0.2], [0.4, 0.6]],
+                                  [[0.4, 0.6], [0.3, 0.7]]])[:, None], (3, 2, 2, 2))
+
+
+def test_confidence_weighted_mixes_candidates_by_weight_times_confidence():
+  w = losses.candidate_weights(jnp.asarray(_A3), 2, include_self=True)
+  m = np.asarray(losses.mixing_weights(_P3, w, 'confidence_weighted', None))
+  assert m.shape == (3, 2, 2, 3)
+  # Head 0, client 0: 1 * 0.8 and 3 * 0.6 on example 0; 1 * 0.6 and 3 * 0.7 on example 1.
+  np.testing.assert_allclose(m[0, 0, 0], [0.0, 0.8 / 2.6, 1.8 / 2.6], rtol=1e-6)
+  np.testing.assert_allclose(m[0, 0, 1], [0.0, 0.6 / 2.7, 2.1 / 2.7], rtol=1e-6)
+  # Head 1 adds the own head (weight 1, conf 0.9): it gets a share, not everything.
+  np.testing.assert_allclose(m[0, 1, 0], [0.9 / 3.5, 0.8 / 3.5, 1.8 / 3.5], rtol=1e-6)
+  # Client 1: no neighbour; nothing for head 0, its own head for head 1.
+  np.testing.assert_array_equal(m[1, 0], np.zeros((2, 3)))
+  np.testing.assert_allclose(m[1, 1], [[0, 1, 0], [0, 1, 0]], rtol=1e-6)
+  # Client 2, head 1: client 0 (1 * 0.9) and its own head (1 * 0.6).
+  np.testing.assert_allclose(m[2, 1, 0], [0.9 / 1.5, 0.0, 0.6 / 1.5], rtol=1e-6)
+
+
+def test_neighbours_first_uses_the_own_head_only_without_a_neighbour():
+  w = losses.candidate_weights(jnp.asarray(_A3), 2, include_self=True)
+  m = np.asarray(losses.mixing_weights(_P3, w, 'neighbours_first', None))
+  e = np.eye(3, dtype=np.float32)
+  # Client 0's own head (0.9) is the most confident candidate, yet head 1
+  # picks the best neighbour: 1 (0.8 > 0.6) on example 0, 2 (0.7 > 0.6) on 1.
+  np.testing.assert_array_equal(m[0, 1], [e[1], e[2]])
+  np.testing.assert_array_equal(m[0, 0], [e[1], e[2]])
+  # most_confident with the same candidates picks the own head on both examples.
+  m_mc = np.asarray(losses.mixing_weights(_P3, w, 'most_confident', None))
+  np.testing.assert_array_equal(m_mc[0, 1], [e[0], e[0]])
+  # Client 1 has no neighbour: its own head for head 1, nothing for head 0.
+  np.testing.assert_array_equal(m[1, 1], [e[1], e[1]])
+  np.testing.assert_array_equal(m[1, 0], np.zeros((2, 3)))
+  np.testing.assert_array_equal(m[2, 1], [e[0], e[0]])
+
+
+def test_neighbour_and_self_halves_between_best_neighbour_and_own_head():
+  w = losses.candidate_weights(jnp.asarray(_A3), 2, include_self=True)
+  m = np.asarray(losses.mixing_weights(_P3, w, 'neighbour_and_self', None))
+  np.testing.assert_allclose(m[0, 1], [[0.5, 0.5, 0.0], [0.5, 0.0, 0.5]], rtol=1e-6)
+  # Head 0 has no own-head candidate: the best neighbour alone.
+  np.testing.assert_allclose(m[0, 0], [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], rtol=1e-6)
+  np.testing.assert_allclose(m[1, 1], [[0.0, 1.0, 0.0]] * 2, rtol=1e-6)  # own head only
+  np.testing.assert_array_equal(m[1, 0], np.zeros((2, 3)))
+  # The target is the half-half mixture of the two distributions.
+  t = np.asarray(losses.mix_targets(jnp.asarray(m), _P3))
+  np.testing.assert_allclose(t[0, 1, 1], [(0.1 + 0.3) / 2, (0.9 + 0.7) / 2], rtol=1e-6)
+  # Without include_self it is most_confident over the neighbours.
+  w_off = losses.candidate_weights(jnp.asarray(_A3), 2, include_self=False)
+  np.testing.assert_array_equal(
+      losses.mixing_weights(_P3, w_off, 'neighbour_and_self', None),
+      losses.mixing_weights(_P3, w_off, 'most_confident', None))

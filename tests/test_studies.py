@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from mhd_jax import config_check
 from mhd_jax import studies
+from mhd_jax import study_runs
 from tests.conftest import ROOT
 
 
@@ -43,4 +46,113 @@ def test_methods_study_writes_its_table_plot_and_numbers(tmp_path):
                            'FedAvg (every 10 steps)', 'supervised upper bound']
   md = (tmp_path / 'methods.md').read_text()
   assert all(name in md for name in results)
+  # Every run evaluated at each step (eval_every = 4 // 30 -> 1): its AUC is the trapezoid mean.
+  records = [json.loads(line) for line in
+             (tmp_path / 'methods' / 'isolated' / 'seed0' / 'metrics.jsonl').open()]
+  acc = [100 * r['eval']['mean_shared_acc'][-1] for r in records if 'eval' in r]
+  assert len(acc) == 4
+  np.testing.assert_allclose(results['isolated']['']['auc_mean'],
+                             (acc[0] / 2 + acc[1] + acc[2] + acc[3] / 2) / 3, rtol=1e-6)
+  assert '| isolated | ' in md and ' AUC |' in md
   assert os.path.getsize(tmp_path / 'methods.png') > 10_000
+
+
+def _study(name, workdir, *args):
+  return subprocess.run(
+      [sys.executable, '-m', 'mhd_jax.studies', name, f'--workdir={workdir}', *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
+  out = _study('hops', tmp_path, '--quick', '--seeds=1', '--jobs=2')
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((tmp_path / 'hops.json').read_text())
+  assert set(results) == {'chain', 'ring'}
+  chain, ring = results['chain'], results['ring']
+  assert chain['H=2']['d'] == list(range(1, 10)) and ring['H=2']['d'] == [1, 2, 3, 4, 5]
+  assert chain['H=2']['pairs'] == [18, 16, 14, 12, 10, 8, 6, 4, 2]
+  assert ring['H=1']['pairs'] == [20, 20, 20, 20, 10]
+  assert np.asarray(chain['H=2']['per_seed']).shape == (1, 2, 9)  # [seeds, heads, d]
+  # The hop curve of every run is the one its per_class.npz gives by hand.
+  run = tmp_path / 'hops' / 'chain_H2' / 'seed0'
+  np.testing.assert_allclose(chain['H=2']['per_seed'][0][1], studies.chain_hops(str(run)))
+  md = (tmp_path / 'hops.md').read_text()
+  assert '### ring' in md and '| 2 | 1 |' in md and '| | pairs | 18 |' in md
+  assert os.path.getsize(tmp_path / 'hops.png') > 10_000
+
+
+def test_bad_study_arguments_stop_in_one_line_before_training(tmp_path):
+  for args, message in [(['nope'], "unknown study 'nope'"),
+                        (['hops', '--seeds=0'], '--seeds must be >= 1'),
+                        (['hops', '--heads=1,0'], 'num_heads must be >= 1'),
+                        (['recipes', '--config.temperature=0'], 'temperature must be > 0'),
+                        (['efficiency', '--jobs=0'], '--jobs must be >= 1')]:
+    out = _study(args[0], tmp_path, *args[1:])
+    assert out.returncode == 2, (args, out.stderr[-2000:])
+    assert out.stderr.strip().count('\n') == 0 and message in out.stderr, (args, out.stderr)
+    assert not os.listdir(tmp_path), args  # nothing trained, nothing written
+
+
+def _tiny_runs(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  base = default.get_config()
+  overrides = {'num_clients': 3, 'num_steps': 6, 'log_every': 3, 'eval_every': 3,
+               'model.width': 16, 'model.depth': 1, 'topology': 'chain', 'skew': 1.0}
+  return [study_runs.Run(study_runs.configure(base, {**overrides, 'num_heads': h}, 0),
+                         str(tmp_path / f'H{h}')) for h in (1, 2)]
+
+
+def test_parallel_runs_match_serial_runs_and_finished_runs_are_reused(tmp_path):
+  serial = _tiny_runs(tmp_path / 'serial')
+  parallel = _tiny_runs(tmp_path / 'parallel')
+  study_runs.check(serial + parallel)
+  s1 = study_runs.execute(serial, jobs=1, progress=lambda _: None)
+  s2 = study_runs.execute(parallel, jobs=2, progress=lambda _: None)
+  for a, b, ra, rb in zip(s1, s2, serial, parallel):
+    assert a['mean_shared_acc'] == b['mean_shared_acc'] and a['clients'] == b['clients']
+    with np.load(os.path.join(ra.workdir, 'per_class.npz')) as za, \
+         np.load(os.path.join(rb.workdir, 'per_class.npz')) as zb:
+      np.testing.assert_array_equal(za['correct_NxHxC'], zb['correct_NxHxC'])
+  # A finished run is read back, not trained again.
+  stamp = os.path.getmtime(os.path.join(serial[0].workdir, 'summary.json'))
+  said = []
+  assert study_runs.execute(serial, jobs=2, progress=said.append) == s1
+  assert not said and os.path.getmtime(os.path.join(serial[0].workdir, 'summary.json')) == stamp
+
+
+def test_a_workdir_of_another_config_is_refused_up_front(tmp_path):
+  runs = _tiny_runs(tmp_path)
+  study_runs.execute(runs[:1], jobs=1, progress=lambda _: None)
+  other = study_runs.Run(runs[1].config, runs[0].workdir)  # H=2 into the H=1 run's workdir
+  with pytest.raises(config_check.ConfigError, match='different config'):
+    study_runs.check([other])
+
+
+def test_efficiency_and_recipes_quick_forms_read_their_runs(tmp_path):
+  for name in ('efficiency', 'recipes'):
+    out = _study(name, tmp_path, '--quick', '--seeds=1', '--jobs=2')
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.path.getsize(tmp_path / f'{name}.png') > 10_000
+  eff = json.loads((tmp_path / 'efficiency.json').read_text())
+  bound = eff['supervised']
+  assert eff['bound_final'] == bound['final'][0] == bound['curve'][0][-1]
+  h2 = eff['settings']['skew 1.0, chain']['H=2']
+  assert h2['steps'][0] == list(range(1, 31))  # eval_every = 30 steps / 30
+  records = [json.loads(line) for line in
+             (tmp_path / 'efficiency' / 'skew_1.0_chain_H=2' / 'seed0' / 'metrics.jsonl').open()]
+  last = [r for r in records if 'eval' in r][-1]['eval']['mean_shared_acc'][-1]
+  np.testing.assert_allclose(h2['final'][0], 100 * last)
+  assert '| skew 1.0, chain | 2 |' in (tmp_path / 'efficiency.md').read_text()
+  rec = json.loads((tmp_path / 'recipes.json').read_text())
+  assert list(rec) == ['chain: naive (H=1)', 'chain: MHD (H=4)',
+                       'chain: include_self, target=neighbour_and_self']
+  summary = json.loads((tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0' / 'summary.json')
+                       .read_text())
+  mhd = rec['chain: MHD (H=4)']
+  np.testing.assert_allclose(mhd['private'][0], 100 * summary['mean_private_acc'][0])
+  np.testing.assert_allclose(mhd['shared_best'][0], 100 * max(summary['mean_shared_acc']))
+  # Far-hop accuracy of the last head = the hop curve's pair-weighted mean over d >= 5.
+  curve = studies.chain_hops(str(tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0'))
+  pairs = np.array([18, 16, 14, 12, 10, 8, 6, 4, 2])
+  np.testing.assert_allclose(mhd['far_last'][0], (curve[4:] * pairs[4:]).sum() / pairs[4:].sum(),
+                             rtol=1e-6)
