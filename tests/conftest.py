@@ -2,11 +2,15 @@
 
 import json
 import os
+from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import default
+from mhd_jax import models
 from mhd_jax import train
 
 # The partitionable threefry PRNG (JAX's default) compiles random initialisers
@@ -47,3 +51,28 @@ def read_records(workdir, timings=False):
       for k in ('steps_per_sec', 'client_steps_per_sec', 'examples_per_sec'):
         r.pop(k, None)
   return records
+
+
+class ConvBN(nn.Module):
+  """The smallest backbone with batch statistics: 3x3 conv, BatchNorm, ReLU, 2x2 pool, Dense.
+
+  Stands in for the ResNets wherever a test needs `batch_stats` (privacy,
+  checkpoints, averaging) at a fraction of their compile time.
+  """
+  width: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(self.width, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+    x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = nn.Dense(2 * self.width, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+    return nn.relu(x).astype(jnp.float32)
+
+
+@pytest.fixture
+def convbn(monkeypatch):
+  """Registers `ConvBN` as `config.model.name = 'convbn'` for in-process runs."""
+  monkeypatch.setitem(models.BACKBONES, 'convbn', ConvBN)
+  return 'convbn'
