@@ -1,7 +1,10 @@
 """Test-session settings and shared fixtures (a short finished run of the default config)."""
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +21,18 @@ from mhd_jax import train
 # never depend on particular random values, only on their agreement between
 # code paths, so they use the cheaper-to-compile form.
 jax.config.update('jax_threefry_partitionable', False)
+
+# One compilation cache for the session, shared with the subprocesses it starts
+# (launch.py runs, the 8-device checks): many tests run the same programs (a run
+# and its resumed twin, a run with and without averaging), and compiling is most
+# of their time on CPU. A fresh directory each session, so nothing carries over.
+_CACHE = tempfile.mkdtemp(prefix='mhd_jax_test_cache_')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+for _name, _value in (('jax_compilation_cache_dir', _CACHE),
+                      ('jax_persistent_cache_min_compile_time_secs', 0),
+                      ('jax_persistent_cache_min_entry_size_bytes', 0)):
+  jax.config.update(_name, _value)
+  os.environ[_name.upper()] = str(_value)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
