@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import default
@@ -91,3 +92,21 @@ def convbn(monkeypatch):
   """Registers `ConvBN` as `config.model.name = 'convbn'` for in-process runs."""
   monkeypatch.setitem(models.BACKBONES, 'convbn', ConvBN)
   return 'convbn'
+
+
+def hand_accuracies(workdir):
+  """([N, H] private, [N, H] shared) accuracy of a finished digits run, recomputed without
+  `evaluate.py`: the final checkpoint's logits on the raw test split, argmax against the
+  labels; private accuracy over the test examples of the client's class block."""
+  from mhd_jax import explore, input_pipeline, partition  # pylint: disable=g-import-not-at-top
+  run = explore.load(workdir)
+  c = run.config
+  _, (test_x, test_y) = input_pipeline._load_digits(  # pylint: disable=protected-access
+      c.data.split_seed, c.data.test_fraction)
+  blocks = partition.class_blocks(c.num_clients, 10)
+  private, shared = [], []
+  for i in range(c.num_clients):
+    right_HxB = run.logits(i, test_x).argmax(-1) == test_y
+    private.append(right_HxB[:, np.isin(test_y, blocks[i])].mean(-1))
+    shared.append(right_HxB.mean(-1))
+  return np.array(private), np.array(shared)
