@@ -125,11 +125,12 @@ BUGS = (
         '                                           config.include_self)',
         '                                           False)',
         ('tests/test_step.py',), 'include_self ignored'),
-    Bug('targets_not_constant', 'mhd_jax/step.py',
-        'probs = losses.source_probs(jax.lax.stop_gradient(gather(lu_NxHxBxC)), '
-        'config.temperature)',
-        'probs = losses.source_probs(gather(lu_NxHxBxC), config.temperature)',
-        ('tests/test_step.py',), 'gradients flow into the teachers'),
+    # (Removing one `stop_gradient` of the targets is an equivalent mutant: step.py stops
+    # the teachers' outputs and losses.kd / losses.embedding_mse stop the targets again.)
+    Bug('embedding_target_halved', 'mhd_jax/step.py',
+        'm_nxBxM = m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]',
+        'm_nxBxM = 0.5 * m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]',
+        ('tests/test_step.py',), 'embedding targets mixed with weights that do not sum to 1'),
     Bug('no_distillation_signal', 'mhd_jax/step.py',
         "  terms['loss'] = (terms['ce'] + config.nu_main * terms['kd_main']",
         "  terms['loss'] = (terms['ce'] + 0 * config.nu_main * terms['kd_main']",
