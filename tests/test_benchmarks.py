@@ -39,4 +39,6 @@ def test_distill_overhead_quick():
       row['mhd_step_ms'] / row['isolated_step_ms'], rel=2e-3, abs=1e-3)
   assert row['ratio_mhd_vs_private_only'] == pytest.approx(
       row['mhd_step_ms'] / row['private_only_step_ms'], rel=2e-3, abs=1e-3)
-  assert row['private_only_step_ms'] > 0
+  for key in ('mhd_step_ms', 'isolated_step_ms', 'private_only_step_ms',
+              'ratio_mhd_vs_isolated', 'ratio_mhd_vs_private_only'):
+    assert row[key] > 0, key
