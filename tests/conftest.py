@@ -1,12 +1,20 @@
 """Test-session settings and shared fixtures (a short finished run of the default config)."""
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
+from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import default
+from mhd_jax import models
 from mhd_jax import train
 
 # The partitionable threefry PRNG (JAX's default) compiles random initialisers
@@ -14,6 +22,18 @@ from mhd_jax import train
 # never depend on particular random values, only on their agreement between
 # code paths, so they use the cheaper-to-compile form.
 jax.config.update('jax_threefry_partitionable', False)
+
+# One compilation cache for the session, shared with the subprocesses it starts
+# (launch.py runs, the 8-device checks): many tests run the same programs (a run
+# and its resumed twin, a run with and without averaging), and compiling is most
+# of their time on CPU. A fresh directory each session, so nothing carries over.
+_CACHE = tempfile.mkdtemp(prefix='mhd_jax_test_cache_')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+for _name, _value in (('jax_compilation_cache_dir', _CACHE),
+                      ('jax_persistent_cache_min_compile_time_secs', 0),
+                      ('jax_persistent_cache_min_entry_size_bytes', 0)):
+  jax.config.update(_name, _value)
+  os.environ[_name.upper()] = str(_value)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,3 +67,46 @@ def read_records(workdir, timings=False):
       for k in ('steps_per_sec', 'client_steps_per_sec', 'examples_per_sec'):
         r.pop(k, None)
   return records
+
+
+class ConvBN(nn.Module):
+  """The smallest backbone with batch statistics: 3x3 conv, BatchNorm, ReLU, 2x2 pool, Dense.
+
+  Stands in for the ResNets wherever a test needs `batch_stats` (privacy,
+  checkpoints, averaging) at a fraction of their compile time.
+  """
+  width: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(self.width, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+    x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = nn.Dense(2 * self.width, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+    return nn.relu(x).astype(jnp.float32)
+
+
+@pytest.fixture
+def convbn(monkeypatch):
+  """Registers `ConvBN` as `config.model.name = 'convbn'` for in-process runs."""
+  monkeypatch.setitem(models.BACKBONES, 'convbn', ConvBN)
+  return 'convbn'
+
+
+def hand_accuracies(workdir):
+  """([N, H] private, [N, H] shared) accuracy of a finished digits run, recomputed without
+  `evaluate.py`: the final checkpoint's logits on the raw test split, argmax against the
+  labels; private accuracy over the test examples of the client's class block."""
+  from mhd_jax import explore, input_pipeline, partition  # pylint: disable=g-import-not-at-top
+  run = explore.load(workdir)
+  c = run.config
+  _, (test_x, test_y) = input_pipeline._load_digits(  # pylint: disable=protected-access
+      c.data.split_seed, c.data.test_fraction)
+  blocks = partition.class_blocks(c.num_clients, 10)
+  private, shared = [], []
+  for i in range(c.num_clients):
+    right_HxB = run.logits(i, test_x).argmax(-1) == test_y
+    private.append(right_HxB[:, np.isin(test_y, blocks[i])].mean(-1))
+    shared.append(right_HxB.mean(-1))
+  return np.array(private), np.array(shared)

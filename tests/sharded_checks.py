@@ -15,6 +15,7 @@ if 'jax' not in sys.modules:  # must precede `import jax`
 
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import mhd_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -160,11 +161,22 @@ def test_place_batch_feeds_this_process_clients_and_pads():
 
 
 def test_train_and_evaluate_on_8_devices_with_masked_clients(tmp_path):
+  """5 clients padded to 8: a run, and the same run with FedAvg at its last step, where each
+  real client gets the mean of the five real ones (the padded clients take no part)."""
   config = default.get_config()
   config.num_clients, config.num_steps, config.log_every, config.eval_every = 5, 20, 10, 20
-  summary = train.train_and_evaluate(config, str(tmp_path))
+  summary = train.train_and_evaluate(config, str(tmp_path / 'plain'))
   assert summary['num_clients'] == 5 and len(summary['clients']) == 5
   assert summary['mean_private_acc'][0] > 0.2  # 20 steps already beat chance (10%)
+  config.average_every = 20
+  train.train_and_evaluate(config, str(tmp_path / 'averaged'))
+  (plain,), (averaged,) = (mhd_jax.load(str(tmp_path / d)).state.groups
+                           for d in ('plain', 'averaged'))
+  mean = lambda x: np.broadcast_to(np.asarray(x).mean(0), x.shape)
+  for part in ('params', 'batch_stats'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, mean(b), rtol=1e-5, atol=1e-6),
+                 getattr(averaged, part), getattr(plain, part))
+  jax.tree.map(np.testing.assert_array_equal, averaged.opt_state, plain.opt_state)
 
 
 def test_distributed_initialize_only_when_asked(monkeypatch):

@@ -1,5 +1,6 @@
 """Bad input: each problem gets its own one-line message, and `launch.py` shows no traceback."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -10,35 +11,38 @@ import pytest
 from configs import default
 from mhd_jax import checkpoint
 from mhd_jax import config_check
+from mhd_jax import train
 from tests.conftest import ROOT, short_config
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 
-# name: (launch flags, environment, the expected message's telling part)
+# name: (config file, overrides, devices, the expected message's telling part)
 BAD = {
-    'unknown dataset': (['--config.data.name=no_such_dataset'], {},
+    'unknown dataset': ('default', {'data.name': 'no_such_dataset'}, 1,
                         "unknown dataset 'no_such_dataset'"),
-    'unknown model': (['--config.model.name=transformer'], {},
+    'unknown model': ('default', {'model.name': 'transformer'}, 1,
                       "unknown model 'transformer': config.model.name must be one of mlp, cnn"),
-    'adjacency shape': (['--config.topology=explicit', '--config.adjacency=0 1; 1 0'], {},
+    'adjacency shape': ('default', {'topology': 'explicit', 'adjacency': '0 1; 1 0'}, 1,
                         'adjacency has shape (2, 2), expected (5, 5) for num_clients=5'),
-    'adjacency sign': (['--config.num_clients=2', '--config.topology=explicit',
-                        '--config.adjacency=0 -1; 1 0'], {},
+    'adjacency sign': ('default', {'num_clients': 2, 'topology': 'explicit',
+                                   'adjacency': '0 -1; 1 0'}, 1,
                        'adjacency has negative weights (e.g. A[0, 1] = -1.0)'),
-    'clients vs graph': (['--config.num_clients=3', '--config.topology=islands',
-                          '--config.num_islands=4'], {}, 'num_islands must be in [1, 3], got 4'),
-    'clients vs partition': (['--config.num_clients=40', '--config.partition=dirichlet',
-                              '--config.dirichlet_alpha=0.01'], {},
+    'clients vs graph': ('default', {'num_clients': 3, 'topology': 'islands', 'num_islands': 4},
+                         1, 'num_islands must be in [1, 3], got 4'),
+    'clients vs partition': ('default', {'num_clients': 40, 'partition': 'dirichlet',
+                                         'dirichlet_alpha': 0.01}, 1,
                              'the dirichlet partition leaves clients [0, 1, 2'),
-    'groups vs clients': (['--config=configs/digits_hetero.py', '--config.num_clients=7'], {},
+    'groups vs clients': ('digits_hetero', {'num_clients': 7}, 1,
                           'groups hold 8 clients in all but num_clients is 7'),
-    'skew': (['--config.skew=1.5'], {}, 'skew must be in [0, 1] (0 = iid, 1 = only primary '
-                                        'classes), got 1.5.'),
-    'batch vs devices': (['--config.data.public_batch_size=60'], EIGHT_DEVICES,
+    'skew': ('default', {'skew': 1.5}, 1,
+             'skew must be in [0, 1] (0 = iid, 1 = only primary classes), got 1.5.'),
+    'batch vs devices': ('default', {'data.public_batch_size': 60}, 8,
                          'data.public_batch_size=60 is not divisible by the device count (8)'),
-    'workdir of another config': ([], {}, 'holds a run with a different config (skew: 0.5 -> 0.9)'
-                                  '; choose another --workdir, or pass --overwrite'),
 }
+# What launch.py prints for two of them, in its own process: exit status 2, one line, no
+# traceback (the others take the same path: `ConfigError` from `train_and_evaluate`).
+LAUNCHED = {'skew': (['--config.skew=1.5'], {}),
+            'batch vs devices': (['--config.data.public_batch_size=60'], EIGHT_DEVICES)}
 
 
 def _workdir_of_another_run(path) -> str:
@@ -51,42 +55,55 @@ def _workdir_of_another_run(path) -> str:
   return str(path)
 
 
+@pytest.mark.parametrize('name', list(BAD))
+def test_each_bad_config_is_refused_with_one_problem_before_anything_is_written(
+    name, tmp_path, monkeypatch):
+  config_file, overrides, devices, message = BAD[name]
+  config = importlib.import_module(f'configs.{config_file}').get_config()
+  config.update_from_flattened_dict(overrides)
+  monkeypatch.setattr(config_check.jax, 'local_device_count', lambda: devices)
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_check.ConfigError) as e:
+    train.train_and_evaluate(config, str(workdir))
+  assert len(e.value.problems) == 1 and message in e.value.problems[0], e.value.problems
+  assert not workdir.exists()  # refused before anything was written
+
+
 @pytest.fixture(scope='module')
 def launched(tmp_path_factory):
-  """Every bad case, plus --overwrite on another run's workdir, launched all at once."""
+  """The `LAUNCHED` cases run by launch.py, side by side."""
   tmp = tmp_path_factory.mktemp('bad')
-  cases = {name: (flags, env, str(tmp / name.replace(' ', '_')))
-           for name, (flags, env, _) in BAD.items()}
-  cases['workdir of another config'] = ([], {}, _workdir_of_another_run(tmp / 'other'))
-  cases['overwrite'] = (['--overwrite', '--config.num_steps=5', '--config.log_every=5',
-                         '--config.eval_every=5'], {}, _workdir_of_another_run(tmp / 'overwrite'))
   procs = {name: subprocess.Popen(
-      [sys.executable, 'launch.py', f'--workdir={workdir}', *flags], cwd=ROOT, text=True,
-      env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-           for name, (flags, env, workdir) in cases.items()}
-  return {name: (proc.wait(timeout=300), proc.communicate()[1], cases[name][2])
-          for name, proc in procs.items()}
+      [sys.executable, 'launch.py', f'--workdir={tmp / name.replace(" ", "_")}', *flags],
+      cwd=ROOT, text=True, env={**os.environ, **env}, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE) for name, (flags, env) in LAUNCHED.items()}
+  return {name: (proc.wait(timeout=300), proc.communicate()[1]) for name, proc in procs.items()}
 
 
-@pytest.mark.parametrize('name', list(BAD))
+@pytest.mark.parametrize('name', list(LAUNCHED))
 def test_launch_gives_one_line_per_bad_config_and_no_traceback(launched, name):
-  returncode, stderr, _ = launched[name]
+  returncode, stderr = launched[name]
   assert returncode == 2, stderr[-3000:]
   assert 'Traceback' not in stderr
   lines = [line for line in stderr.splitlines() if 'error' in line.lower()]
   assert len(lines) == 1 and lines[0].startswith('config error: '), stderr[-3000:]
-  assert BAD[name][2] in lines[0]
+  assert BAD[name][3] in lines[0]
 
 
-def test_a_refused_workdir_is_left_untouched(launched):
-  _, _, workdir = launched['workdir of another config']
+def test_a_refused_workdir_is_left_untouched(tmp_path):
+  workdir = _workdir_of_another_run(tmp_path / 'other')
+  with pytest.raises(config_check.ConfigError, match=(
+      r'holds a run with a different config \(skew: 0.5 -> 0.9\); choose another --workdir, '
+      'or pass --overwrite')):
+    train.train_and_evaluate(default.get_config(), workdir)
   assert sorted(os.listdir(workdir)) == ['config.json', 'metrics.jsonl']
   assert json.loads(open(os.path.join(workdir, 'config.json')).read())['skew'] == 0.5
 
 
-def test_overwrite_replaces_the_other_run(launched):
-  returncode, stderr, workdir = launched['overwrite']
-  assert returncode == 0, stderr[-3000:]
+def test_overwrite_replaces_the_other_run(tmp_path):
+  workdir = _workdir_of_another_run(tmp_path / 'overwrite')
+  train.train_and_evaluate(short_config(num_steps=5, log_every=5, eval_every=5), workdir,
+                           overwrite=True)
   assert checkpoint.read_config(workdir).skew == 0.9
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     assert [json.loads(line)['step'] for line in f] == [5, 5]  # the old record is gone

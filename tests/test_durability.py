@@ -22,8 +22,9 @@ from mhd_jax import train
 from tests.conftest import ROOT, read_records, short_config
 
 # Long enough (seconds of training) to be interrupted midway, after its first checkpoint.
-FLAGS = ['--config.num_steps=1000', '--config.log_every=100', '--config.eval_every=500',
-         '--config.checkpoint.every=100']
+FLAGS = ['--config.num_steps=300', '--config.log_every=50', '--config.eval_every=150',
+         '--config.checkpoint.every=50']
+ONLY_AT_THE_END = '--config.checkpoint.every=0'
 
 
 def _launch(workdir, *extra) -> subprocess.Popen:
@@ -56,13 +57,13 @@ def interrupted(tmp_path_factory):
   """An uninterrupted run, one killed by SIGKILL and one by SIGTERM, then both resumed.
 
   The three first runs go side by side to save time. The SIGTERM run saves no
-  periodic checkpoint before step 900, so the one it leaves is the preemption's;
-  it resumes with that setting too (a field allowed to differ from the
+  periodic checkpoint, so the one it leaves is the preemption's; it resumes
+  with that setting too (a field allowed to differ from the
   reference, as it does not change the steps).
   """
   tmp = tmp_path_factory.mktemp('interrupted')
   ref, killed, termed = tmp / 'reference', tmp / 'killed', tmp / 'termed'
-  procs = [_launch(ref), _launch(killed), _launch(termed, '--config.checkpoint.every=900')]
+  procs = [_launch(ref), _launch(killed), _launch(termed, ONLY_AT_THE_END)]
   try:
     _wait_for(lambda: _checkpoint_steps(killed), procs[1])
     os.kill(procs[1].pid, signal.SIGKILL)
@@ -71,9 +72,9 @@ def interrupted(tmp_path_factory):
     out = {'term_stderr': _finish(procs[2], returncode=143)}
     procs[1].wait()
     out['killed_at'] = _checkpoint_steps(killed)[-1]
-    out['stopped_at'] = [s for s in _checkpoint_steps(termed) if s != 900]
+    out['stopped_at'] = _checkpoint_steps(termed)
     out['midway'] = {d: not (d / 'summary.json').exists() for d in (killed, termed)}
-    resumed = [_launch(killed), _launch(termed, '--config.checkpoint.every=900')]
+    resumed = [_launch(killed), _launch(termed, ONLY_AT_THE_END)]
     out['kill_resume_stderr'], out['term_resume_stderr'] = map(_finish, resumed)
     _finish(procs[0])
   finally:
@@ -98,7 +99,7 @@ def assert_same_run(workdir, reference_workdir):
     assert summary[key] == ref[key], key
   assert read_records(workdir) == read_records(reference_workdir)
   a, b = mhd_jax.load(str(workdir)), mhd_jax.load(str(reference_workdir))
-  assert a.step == b.step == 1000
+  assert a.step == b.step == 300
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a.state, b.state)))
   for tag in ('mean/loss', 'kd_aux/client_3', 'shared_acc_head1/client_0'):
     assert _tensorboard_series(workdir, tag) == _tensorboard_series(reference_workdir, tag)
@@ -106,14 +107,14 @@ def assert_same_run(workdir, reference_workdir):
 
 def test_sigkill_midway_then_resume_ends_as_an_uninterrupted_run(interrupted):
   killed_at = interrupted['killed_at']
-  assert killed_at < 1000 and interrupted['midway'][interrupted['killed']]
+  assert killed_at < 300 and interrupted['midway'][interrupted['killed']]
   assert f'resuming from the checkpoint of step {killed_at}' in interrupted['kill_resume_stderr']
   assert_same_run(interrupted['killed'], interrupted['reference'])
 
 
 def test_sigterm_saves_the_current_step_then_resume_ends_as_an_uninterrupted_run(interrupted):
   (stopped,) = interrupted['stopped_at']
-  assert 100 <= stopped < 1000 and interrupted['midway'][interrupted['termed']]
+  assert 50 <= stopped < 300 and interrupted['midway'][interrupted['termed']]
   assert (f'preempted (SIGTERM) at step {stopped}; its checkpoint is saved'
           in interrupted['term_stderr'])
   assert f'resuming from the checkpoint of step {stopped}' in interrupted['term_resume_stderr']
@@ -124,6 +125,9 @@ def test_longer_run_resumes_from_the_end_of_a_shorter_one(short_run, tmp_path):
   reference_workdir, reference = short_run  # 40 steps in one go
   extended = str(tmp_path / 'extended')
   train.train_and_evaluate(short_config(num_steps=20), extended)
+  # The 20-step run ends where the 40-step one stood at step 20 (its checkpoint of step 20).
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, mhd_jax.load(extended).state,
+                                          mhd_jax.load(reference_workdir, step=20).state)))
   summary = train.train_and_evaluate(short_config(num_steps=40), extended)
   assert summary['clients'] == reference['clients']
   records = read_records(extended)

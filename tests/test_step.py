@@ -10,6 +10,7 @@ import pytest
 from mhd_jax import models
 from mhd_jax import population as pop
 from mhd_jax import step as step_lib
+from tests.conftest import ConvBN
 
 N, H, C, B, B_PUB = 3, 3, 5, 4, 6
 IMAGE = (8, 8, 1)
@@ -22,10 +23,14 @@ def distill_config(target='most_confident', include_self=False, nu_emb=0.5):
                                         target=target, include_self=include_self))
 
 
-def make_specs(name='mlp', n=N):
-  model_cfg = ml_collections.ConfigDict(dict(name=name, width=8, depth=1, dtype='float32',
-                                             aux_backbone_grad=True))
-  return (pop.GroupSpec(models.make_model(model_cfg, H, C), optax.sgd(0.1, momentum=0.9), n),)
+def make_specs(name='mlp', n=N, aux_backbone_grad=True):
+  """One group of `n` clients; `name` 'convbn' is the test backbone with batch statistics."""
+  if name == 'convbn':
+    model = models.MultiHeadClassifier(ConvBN(width=8), H, C, aux_backbone_grad)
+  else:
+    model = models.make_model(ml_collections.ConfigDict(dict(
+        name=name, width=8, depth=1, dtype='float32', aux_backbone_grad=aux_backbone_grad)), H, C)
+  return (pop.GroupSpec(model, optax.sgd(0.1, momentum=0.9), n),)
 
 
 def make_batch(seed, n=N):
@@ -36,24 +41,28 @@ def make_batch(seed, n=N):
 
 
 def reference_step(spec, group, batch, adjacency, config, rng, step):
-  """One step written client by client, with the loss spelled out (no vmap, no mixing matrix)."""
+  """One step written client by client, with the loss spelled out (no vmap, no mixing matrix).
+
+  Returns (the group after the step, metrics [N] of every term), batch statistics
+  updated by the private pass, then by the public pass.
+  """
   model, t = spec.model, config.temperature
   n = adjacency.shape[0]
   client = lambda i: jax.tree.map(lambda x: x[i], group)
   u = batch['public']['image']
 
   def apply(c, x):
-    (logits, inter), _ = model.apply({'params': c.params, 'batch_stats': c.batch_stats}, x,
-                                     train=True, mutable=['batch_stats'])
-    return logits, inter['embedding']
+    (logits, inter), upd = model.apply({'params': c.params, 'batch_stats': c.batch_stats}, x,
+                                       train=True, mutable=['batch_stats'])
+    return logits, inter['embedding'], upd.get('batch_stats', c.batch_stats)
 
   teach = [apply(client(j), u) for j in range(n)]
-  probs = [jax.nn.softmax(z / t) for z, _ in teach]           # [H, B, C] per client
+  probs = [jax.nn.softmax(z / t) for z, _, _ in teach]           # [H, B, C] per client
   draws = jax.random.categorical(  # `random` rule: the step's own draw, one per (client, head)
       jax.random.fold_in(rng, step),
       jnp.log(jnp.stack([adjacency + (config.include_self and k > 0) * np.eye(n)
                          for k in range(H)]).transpose(1, 0, 2)))
-  new_clients = []
+  new_clients, metrics = [], []
   for i in range(n):
     targets, emb_target, has = [], None, []
     for k in range(H):
@@ -84,21 +93,27 @@ def reference_step(spec, group, batch, adjacency, config, rng, step):
 
     def loss(params, i=i, targets=targets, emb_target=emb_target, has=has):
       c = client(i).replace(params=params)
-      z_priv, _ = apply(c, batch['private']['image'][i])
-      z_pub, e_pub = apply(c, u)
+      z_priv, _, stats = apply(c, batch['private']['image'][i])
+      z_pub, e_pub, stats = apply(c.replace(batch_stats=stats), u)
       y = batch['private']['label'][i]
       ce = -jnp.mean(jax.nn.log_softmax(z_priv[0])[jnp.arange(B), y])
       kd = [t**2 * jnp.mean(jnp.sum(targets[k] * (jnp.log(jnp.maximum(targets[k], 1e-30))
                                                    - jax.nn.log_softmax(z_pub[k] / t)), -1))
             if has[k] else 0.0 for k in range(H)]
       emb = jnp.mean(jnp.sum((e_pub - emb_target)**2, -1)) if has[0] else 0.0
-      return ce + config.nu_main * kd[0] + config.nu_aux * sum(kd[1:]) + config.nu_emb * emb
+      total = ce + config.nu_main * kd[0] + config.nu_aux * sum(kd[1:]) + config.nu_emb * emb
+      terms = {'ce': ce, 'kd_main': kd[0], 'kd_aux': sum(kd[1:]), 'emb': emb, 'loss': total,
+               'train_acc': jnp.mean(jnp.argmax(z_priv[0], -1) == y)}
+      return total, (terms, stats)
 
     c = client(i)
-    grads = jax.grad(loss)(c.params)
+    grads, (terms, stats) = jax.grad(loss, has_aux=True)(c.params)
     updates, opt = spec.tx.update(grads, c.opt_state, c.params)
-    new_clients.append(c.replace(params=optax.apply_updates(c.params, updates), opt_state=opt))
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *new_clients)
+    new_clients.append(c.replace(params=optax.apply_updates(c.params, updates), opt_state=opt,
+                                 batch_stats=stats))
+    metrics.append(terms)
+  stack = lambda *xs: jnp.stack([jnp.asarray(x, jnp.float32) for x in xs])
+  return jax.tree.map(stack, *new_clients), jax.tree.map(stack, *metrics)
 
 
 def run_steps(specs, adjacency, config, batches, strategy='vmap', seed=0):
@@ -113,22 +128,26 @@ def assert_trees_close(a, b, **kw):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw), a, b)
 
 
-@pytest.mark.parametrize('target,include_self', [
-    ('most_confident', False), ('mean', False), ('random', False),
-    ('most_confident', True), ('mean', True)])
-def test_stacked_step_matches_per_client_reference(target, include_self):
+@pytest.mark.parametrize('target,include_self,model', [
+    ('most_confident', False, 'mlp'), ('mean', False, 'mlp'), ('random', False, 'mlp'),
+    ('most_confident', True, 'mlp'), ('mean', True, 'convbn')])
+def test_stacked_step_matches_per_client_reference(target, include_self, model):
+  """Parameters, batch statistics, optimizer state and every metric, after two steps."""
   config = distill_config(target, include_self)
-  specs = make_specs()
+  specs = make_specs(model)
   state = pop.init_state(specs, IMAGE, jax.random.PRNGKey(0))
   batches = [make_batch(s) for s in range(2)]
   step = jax.jit(step_lib.make_train_step(specs, ADJ, config))
   rng = jax.random.PRNGKey(3)
   ref = state.groups[0]
   for s, batch in enumerate(batches):
-    ref = reference_step(specs[0], ref, batch, ADJ, config, rng, s)
+    ref, ref_metrics = reference_step(specs[0], ref, batch, ADJ, config, rng, s)
     state, metrics = step(state, batch, rng)
-  assert_trees_close(state.groups[0].params, ref.params, rtol=2e-5, atol=2e-6)
-  assert metrics['loss'].shape == (N,)
+  assert (model == 'convbn') == bool(jax.tree.leaves(ref.batch_stats))
+  for part in ('params', 'batch_stats', 'opt_state'):
+    assert_trees_close(getattr(state.groups[0], part), getattr(ref, part), rtol=2e-5, atol=2e-6)
+  assert sorted(metrics) == sorted(ref_metrics)
+  assert_trees_close(metrics, ref_metrics, rtol=2e-5, atol=2e-6)
   assert np.all(metrics['kd_main'] > 0) and np.all(metrics['kd_aux'] > 0)
 
 
@@ -165,12 +184,12 @@ def test_zero_adjacency_is_independent_training():
 def test_private_batch_of_one_client_never_reaches_another(strategy, target):
   """Changing client 1's private images and labels changes no other client's update.
 
-  Uses a ResNet with batch norm: a shared forward over private and public
+  Uses a backbone with batch norm: a shared forward over private and public
   images would leak the private batch into the public outputs through batch
   statistics.
   """
   config = distill_config(target)
-  specs = make_specs('resnet18_cifar')
+  specs = make_specs('convbn')
   adjacency = np.ones((N, N), np.float32) - np.eye(N)
   batch = make_batch(0)
   other = jax.tree.map(np.copy, batch)
@@ -213,3 +232,29 @@ def test_embedding_distillation_only_between_matching_sizes():
   assert metrics['emb'][1] > 0  # client 1 learns from client 0, same size
   # Client 2 (D = 16) learns from 0 and 1 (D = 8): no embedding target either.
   assert metrics['emb'][2] == 0 and metrics['kd_main'][2] > 0
+
+
+def test_aux_backbone_grad_false_keeps_aux_losses_off_the_backbone():
+  """aux_backbone_grad=False: the backbone and head 0 move as with nu_aux = 0; the auxiliary
+  heads move exactly as with aux_backbone_grad=True (their own gradient is unchanged)."""
+  batch, rng = make_batch(0), jax.random.PRNGKey(0)
+  def one_step(aux_backbone_grad, nu_aux):
+    config = distill_config()
+    config.nu_aux = nu_aux
+    specs = make_specs(aux_backbone_grad=aux_backbone_grad)
+    state = pop.init_state(specs, IMAGE, jax.random.PRNGKey(0))
+    params = step_lib.make_train_step(specs, ADJ, config)(state, batch, rng)[0].groups[0].params
+    return state.groups[0].params, params
+  init, stopped = one_step(False, 0.7)
+  _, no_aux = one_step(True, 0.0)
+  _, full = one_step(True, 0.7)
+  aux = {f'head_{k}' for k in range(1, H)}
+  shared = {k: v for k, v in stopped.items() if k not in aux}
+  assert_trees_close(shared, {k: no_aux[k] for k in shared}, rtol=1e-6, atol=1e-7)
+  assert_trees_close({k: stopped[k] for k in aux}, {k: full[k] for k in aux}, rtol=1e-6, atol=1e-7)
+  # The auxiliary losses do reach the backbone when allowed, and do train the aux heads.
+  # (Guards against a vacuous pass: the auxiliary losses do reach the backbone when allowed,
+  # and do train the auxiliary heads.)
+  kernel = lambda p: p['backbone']['Dense_0']['kernel']
+  assert not np.allclose(kernel(full), kernel(no_aux))
+  assert not np.allclose(full['head_1']['kernel'], init['head_1']['kernel'])

@@ -1,0 +1,210 @@
+"""Mutation check: plants one-line bugs, one at a time, and runs the tests meant to catch them.
+
+    python tools/mutate.py                 # every bug in BUGS
+    python tools/mutate.py eval_mask kd_t2 # some of them
+    python tools/mutate.py --list          # names, files and test selections
+
+Each bug is a textual replacement in one product file (the text must occur
+exactly once, so a refactor that moves it makes the script say so instead of
+testing nothing). The working tree (tracked and untracked, not ignored files)
+is copied once into a temporary directory; each bug is applied there, the
+bug's test selection runs (`python -m pytest -q -x -p no:randomly SELECTION`),
+and the file is restored. The script prints a table: bug | caught? | by which
+test, and exits 1 if any bug survived (or 2 if a bug no longer applies).
+
+It is not part of the test suite (it runs the suite's tests many times, for
+minutes); run it after changing tests or the code they guard. Selections are
+the fast tests that should catch each bug; a bug that survives its selection
+is a gap in the safety net.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bug:
+  name: str
+  path: str        # product file, relative to the repository root
+  old: str         # text that occurs exactly once in `path`
+  new: str         # what the bug puts there
+  tests: tuple     # pytest selection (files or node ids, with -k if needed)
+  what: str        # one line: the mistake it stands for
+
+
+BUGS = (
+    # The bugs issue 11 found unguarded.
+    Bug('bn_reinit_on_restore', 'mhd_jax/train.py',
+        "  return layout.pad_state(state), latest, float(meta['wall_seconds'])",
+        "  return layout.pad_state(state.replace(groups=tuple(g.replace(batch_stats=jax.tree.map("
+        "jnp.zeros_like, g.batch_stats)) for g in state.groups))), latest, "
+        "float(meta['wall_seconds'])",
+        ('tests/test_train_loop.py',), 'batch statistics re-initialised on restore'),
+    Bug('eval_ignores_mask', 'mhd_jax/evaluate.py',
+        "label, mask = np.asarray(batch['label']), np.asarray(batch['mask'], bool)",
+        "label, mask = np.asarray(batch['label']), np.ones(len(batch['label']), bool)",
+        ('tests/test_evaluate.py',),
+        'evaluation counts the padded rows'),
+    Bug('aux_backbone_grad_ignored', 'mhd_jax/models.py',
+        'aux_in = emb_BxD if self.aux_backbone_grad else jax.lax.stop_gradient(emb_BxD)',
+        'aux_in = emb_BxD',
+        ('tests/test_step.py::test_aux_backbone_grad_false_keeps_aux_losses_off_the_backbone',),
+        'model.aux_backbone_grad ignored'),
+    Bug('averaging_raises', 'mhd_jax/train.py',
+        'state = average(state)  # FedAvg / gossip baseline',
+        "raise NotImplementedError('averaging')",
+        ('tests/test_train_loop.py',), 'FedAvg/gossip in the loop replaced by an exception'),
+    Bug('private_acc_whole_test_set', 'mhd_jax/evaluate.py',
+        '  n, c = primary_NxC.shape',
+        '  n, c = primary_NxC.shape; primary_NxC = np.ones_like(primary_NxC)',
+        ('tests/test_evaluate.py',), 'private accuracy over the whole test set'),
+    Bug('digits_other_pool', 'mhd_jax/input_pipeline.py',
+        'pool = part.client_indices[i]',
+        'pool = part.client_indices[(i + 1) % len(part.client_indices)]',
+        ('tests/test_input_pipeline.py',), "a digits client draws from another client's pool"),
+    # Averaging details.
+    Bug('averaging_skips_batch_stats', 'mhd_jax/baselines.py',
+        'batch_stats=mix(w, g.batch_stats))', 'batch_stats=g.batch_stats)',
+        ('tests/test_train_loop.py',), 'averaging leaves the batch statistics out'),
+    Bug('averaging_mixes_optimizer_state', 'mhd_jax/baselines.py',
+        'batch_stats=mix(w, g.batch_stats))',
+        'batch_stats=mix(w, g.batch_stats), opt_state=mix(w, g.opt_state))',
+        ('tests/test_train_loop.py',), 'optimizer states averaged too'),
+    Bug('averaging_transposed', 'mhd_jax/baselines.py',
+        "a = np.asarray(adjacency_nxn, np.float64) + np.eye(len(adjacency_nxn))",
+        "a = np.asarray(adjacency_nxn, np.float64).T + np.eye(len(adjacency_nxn))",
+        ('tests/test_train_loop.py',), 'averaging over out-neighbours instead of in-neighbours'),
+    # Data.
+    Bug('resume_restarts_stream', 'mhd_jax/input_pipeline.py',
+        '    step = start_step\n', '    step = 0\n',
+        ('tests/test_input_pipeline.py',), 'a resumed stream starts from batch 0'),
+    Bug('eval_drops_last_batch', 'mhd_jax/input_pipeline.py',
+        'for start in range(0, len(labels), batch_size):',
+        'for start in range(0, len(labels) - batch_size + 1, batch_size):',
+        ('tests/test_input_pipeline.py',), 'evaluation drops the partial last batch'),
+    Bug('public_from_all_train', 'mhd_jax/input_pipeline.py',
+        "      yield {'private': {'image': np.stack(images), 'label': np.stack(labels)},",
+        "      pub = np.arange(len(pub)); yield {'private': {'image': np.stack(images), "
+        "'label': np.stack(labels)},",
+        ('tests/test_input_pipeline.py',), 'the public batch drawn outside the public pool'),
+    # Communication.
+    Bug('bytes_in_degree', 'mhd_jax/communication.py',
+        'out_degree = (np.asarray(adjacency) > 0).sum(axis=0)',
+        'out_degree = (np.asarray(adjacency) > 0).sum(axis=1)',
+        ('tests/test_communication.py', 'tests/test_train_loop.py'),
+        'bytes counted by in-degree'),
+    Bug('bytes_without_embeddings', 'mhd_jax/communication.py',
+        '  if send_embeddings:', '  if False:',
+        ('tests/test_communication.py', 'tests/test_train_loop.py'),
+        'embeddings not counted'),
+    # The loss and the step (issue 11 found these guarded; kept to show they stay so).
+    Bug('kd_no_t2', 'mhd_jax/losses.py',
+        'return temperature**2 * jnp.mean(kl_B)', 'return jnp.mean(kl_B)',
+        ('tests/test_losses.py', 'tests/test_step.py'), 'KD without the T^2 factor'),
+    Bug('kd_direction', 'mhd_jax/losses.py',
+        'kl_B = jnp.sum(jax.scipy.special.xlogy(t, t) - t * log_s, axis=-1)',
+        'kl_B = jnp.sum(jnp.exp(log_s) * (log_s - jnp.log(jnp.maximum(t, 1e-30))), axis=-1)',
+        ('tests/test_losses.py', 'tests/test_step.py'), 'KL(s || t) instead of KL(t || s)'),
+    Bug('head_wiring', 'mhd_jax/losses.py',
+        'src = jnp.maximum(jnp.arange(h) - 1, 0)', 'src = jnp.arange(h)',
+        ('tests/test_losses.py', 'tests/test_step.py'), 'aux head k distils from head k'),
+    Bug('adjacency_transposed', 'mhd_jax/step.py',
+        'losses.candidate_weights(jnp.asarray(adjacency, jnp.float32),',
+        'losses.candidate_weights(jnp.asarray(adjacency, jnp.float32).T,',
+        ('tests/test_step.py',), 'learning from out-neighbours'),
+    Bug('include_self_ignored', 'mhd_jax/step.py',
+        '                                           config.include_self)',
+        '                                           False)',
+        ('tests/test_step.py',), 'include_self ignored'),
+    # (Removing one `stop_gradient` of the targets is an equivalent mutant: step.py stops
+    # the teachers' outputs and losses.kd / losses.embedding_mse stop the targets again.)
+    Bug('embedding_target_halved', 'mhd_jax/step.py',
+        'm_nxBxM = m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]',
+        'm_nxBxM = 0.5 * m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]',
+        ('tests/test_step.py',), 'embedding targets mixed with weights that do not sum to 1'),
+    Bug('no_distillation_signal', 'mhd_jax/step.py',
+        "  terms['loss'] = (terms['ce'] + config.nu_main * terms['kd_main']",
+        "  terms['loss'] = (terms['ce'] + 0 * config.nu_main * terms['kd_main']",
+        ('tests/test_distillation.py',), 'the main-head distillation term dropped'),
+)
+
+
+def _copy_tree(dst: str) -> None:
+  """Copies the working tree's tracked and untracked, not ignored, files."""
+  files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout.split('\0')
+  for rel in filter(None, files):
+    src = os.path.join(ROOT, rel)
+    if os.path.isfile(src):
+      os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+      shutil.copy2(src, os.path.join(dst, rel))
+
+
+def _first_failure(output: str) -> str:
+  m = re.search(r'^(?:FAILED|ERROR) (\S+)', output, re.M)
+  return m.group(1) if m else '(pytest failed: ' + output.strip().splitlines()[-1][:80] + ')'
+
+
+def run_bug(bug: Bug, tree: str, timeout: int) -> tuple[str, str, float]:
+  """(caught: 'yes' | 'NO' | 'n/a', by which test or why, seconds)."""
+  path = os.path.join(tree, bug.path)
+  with open(path) as f:
+    original = f.read()
+  if original.count(bug.old) != 1:
+    return 'n/a', f'text found {original.count(bug.old)} times in {bug.path}', 0.0
+  with open(path, 'w') as f:
+    f.write(original.replace(bug.old, bug.new))
+  start = time.time()
+  try:
+    out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', *bug.tests], cwd=tree,
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode == 0:
+      return 'NO', 'survived: ' + ' '.join(bug.tests), time.time() - start
+    return 'yes', _first_failure(out.stdout + out.stderr), time.time() - start
+  except subprocess.TimeoutExpired:
+    return 'NO', f'timed out after {timeout} s', time.time() - start
+  finally:
+    with open(path, 'w') as f:
+      f.write(original)
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('bugs', nargs='*', help='names from BUGS (default: all)')
+  p.add_argument('--list', action='store_true', help='list the bugs and exit')
+  p.add_argument('--timeout', type=int, default=900, help='seconds per bug')
+  args = p.parse_args()
+  by_name = {b.name: b for b in BUGS}
+  unknown = [n for n in args.bugs if n not in by_name]
+  if unknown:
+    p.error(f'unknown bugs {unknown}; --list shows them.')
+  bugs = [by_name[n] for n in args.bugs] or list(BUGS)
+  if args.list:
+    for b in bugs:
+      print(f'{b.name:32} {b.path:28} {" ".join(b.tests)}\n{"":32} {b.what}')
+    return 0
+  rows, status = [], 0
+  with tempfile.TemporaryDirectory(prefix='mutate_') as tree:
+    _copy_tree(tree)
+    for b in bugs:
+      caught, by, seconds = run_bug(b, tree, args.timeout)
+      rows.append((b.name, caught, by, seconds))
+      print(f'{b.name}: {caught} ({by}, {seconds:.0f} s)', file=sys.stderr, flush=True)
+      status = max(status, {'yes': 0, 'NO': 1, 'n/a': 2}[caught])
+  print('| bug | caught? | by which test | s |\n|---|---|---|---|')
+  for name, caught, by, seconds in rows:
+    print(f'| {name} | {caught} | {by} | {seconds:.0f} |')
+  return status
+
+
+if __name__ == '__main__':
+  sys.exit(main())
