@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mhd_jax import config_check
 from mhd_jax import input_pipeline
 from mhd_jax import partition as partition_lib
 
@@ -90,7 +91,9 @@ def open_source(builder, split: str, data_dir: str) -> CountingSource:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(_not_ready_message(builder, split, data_dir, e)) from None
+    raise config_check.ConfigError(  # one line through launch.py, exit 2
+        [' '.join(' '.join(_not_ready_message(builder, split, data_dir, e).split('\n')[:2]).split())]
+    ) from None
   return CountingSource(source)
 
 
@@ -245,8 +248,9 @@ def get_data(config, client_ids: Sequence[int] | None = None,
   with contextlib.suppress(RuntimeError):  # raised once TF has set up its devices
     tf.config.set_visible_devices([], 'GPU')  # TF must leave accelerators to JAX.
   d = config.data
-  if d.augment not in ('imagenet', 'cifar', 'none'):
-    raise ValueError(f"data.augment must be 'imagenet', 'cifar' or 'none', got {d.augment!r}.")
+  if d.augment not in input_pipeline.AUGMENTS:
+    raise ValueError(f'data.augment must be one of {", ".join(input_pipeline.AUGMENTS)}, '
+                     f'got {d.augment!r}.')
   builder = get_builder(d.name, d.data_dir)
   if sources is None:
     sources = (open_source(builder, d.train_split, d.data_dir),

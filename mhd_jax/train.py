@@ -83,15 +83,33 @@ def client_table(acc: evaluate.Accuracies) -> str:
   return '\n'.join(rows)
 
 
-def watch_nonfinite(train_step):
-  """Adds `first_bad_N` to the step: per client, the first step with a non-finite term (0: none).
+def _finite_per_client(state: pop.TrainState):
+  """[stacked] True where every parameter, batch statistic and optimizer value of the client is finite."""
+  per_group = []
+  for group in state.groups:
+    leaves = [x for x in jax.tree.leaves(group) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    n = leaves[0].shape[0]
+    per_group.append(jnp.all(jnp.stack([jnp.isfinite(x).reshape(n, -1).all(1) for x in leaves]),
+                             axis=0))
+  return jnp.concatenate(per_group)
 
+
+def watch_nonfinite(train_step, real_clients=None):
+  """Adds `first_bad_N` to the step: per client, the first step after which its loss terms or its
+  state (parameters, batch statistics, optimizer state) hold a NaN or Inf (0: none).
+
+  The state is checked after the update, so the update that breaks it is
+  caught at its own step (the loss alone is that of the state before it).
   Computed on device inside the same jit, so checking it costs one small
   transfer where the loop syncs anyway (log and checkpoint steps).
+  `real_clients` ([N] stacked positions, `Layout.real_clients`) drops padding.
   """
   def step(state, batch, rng, first_bad_N):
     state, metrics = train_step(state, batch, rng)
-    finite_N = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in TERMS]), axis=0)
+    finite_S = _finite_per_client(state)
+    if real_clients is not None:
+      finite_S = finite_S[jnp.asarray(real_clients)]
+    finite_N = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in TERMS] + [finite_S]), axis=0)
     return state, metrics, jnp.where((first_bad_N == 0) & ~finite_N, state.step, first_bad_N)
   return step
 
@@ -100,12 +118,13 @@ def _check_finite(first_bad_N, mngr) -> None:
   bad = np.asarray(jax.device_get(first_bad_N))
   if bad.any():
     step = int(bad[bad > 0].min())
+    mngr.wait_until_finished()  # the latest save may still be in flight
     latest = mngr.latest_step()
-    kept = (f'the last good checkpoint (step {latest}) is kept in {mngr.directory}'
+    kept = (f'the last finite checkpoint (step {latest}) is kept in {mngr.directory}'
             if latest is not None else 'no checkpoint was saved')
     raise NonFiniteLossError(
-        f'non-finite loss at step {step} in clients {np.flatnonzero(bad == step).tolist()}; '
-        f'the run stops and {kept}.')
+        f'non-finite loss or parameters at step {step} in clients '
+        f'{np.flatnonzero(bad == step).tolist()}; the run stops and {kept}.')
 
 
 class _SigtermWatch:
@@ -152,11 +171,13 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _initial_state(mngr, specs, image_shape, config, layout):
-  """(state, step, wall seconds so far) from the latest checkpoint, or a fresh population.
+def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
+  """(state, step, wall seconds so far) from the newest checkpoint that verifies, or a fresh one.
 
   Checkpoints hold the real clients only (no padding), so any device count
   can restore them; the state comes back padded and placed on the mesh.
+  Newer checkpoints that fail verification are skipped with one line each
+  (`checkpoint.restore_newest_verified`).
   """
   latest = mngr.latest_step()
   if latest is None:
@@ -166,10 +187,11 @@ def _initial_state(mngr, specs, image_shape, config, layout):
     raise config_check.ConfigError([
         f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
         f'{config.num_steps}; raise num_steps or choose another --workdir.'])
-  state, meta = checkpoint.restore(
-      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), latest)
-  logging.info('resuming from the checkpoint of step %d in %s.', latest, mngr.directory)
-  return layout.pad_state(state), latest, float(meta['wall_seconds'])
+  state, meta, step = checkpoint.restore_newest_verified(
+      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), lead)
+  _sync('checkpoints verified')
+  logging.info('resuming from the checkpoint of step %d in %s.', step, mngr.directory)
+  return layout.pad_state(state), step, float(meta['wall_seconds'])
 
 
 def _log_train(step, metrics, clock, sent_N, config, log, board):
@@ -253,18 +275,33 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   data = input_pipeline.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
+  lock = checkpoint.WorkdirLock(workdir)
+  if lead:  # refuses a workdir in use before anything in it changes
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      lock.acquire()
+    except OSError as e:
+      raise config_check.ConfigError([f'workdir {workdir} cannot be written: {e}']) from None
+  try:
+    return _run(config, workdir, overwrite, start, adjacency, layout, data, lead)
+  finally:
+    lock.release()
+
+
+def _run(config, workdir, overwrite, start, adjacency, layout, data, lead) -> dict:
+  """`train_and_evaluate` once the config is checked and the workdir locked."""
   if overwrite and lead:
     checkpoint.clear_workdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
   _sync('workdir ready')
   specs = pop.make_specs(config, data.num_classes)
-  mngr = checkpoint.manager(workdir, config)
+  mngr = checkpoint.manager(workdir, config, lead)
   strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
-  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout)
+  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout,
+                                                  lead)
   if lead:
     checkpoint.write_metadata(workdir, config, data)
-  train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy)),
-                       donate_argnums=(0, 3))
+  train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy),
+                                       layout.real_clients()), donate_argnums=(0, 3))
   predict = layout.make_predict(specs, strategy)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
   average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
