@@ -53,15 +53,22 @@ class Preempted(Exception):
 
 
 def communication_costs(specs, state, adjacency, image_shape, config):
-  """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models)."""
-  output, fedavg = [], []
+  """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models).
+
+  Only what another client's loss reads (`communication.read_probabilities`);
+  under target='random', the expected value per step.
+  """
+  heads, embs, dims, fedavg = [], [], [], []
   for spec, group in zip(specs, state.groups):
     one = jax.tree.map(lambda x: x[0], group)
-    output += [communication.public_output_bytes(
-        spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size,
-        bool(config.nu_emb))] * spec.num_clients
+    head, emb, dim = communication.public_output_sizes(
+        spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size)
+    heads += [head] * spec.num_clients
+    embs += [emb] * spec.num_clients
+    dims += [dim] * spec.num_clients
     fedavg += [communication.fedavg_bytes_per_round(one.params)] * spec.num_clients
-  return communication.bytes_sent_per_step(adjacency, output), np.array(fedavg)
+  read, emb_read = communication.read_probabilities(adjacency, config.num_heads, config, dims)
+  return communication.bytes_sent_per_step(read, emb_read, heads, embs), np.array(fedavg)
 
 
 def _eval_record(acc: evaluate.Accuracies) -> dict:
@@ -238,8 +245,9 @@ def _summary(config, acc, sent, fedavg, wall_seconds) -> dict:
       'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
       'clients': [{'id': i, 'private_acc': acc.private_NxH[i].tolist(),
                    'shared_acc': acc.shared_NxH[i].tolist(),
-                   'bytes_sent_per_step': int(sent[i])} for i in range(config.num_clients)],
-      'bytes_sent_per_step': int(sent.sum()),
+                   'bytes_sent_per_step': int(round(sent[i]))}
+                  for i in range(config.num_clients)],
+      'bytes_sent_per_step': int(round(sent.sum())),
       'fedavg_bytes_per_round': int(fedavg.sum()),
   }
 
