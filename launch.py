@@ -61,7 +61,9 @@ def _parse(argv):
     rest = values(argv)
     if len(rest) > 1:
       raise config_check.ConfigError([f'unexpected arguments: {rest[1:]}'])
-    return config.value, workdir.value, overwrite.value
+    value = config.value
+    value.to_dict()  # a config file that failed to load raises here, on first use
+    return value, workdir.value, overwrite.value
   except config_check.ConfigError:
     raise
   except (KeyError, AttributeError) as e:  # an override of a field the config lacks

@@ -271,8 +271,10 @@ def problems(config, num_devices: int | None = None) -> list[str]:
   shape, found = _field_problems(config)
   if shape:
     return shape + found  # the checks below need every field present and well typed
-  found += _range_problems(config) + _group_problems(config) + _name_problems(config)
-  if isinstance(config.num_clients, int) and config.num_clients >= 1:  # builders need a count
+  derived = found == []  # checks of several fields, made once each field is in range
+  found += (_range_problems(config) if derived else []) + _group_problems(config) + (
+      _name_problems(config))
+  if derived:
     try:
       topology.build(config)
     except ValueError as e:
