@@ -145,8 +145,8 @@ class _SigtermWatch:
   while the run restores or compiles, has them stop after that step.
   """
 
-  def __init__(self, mngr, start_step: int):
-    self._mngr, self._start = mngr, start_step
+  def __init__(self, mngr, start_step: int, outer=None):
+    self._mngr, self._start, self._outer = mngr, start_step, outer
     self._multi = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
 
   def stop_at(self, step: int) -> bool:
@@ -157,7 +157,8 @@ class _SigtermWatch:
     return self.requested
 
   def __enter__(self):
-    self.requested, self._previous = False, None
+    # A SIGTERM caught by the `outer` watch (start-up: data, restore, init) stops after step 1.
+    self.requested, self._previous = bool(self._outer and self._outer.requested), None
     if threading.current_thread() is threading.main_thread() and not self._multi:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
@@ -170,6 +171,12 @@ class _SigtermWatch:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _stop_if_terminated(watch, step: int) -> None:
+  """Raises `Preempted` if SIGTERM came once the final checkpoint (of `step`) was saved."""
+  if watch.requested:
+    raise Preempted(step)
 
 
 def _sync(name: str) -> None:
@@ -291,13 +298,19 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     except OSError as e:
       raise config_check.ConfigError([f'workdir {workdir} cannot be written: {e}']) from None
   try:
-    return _run(config, workdir, overwrite, start, adjacency, layout, data, lead)
+    with _SigtermWatch(None, 0) as early:  # start-up, compile and report: see `_run`
+      return _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early)
   finally:
     lock.release()
 
 
-def _run(config, workdir, overwrite, start, adjacency, layout, data, lead) -> dict:
-  """`train_and_evaluate` once the config is checked and the workdir locked."""
+def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early) -> dict:
+  """`train_and_evaluate` once the config is checked and the workdir locked.
+
+  `early` has caught SIGTERM since then: one during start-up stops the loop
+  after its first step (saved); one after the loop, during the final
+  evaluation or report, raises `Preempted` of the final (saved) step.
+  """
   if overwrite and lead:
     checkpoint.clear_workdir(workdir)
   _sync('workdir ready')
@@ -333,7 +346,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead) -> di
   batches = data.train_batches(start_step)
   every, acc, clock = config.checkpoint.every, None, (time.time(), start_step)
   try:
-    with _SigtermWatch(mngr, start_step) as sigterm:
+    with _SigtermWatch(mngr, start_step, early) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
         state, metrics, first_bad = train_step(state, layout.place_batch(next(batches)), step_rng,
                                                first_bad)
@@ -359,6 +372,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead) -> di
     log.close()
     board.close()
 
+  _stop_if_terminated(early, config.num_steps)
   if acc is None:  # resumed from the final checkpoint: nothing left to train
     acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
   logging.info('final accuracies (%%):\n%s', client_table(acc))
@@ -370,5 +384,6 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead) -> di
              count_C=acc.count_C, primary_NxC=primary)
     report.write(os.path.join(workdir, 'report'),
                  logs.read_jsonl(os.path.join(workdir, 'metrics.jsonl')), acc, adjacency, summary)
+  _stop_if_terminated(early, config.num_steps)
   _sync('outputs written')  # no process returns before the workdir is complete
   return summary
