@@ -43,13 +43,16 @@ def _one_line(e: BaseException) -> str:
   return text[:400]
 
 
-def _disk_full(e: BaseException) -> OSError | None:
-  """The ENOSPC error in `e`'s chain of causes (orbax wraps the writer's), or None."""
+def _disk_full(e: BaseException) -> str | None:
+  """What could not be written, if `e` or one of its causes is ENOSPC (orbax and tensorstore
+  wrap the writer's error, some only in their message), else None."""
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-      return e
+      return str(e.filename or 'the workdir')
+    if 'No space left on device' in str(e):
+      return 'a checkpoint'
     e = e.__cause__ or e.__context__
   return None
 
@@ -88,21 +91,24 @@ def main(argv) -> int:
   if any(a in ('--help', '-h', '--helpfull') for a in argv[1:]):
     print(__doc__ + '\n' + _flags()[0].main_module_help())
     return 0
+  if not flags.FLAGS.is_parsed():  # absl logging reads FLAGS; this parses its own flags
+    flags.FLAGS.mark_as_parsed()
+  logging.use_absl_handler()  # idempotent; what app.run would install
+  logging.set_verbosity(logging.WARNING)  # no INFO line (JAX's backend search) before a refusal
   try:
     config, workdir, overwrite = _parse(argv)
-    config_check.validate(config)  # here too, so a bad config is refused before logging
+    dist = config.get('distributed')
+    if not (dist and dist.get('initialize') is True):  # else devices wait for jax.distributed
+      config_check.validate(config)
   except config_check.ConfigError as e:
     for problem in e.problems:
       print(f'config error: {problem}', file=sys.stderr)
     return 2
-  logging.use_absl_handler()  # idempotent; what app.run would install
   logging.set_verbosity(logging.INFO)
   if not _QUIET_ORBAX:  # Orbax logs every save at INFO; keep the progress lines readable.
     logging.get_absl_logger().addFilter(
         lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
     _QUIET_ORBAX = True
-  for warning in config_check.warnings(config):
-    logging.warning('config: %s', warning)
   try:
     train.train_and_evaluate(config, workdir, overwrite=overwrite)
   except config_check.ConfigError as e:
@@ -119,7 +125,7 @@ def main(argv) -> int:
     full = _disk_full(e)
     if full is None:
       raise
-    print(f'error: disk full while writing {full.filename or workdir} ({full.strerror}); free '
+    print(f'error: disk full (no space left on device) while writing {full} in {workdir}; free '
           'space and run the same command again to resume from the last checkpoint.',
           file=sys.stderr)
     return 2
@@ -127,5 +133,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  flags.FLAGS.mark_as_parsed()  # absl logging reads FLAGS; this entry point parses its own
   sys.exit(main(sys.argv))

@@ -91,9 +91,10 @@ def open_source(builder, split: str, data_dir: str) -> CountingSource:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   except Exception as e:  # pylint: disable=broad-except
-    raise config_check.ConfigError(  # one line through launch.py, exit 2
-        [' '.join(' '.join(_not_ready_message(builder, split, data_dir, e).split('\n')[:2]).split())]
-    ) from None
+    full = _not_ready_message(builder, split, data_dir, e)
+    error = config_check.ConfigError([' '.join(' '.join(full.split('\n')[:3]).split())])
+    error.args = (full,)  # launch.py prints the one line; str() keeps the manual instructions
+    raise error from None
   return CountingSource(source)
 
 

@@ -284,6 +284,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   start = time.time()
   sharding.initialize_distributed(config)  # before anything touches the devices
   config_check.validate(config)
+  for warning in config_check.warnings(config):  # unusual but runnable: one line each
+    logging.warning('config: %s', warning)
   checkpoint.check_workdir(workdir, config, overwrite)
   adjacency = topology.build(config)
   layout = sharding.Layout.create(pop.group_sizes(config), sharding.make_mesh(config.num_devices))
