@@ -116,8 +116,8 @@ def watch_nonfinite(train_step):
   return step
 
 
-def make_state_check(real_clients):
-  """Jitted `state -> [N] finite` over the real clients (`Layout.real_clients()`).
+def make_state_check(layout: sharding.Layout):
+  """Jitted `state -> [N] finite` over the real clients, replicated (every host reads it).
 
   Run where the loop syncs (log steps, before every save, the last step),
   not every step: a pass over every parameter and optimizer value costs as
@@ -127,8 +127,8 @@ def make_state_check(real_clients):
   exact, but for a non-finite batch statistic, which only evaluation reads
   (then: "by" that step).
   """
-  real = jnp.asarray(real_clients)
-  return jax.jit(lambda state: _finite_per_client(state)[real])
+  real = jnp.asarray(layout.real_clients())
+  return jax.jit(lambda state: _finite_per_client(state)[real], out_shardings=layout.replicated)
 
 
 def _check_finite(first_bad_N, mngr, state_finite_N, step: int) -> None:
@@ -337,7 +337,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     checkpoint.write_metadata(workdir, config, data)
   train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy)),
                        donate_argnums=(0, 3))
-  finite_state = make_state_check(layout.real_clients())
+  finite_state = make_state_check(layout)
   predict = layout.make_predict(specs, strategy)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
   average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
