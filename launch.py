@@ -11,10 +11,7 @@ preempted, after saving a checkpoint: run the same command again to resume.
 
 import errno
 import logging as std_logging
-import os
 import sys
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # TF (the TFDS input pipeline): no INFO lines
 
 from absl import flags
 from absl import logging

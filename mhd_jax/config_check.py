@@ -6,6 +6,7 @@ before any model is built. Both raise `ConfigError`, whose message has one
 line per problem; `launch.py` prints those lines and exits with status 2.
 """
 
+import logging as std_logging
 from typing import Sequence
 
 from absl import logging
@@ -44,7 +45,7 @@ def _dataset_problem(name: str, data_dir: str = '') -> str | None:
   prepared is checked when it is opened, `tfds_pipeline.open_source`, before any compile)."""
   absl_logger = logging.get_absl_logger()
   level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # tfds warns about missing files: our one line says it
+  absl_logger.setLevel(std_logging.ERROR)  # not absl's logging.ERROR, which is -2
   try:
     return _tfds_problem(name, data_dir)
   finally:
