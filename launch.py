@@ -82,6 +82,16 @@ def _parse(argv):
 _QUIET_ORBAX = False
 
 
+def _orbax_filter(record) -> bool:
+  """Orbax logs every save at INFO (dropped: the progress lines stay readable), and a full disk
+  as tracebacks from each of its threads (dropped: `main` says it in one line)."""
+  if '/orbax/' not in record.pathname:
+    return True
+  if record.levelno < std_logging.WARNING:
+    return False
+  return not (record.exc_info and _disk_full(record.exc_info[1]))
+
+
 def main(argv) -> int:
   """Parses `argv`, runs the config; returns the exit status (see the module doc)."""
   global _QUIET_ORBAX
@@ -102,9 +112,8 @@ def main(argv) -> int:
       print(f'config error: {problem}', file=sys.stderr)
     return 2
   logging.set_verbosity(logging.INFO)
-  if not _QUIET_ORBAX:  # Orbax logs every save at INFO; keep the progress lines readable.
-    logging.get_absl_logger().addFilter(
-        lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
+  if not _QUIET_ORBAX:
+    logging.get_absl_logger().addFilter(_orbax_filter)
     _QUIET_ORBAX = True
   try:
     train.train_and_evaluate(config, workdir, overwrite=overwrite)
