@@ -339,6 +339,10 @@ class WorkdirLock:
         raise config_check.ConfigError([
             f'workdir {os.path.dirname(self.path)} is in use by a running run ({holder}); '
             'wait for it to end or choose another --workdir.']) from None
+      if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. some FUSE mounts
+        logging.warning('the filesystem of %s cannot lock (%s): nothing keeps a second run off '
+                        'this workdir.', self.path, e.strerror)
+        return
       raise
     os.ftruncate(fd, 0)
     os.write(fd, f'host {socket.gethostname()} pid {os.getpid()}\n'.encode())
