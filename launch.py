@@ -75,7 +75,13 @@ def _parse(argv):
     cause = e.__cause__ or e.__context__
     raise config_check.ConfigError([_one_line(cause if cause else e)]) from None
   except Exception as e:  # pylint: disable=broad-except  # the config file's own code failed
-    raise config_check.ConfigError([f'the config file failed: {type(e).__name__}: '
+    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
+                'configs/default.py')
+    if isinstance(e, OSError) and 'Failed loading config file' in str(e):
+      raise config_check.ConfigError([
+          f'cannot load the config file {path}: it does not exist or cannot be read '
+          '(a path relative to the current directory, or absolute).']) from None
+    raise config_check.ConfigError([f'the config file {path} failed: {type(e).__name__}: '
                                     f'{_one_line(e)}']) from None
 
 

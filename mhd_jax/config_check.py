@@ -166,8 +166,8 @@ def _field_problems(config) -> tuple[list[str], list[str]]:
 def warnings(config) -> list[str]:
   """Settings that run but are probably not meant, one line each (printed, not refused)."""
   flat = dotted(config.to_dict())
-  out = [f'config.{k} is {v!r}: the run will stop at its first step with non-finite parameters.'
-         for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
+  out = [f'config.{k} is {v!r}: where the run uses it, its parameters turn non-finite and it '
+         'stops (exit 1).' for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
   if _is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:
     out.append('config.optimizer.learning_rate is 0: nothing will be learned.')
   nu = [flat.get(k) for k in ('nu_main', 'nu_aux', 'nu_emb')]
