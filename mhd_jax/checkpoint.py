@@ -9,9 +9,17 @@ A workdir holds:
     partition_indices.npz   indices into the training split: `client_<i>` and `public`
     checkpoints/<step>/     orbax items `state` (the TrainState: every client's params,
                             batch statistics and optimizer state, and the step) and
-                            `meta` (JSON: step, wall_seconds)
+                            `meta` (JSON: step, wall_seconds), and `checksums.json`
+                            (sha256 and size of every file of both items)
+    skipped_checkpoints/    checkpoints that failed verification, moved aside on resume
+    .lock                   held (flock) by the run using the workdir: host and pid
 
-A run on a workdir that holds checkpoints resumes from the latest one. Its
+`checksums.json` is written on orbax's background thread, after the items are
+written and before the step folder is renamed into place, so a finished
+checkpoint always has one and the loop never waits for the hashing. A run on
+a workdir resumes from the newest checkpoint that verifies (`verify`): newer
+ones that do not are named in one line each and moved to
+`skipped_checkpoints/`, and the run resumes exactly from the older one. Its
 config must equal the saved one except for the fields in `RESUMABLE` (how
 long, how often to log and save, where the data lives, how clients are run and
 on how many devices and hosts: none changes what a step computes, though `strategy` may change the last bits
@@ -19,7 +27,11 @@ of the floats). `num_steps` stays fixed under a cosine schedule, whose shape
 depends on it.
 """
 
+import errno
+import glob
+import hashlib
 import json
+import math
 import os
 import shutil
 
@@ -28,6 +40,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from absl import logging
+
 from mhd_jax import config_check
 from mhd_jax import population as pop
 
@@ -35,21 +49,80 @@ RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkp
              'data.data_dir', 'strategy', 'num_devices', 'distributed.initialize',
              'distributed.coordinator_address', 'distributed.num_processes',
              'distributed.process_id')
+SKIPPED = 'skipped_checkpoints'
 # What a run writes into its workdir; `--overwrite` removes exactly these.
 OUTPUTS = ('checkpoints', 'config.json', 'partition.json', 'partition_indices.npz',
-           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard')
+           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard', SKIPPED)
 _ITEMS = ('state', 'meta')
+CHECKSUMS = 'checksums.json'
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's name for a step folder being written
 
 
-def manager(workdir: str, config=None) -> ocp.CheckpointManager:
-  """The workdir's checkpoint manager; without a config, one to restore from (notebooks)."""
+def _file_digests(step_dir: str) -> dict:
+  """{relative path: [size, sha256]} of every file of the items in `step_dir`."""
+  out = {}
+  for item in _ITEMS:
+    for root, _, files in os.walk(os.path.join(step_dir, item)):
+      for name in sorted(files):
+        path = os.path.join(root, name)
+        with open(path, 'rb') as f:
+          digest = hashlib.sha256(f.read()).hexdigest()
+        out[os.path.relpath(path, step_dir)] = [os.path.getsize(path), digest]
+  return out
+
+
+def _write_checksums(directory: str) -> None:
+  """Writes checksums.json into the step folder orbax is finalizing (still named *-tmp).
+
+  Orbax calls this on its background thread after the items are written and
+  before it renames the folder into place, so the checksums commit with the
+  checkpoint. One save is in flight at a time, and a tmp folder left by a
+  killed run was removed when the manager was made, so the tmp folder without
+  checksums is this save's.
+  """
+  for step_dir in glob.glob(os.path.join(directory, '*' + _TMP_SUFFIX)):
+    path = os.path.join(step_dir, CHECKSUMS)
+    if not os.path.exists(path):
+      _write_atomic(path, lambda f, d=step_dir: f.write(json.dumps(_file_digests(d)).encode()))
+
+
+def verify(step_dir: str) -> str | None:
+  """Why the checkpoint in `step_dir` cannot be trusted, or None when every file checks out."""
+  try:
+    with open(os.path.join(step_dir, CHECKSUMS)) as f:
+      expected = json.load(f)
+  except FileNotFoundError:
+    return f'no {CHECKSUMS} (not written by a finished save of this version)'
+  except (OSError, ValueError) as e:
+    return f'{CHECKSUMS} unreadable ({e})'
+  if not expected:
+    return f'{CHECKSUMS} lists no files'
+  for rel, (size, digest) in sorted(expected.items()):
+    path = os.path.join(step_dir, rel)
+    if not os.path.isfile(path):
+      return f'{rel} is missing'
+    if os.path.getsize(path) != size:
+      return f'{rel} has {os.path.getsize(path)} bytes, {size} were saved'
+    with open(path, 'rb') as f:
+      if hashlib.sha256(f.read()).hexdigest() != digest:
+        return f'{rel} does not match its sha256'
+  return None
+
+
+def manager(workdir: str, config=None, lead: bool = True) -> ocp.CheckpointManager:
+  """The workdir's checkpoint manager; without a config, one to restore from (notebooks).
+
+  With a config, `lead` (process 0) writes each checkpoint's checksums.json.
+  """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if config is None:
     options = ocp.CheckpointManagerOptions(create=False)
   else:
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=config.checkpoint.every or 1, max_to_keep=config.checkpoint.keep,
-        cleanup_tmp_directories=True)  # a save cut short by SIGKILL leaves a tmp folder
+        cleanup_tmp_directories=True,  # a save cut short by SIGKILL leaves a tmp folder
+        async_options=ocp.AsyncOptions(post_finalization_callback=(
+            (lambda: _write_checksums(directory)) if lead else None)))
   return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
 
 
@@ -66,14 +139,64 @@ def abstract_state(specs, image_shape) -> pop.TrainState:
   return jax.eval_shape(lambda: pop.init_state(specs, image_shape, jax.random.PRNGKey(0)))
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint that fails `verify`."""
+
+
 def restore(mngr: ocp.CheckpointManager, abstract: pop.TrainState, step: int | None = None):
-  """(state, meta) of checkpoint `step` (default: the latest)."""
+  """(state, meta) of checkpoint `step` (default: the latest), verified first.
+
+  Raises:
+    CorruptCheckpointError: the checkpoint's files do not match its checksums.
+  """
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {mngr.directory}.')
+  problem = verify(os.path.join(str(mngr.directory), str(step)))
+  if problem:
+    raise CorruptCheckpointError(f'checkpoint of step {step} in {mngr.directory}: {problem}.')
   out = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   return out.state, out.meta
+
+
+def restore_newest_verified(mngr: ocp.CheckpointManager, abstract, lead: bool = True):
+  """(state, meta, step) of the newest checkpoint that verifies and restores; None if none exist.
+
+  Each newer checkpoint that fails is named in one warning line and (by
+  `lead`) moved to WORKDIR/skipped_checkpoints/, so the run saves that step
+  afresh; the manager is reloaded. The caller syncs processes after this.
+
+  Raises:
+    config_check.ConfigError: checkpoints exist and none verifies.
+  """
+  directory = str(mngr.directory)
+  skipped = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    problem = verify(os.path.join(directory, str(step)))
+    if problem is None:
+      try:
+        out = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  # any failure: try an older one
+        problem = f'restore failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
+      else:
+        if skipped:
+          mngr.reload()
+        return out.state, out.meta, step
+    skipped.append(step)
+    aside = os.path.join(os.path.dirname(directory), SKIPPED, str(step))
+    logging.warning('skipping the checkpoint of step %d: %s; moved to %s.', step, problem, aside)
+    if lead:
+      if os.path.exists(aside):
+        shutil.rmtree(aside)
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.replace(os.path.join(directory, str(step)), aside)
+  if skipped:
+    raise config_check.ConfigError([
+        f'no checkpoint in {directory} verifies (steps {sorted(skipped)} moved to '
+        f'{SKIPPED}/); pass --overwrite to start afresh.'])
+  return None
 
 
 def _write_atomic(path: str, write) -> None:
@@ -124,25 +247,53 @@ def config_differences(saved: dict, config) -> list[str]:
   absent = '<absent>'
   return [f'{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}'
           for k in sorted(old.keys() | new.keys())
-          if k not in allowed and old.get(k, absent) != new.get(k, absent)]
+          if k not in allowed and not _same(old.get(k, absent), new.get(k, absent))]
+
+
+def _same(a, b) -> bool:
+  """Equal, counting NaN equal to NaN (JSON keeps a NaN field as NaN; NaN != NaN)."""
+  nan = lambda x: isinstance(x, float) and math.isnan(x)
+  return a == b or (nan(a) and nan(b))
+
+
+def _writable_problem(workdir: str) -> str | None:
+  """Why `workdir` cannot be written to (it, or its nearest existing parent), or None."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    return (f'workdir {workdir}: {path} is a file, not a directory; choose another --workdir.')
+  if not os.access(path, os.W_OK | os.X_OK):
+    return f'workdir {workdir}: {path} is not writable; choose another --workdir.'
+  return None
 
 
 def check_workdir(workdir: str, config, overwrite: bool) -> None:
   """Refuses a workdir that holds a run of another config, unless `overwrite`.
 
   Raises:
-    ConfigError: the workdir is a URL (gs://...), or its config.json differs from `config` in a field
-      not in `RESUMABLE`, and `overwrite` is False.
+    ConfigError: the workdir is a URL (gs://...), a file or not writable, or
+      its config.json is unreadable or differs from `config` in a field not in
+      `RESUMABLE`, and `overwrite` is False.
   """
   if '://' in workdir:
     raise config_check.ConfigError([
         f'workdir {workdir} is a URL; the logs and report are written with plain file I/O: '
         'use a local path (a bucket mounted with GCS-FUSE, NFS, ...).'])
+  problem = _writable_problem(workdir)
+  if problem:
+    raise config_check.ConfigError([problem])
   path = os.path.join(workdir, 'config.json')
   if overwrite or not os.path.exists(path):
     return
-  with open(path) as f:
-    diffs = config_differences(json.load(f), config)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise config_check.ConfigError([
+        f'workdir {workdir}: config.json is unreadable ({e}); choose another --workdir, or '
+        'pass --overwrite to replace that run.']) from None
+  diffs = config_differences(saved, config)
   if diffs:
     more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
     raise config_check.ConfigError([
@@ -158,3 +309,46 @@ def clear_workdir(workdir: str) -> None:
       shutil.rmtree(path)
     elif os.path.exists(path):
       os.remove(path)
+
+
+class WorkdirLock:
+  """An exclusive lock on WORKDIR/.lock (fcntl.flock), held while a run uses the workdir.
+
+  The kernel drops a flock when its process dies, so a lock left by a killed
+  run (SIGKILL, OOM) never blocks the resume; the file keeps the holder's host
+  and pid only to name it. On a shared filesystem, flock is as good as the
+  filesystem's lock support (NFSv4: yes, across hosts; some FUSE mounts: only
+  on one host); only process 0 takes it (see docs/durable_runs.md).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, '.lock')
+    self._fd = None
+
+  def acquire(self) -> None:
+    """Takes the lock, or raises ConfigError naming the run that holds it."""
+    import fcntl  # pylint: disable=g-import-not-at-top  # POSIX only
+    import socket  # pylint: disable=g-import-not-at-top
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = os.read(fd, 200).decode(errors='replace').strip() or 'another process'
+      os.close(fd)
+      if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise config_check.ConfigError([
+            f'workdir {os.path.dirname(self.path)} is in use by a running run ({holder}); '
+            'wait for it to end or choose another --workdir.']) from None
+      if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. some FUSE mounts
+        logging.warning('the filesystem of %s cannot lock (%s): nothing keeps a second run off '
+                        'this workdir.', self.path, e.strerror)
+        return
+      raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f'host {socket.gethostname()} pid {os.getpid()}\n'.encode())
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # closing drops the flock; the file stays (harmless)
+      self._fd = None

@@ -1,33 +1,89 @@
-"""What crosses between clients, in bytes (DESIGN §2, "Communication").
+"""What crosses between clients, in bytes (DESIGN §2, "Communication"; docs/communication.md).
 
-Per step, client j sends to each out-neighbour (each i with A[i, j] > 0) its
-logits of every head on the public batch, and its embeddings when embedding
-distillation is on: B_pub * (H*C + D) numbers per edge, at the dtype the model
-outputs them in. FedAvg instead moves two copies of the parameters per client
-per round (the client's update up, the average down).
+Only what some other client's loss reads is counted. Client i's head k learns
+from its neighbours' head src(k) (src(0) = 0, src(k) = k - 1), so with H
+heads a neighbour's heads 0..H-2 are read, never its last head, and only
+those whose loss weight is non-zero: head 0 when nu_main > 0 (or when the
+`most_confident` embedding target must compare head-0 confidences), heads
+0..H-2 when nu_aux > 0. Embeddings go along with head 0's choice when
+nu_emb > 0, to receivers whose embedding has the same size. A client's own
+outputs (include_self) never leave it.
+
+Per step, client j sends
+
+    sent_j = sum_{i != j} [ sum_h P[h, i, j] * B_pub * C * s  +  Q[i, j] * B_pub * D_j * s_e ]
+
+where P[h, i, j] is the probability that i reads j's head h and Q[i, j] that
+it reads j's embedding: 1 on every edge with A[i, j] > 0 for `mean` and
+`most_confident` (every candidate is compared), and for `random`, where i
+draws one source per head k with probability w_k[i, j] = W[k, i, j] / sum W[k, i, :],
+the expected value 1 - prod_{k: src(k) = h} (1 - w_k[i, j]) (and w_0[i, j] for
+the embedding). s, s_e: bytes per number of the logits and the embedding.
+FedAvg instead moves two copies of the parameters per client per round (the
+client's update up, the average down).
 """
 
 import jax
 import numpy as np
 
 
-def public_output_bytes(model, params, batch_stats, image_shape, public_batch_size: int,
-                        send_embeddings: bool) -> int:
-  """Bytes of one client's outputs on one public batch (logits of all heads [+ embeddings])."""
+def public_output_sizes(model, params, batch_stats, image_shape,
+                        public_batch_size: int) -> tuple[int, int, int]:
+  """(bytes of one head's logits, bytes of the embedding, D) of one client on one public batch."""
   variables = {'params': params, 'batch_stats': batch_stats}
   logits, inter = jax.eval_shape(
       lambda v: model.apply(v, np.zeros((public_batch_size, *image_shape), np.float32),
                             train=False), variables)
-  size = logits.size * logits.dtype.itemsize
-  if send_embeddings:
-    size += inter['embedding'].size * inter['embedding'].dtype.itemsize
-  return int(size)
+  emb = inter['embedding']
+  head = logits.size // logits.shape[0] * logits.dtype.itemsize
+  return int(head), int(emb.size * emb.dtype.itemsize), int(emb.shape[-1])
 
 
-def bytes_sent_per_step(adjacency, output_bytes_N) -> np.ndarray:
-  """[N] bytes client j sends per step: out-degree(j) * its public output bytes."""
-  out_degree = (np.asarray(adjacency) > 0).sum(axis=0)
-  return out_degree * np.asarray(output_bytes_N, np.int64)
+def public_output_bytes(model, params, batch_stats, image_shape, public_batch_size: int,
+                        send_embeddings: bool) -> int:
+  """Bytes of all of one client's outputs on one public batch (every head [+ embeddings])."""
+  head, emb, _ = public_output_sizes(model, params, batch_stats, image_shape, public_batch_size)
+  variables = {'params': params, 'batch_stats': batch_stats}
+  num_heads = jax.eval_shape(
+      lambda v: model.apply(v, np.zeros((1, *image_shape), np.float32), train=False),
+      variables)[0].shape[0]
+  return num_heads * head + (emb if send_embeddings else 0)
+
+
+def read_probabilities(adjacency, num_heads: int, config, emb_dims=None):
+  """(P [H, N, N], Q [N, N]): per step, the probability that client i reads client j's head h
+  (P[h, i, j]) and its embedding (Q[i, j]); see the module doc. The diagonal is 0.
+
+  Reads nu_main, nu_aux, nu_emb, target, include_self. `emb_dims`: [N] embedding
+  sizes (default: all equal).
+  """
+  a = np.asarray(adjacency, np.float64)
+  n = a.shape[0]
+  off_diag = ~np.eye(n, dtype=bool)
+  edge = (a > 0) & off_diag
+  nu = [config.nu_main if k == 0 else config.nu_aux for k in range(num_heads)]
+  if config.target == 'random':
+    w = np.stack([a + (config.include_self and k > 0) * np.eye(n) for k in range(num_heads)])
+    w = np.where(w > 0, w, 0.0)
+    draw = w / np.maximum(w.sum(-1, keepdims=True), 1e-300) * off_diag  # [H(k), N, N]
+  else:
+    draw = np.broadcast_to(edge.astype(np.float64), (num_heads, n, n))
+  not_read = np.ones((num_heads, n, n))
+  for k in range(num_heads):
+    if nu[k] != 0:
+      not_read[max(k - 1, 0)] *= 1.0 - draw[k]  # head k reads the neighbours' head k-1
+  same = np.ones((n, n), bool) if emb_dims is None else (
+      np.asarray(emb_dims)[:, None] == np.asarray(emb_dims)[None, :])
+  q = draw[0] * same if config.nu_emb != 0 else np.zeros((n, n))
+  if config.nu_emb != 0 and config.target == 'most_confident':
+    not_read[0] *= 1.0 - q  # the embedding's source is the most confident head 0
+  return 1.0 - not_read, q
+
+
+def bytes_sent_per_step(read_HxNxN, emb_read_NxN, head_bytes_N, emb_bytes_N) -> np.ndarray:
+  """[N] bytes client j sends per step (expected value under `random`): see the module doc."""
+  heads = np.asarray(read_HxNxN).sum(axis=(0, 1)) * np.asarray(head_bytes_N, np.float64)
+  return heads + np.asarray(emb_read_NxN).sum(0) * np.asarray(emb_bytes_N, np.float64)
 
 
 def param_bytes(params) -> int:

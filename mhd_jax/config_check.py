@@ -6,11 +6,14 @@ before any model is built. Both raise `ConfigError`, whose message has one
 line per problem; `launch.py` prints those lines and exits with status 2.
 """
 
+import logging as std_logging
 from typing import Sequence
 
+from absl import logging
 import jax
 import numpy as np
 
+from mhd_jax import input_pipeline
 from mhd_jax import losses
 from mhd_jax import models
 from mhd_jax import partition as partition_lib
@@ -37,8 +40,19 @@ def dotted(tree: dict, prefix: str = '') -> dict:
   return out
 
 
-def _dataset_problem(name: str) -> str | None:
-  """'digits', or a name TFDS knows (looked up only for non-default datasets)."""
+def _dataset_problem(name: str, data_dir: str = '') -> str | None:
+  """'digits', or a name TFDS knows (looked up only for non-default datasets; whether it is
+  prepared is checked when it is opened, `tfds_pipeline.open_source`, before any compile)."""
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)  # not absl's logging.ERROR, which is -2
+  try:
+    return _tfds_problem(name, data_dir)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _tfds_problem(name: str, data_dir: str) -> str | None:
   if name == 'digits':
     return None
   base = name.split(':')[0].split('/')[0]
@@ -55,38 +69,132 @@ def _dataset_problem(name: str) -> str | None:
   return None
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_num(x) -> bool:
+  return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+
+
+_INT, _NUM, _STR, _BOOL = (_is_int, 'an integer'), (_is_num, 'a number'), (
+    lambda x: isinstance(x, str), 'a string'), (lambda x: isinstance(x, bool), 'True or False')
+_ANY_INT = lambda v: True
+_NONNEG = lambda v: v >= 0
+_POS = lambda v: v >= 1
+
+# Every field a config may hold: (type, range check or None, what the range is). NaN passes
+# range checks (every comparison with it is False, and ranges are written as `not (bad)`):
+# it is warned about, and a run with it stops at its first step (non-finite parameters).
+FIELDS = {
+    'seed': (_INT, None, ''),
+    'num_steps': (_INT, _POS, '>= 1'),
+    'log_every': (_INT, _POS, '>= 1'),
+    'eval_every': (_INT, _POS, '>= 1'),
+    'strategy': (_STR, None, ''),
+    'num_devices': (_INT, _NONNEG, '>= 0 (0 = all)'),
+    'distributed.initialize': (_BOOL, None, ''),
+    'distributed.coordinator_address': (_STR, None, ''),
+    'distributed.num_processes': (_INT, _NONNEG, '>= 0'),
+    'distributed.process_id': (_INT, lambda v: v >= -1, '>= -1'),
+    'checkpoint.every': (_INT, _NONNEG, '>= 0 (0 = only at the end)'),
+    'checkpoint.keep': (_INT, _POS, '>= 1'),
+    'num_clients': (_INT, _POS, '>= 1'),
+    'num_heads': (_INT, _POS, '>= 1'),
+    'data.name': (_STR, None, ''),
+    'data.data_dir': (_STR, None, ''),
+    'data.train_split': (_STR, None, ''),
+    'data.eval_split': (_STR, None, ''),
+    'data.image_size': (_INT, _POS, '>= 1'),
+    'data.augment': (_STR, None, ''),
+    'data.split_seed': (_INT, None, ''),
+    'data.test_fraction': (_NUM, lambda v: not (v <= 0 or v >= 1), 'in (0, 1)'),
+    'data.batch_size': (_INT, _POS, '>= 1'),
+    'data.public_batch_size': (_INT, _POS, '>= 1'),
+    'data.eval_batch_size': (_INT, _POS, '>= 1'),
+    'partition': (_STR, None, ''),
+    'skew': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1] (0 = iid, 1 = only primary classes)'),
+    'dirichlet_alpha': (_NUM, lambda v: not v <= 0, '> 0'),
+    'public_fraction': (_NUM, lambda v: not (v <= 0 or v >= 1),
+                        'in (0, 1): every step reads a public batch'),
+    'topology': (_STR, None, ''),
+    'num_islands': (_INT, _POS, '>= 1'),
+    'degree': (_INT, _NONNEG, '>= 0'),
+    'adjacency': (_STR, None, ''),
+    'nu_main': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
+    'nu_aux': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
+    'nu_emb': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
+    'temperature': (_NUM, lambda v: not v <= 0, '> 0'),
+    'target': (_STR, None, ''),
+    'include_self': (_BOOL, None, ''),
+    'average_every': (_INT, _NONNEG, '>= 0 (0 = no weight averaging)'),
+    'model.name': (_STR, None, ''),
+    'model.width': (_INT, _POS, '>= 1'),
+    'model.depth': (_INT, _POS, '>= 1'),
+    'model.dtype': (_STR, None, ''),
+    'model.aux_backbone_grad': (_BOOL, None, ''),
+    'optimizer.name': (_STR, None, ''),
+    'optimizer.learning_rate': (_NUM, lambda v: not v < 0,
+                                '>= 0 (a negative rate is gradient ascent)'),
+    'optimizer.momentum': (_NUM, lambda v: not (v < 0 or v >= 1), 'in [0, 1)'),
+    'optimizer.weight_decay': (_NUM, lambda v: not v < 0, '>= 0'),
+    'optimizer.schedule': (_STR, None, ''),
+    'optimizer.warmup_steps': (_INT, _NONNEG, '>= 0'),
+    'optimizer.grad_clip': (_NUM, lambda v: not v < 0, '>= 0 (0 = off)'),
+}
+# Keys of one `groups.NAME` entry, and the model fields it may override.
+GROUP_KEYS = ('num_clients', 'model')
+_DIGITS_EXAMPLES = 1797  # sklearn's load_digits, split by data.test_fraction
+
+
+def _field_problems(config) -> tuple[list[str], list[str]]:
+  """(unknown, missing or mistyped fields; values out of range), one line each."""
+  flat = dotted(config.to_dict())
+  shape = [f'unknown field {k!r}: it is not a config field (see configs/default.py).'
+           for k in flat if k not in FIELDS and not k.startswith('groups.')]
+  ranges = []
+  for field, ((is_type, type_name), ok, meaning) in FIELDS.items():
+    if field not in flat:
+      shape.append(f'config.{field} is missing (see configs/default.py).')
+    elif not is_type(flat[field]):
+      shape.append(f'config.{field} must be {type_name}, got {flat[field]!r}.')
+    elif ok is not None and not ok(flat[field]):
+      ranges.append(f'config.{field} must be {meaning}, got {flat[field]!r}.')
+  return shape, ranges
+
+
+def warnings(config) -> list[str]:
+  """Settings that run but are probably not meant, one line each (printed, not refused)."""
+  flat = dotted(config.to_dict())
+  out = [f'config.{k} is {v!r}: where the run uses it, its parameters turn non-finite and it '
+         'stops (exit 1).' for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
+  if _is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:
+    out.append('config.optimizer.learning_rate is 0: nothing will be learned.')
+  nu = [flat.get(k) for k in ('nu_main', 'nu_aux', 'nu_emb')]
+  if all(_is_num(v) and v == 0 for v in nu) and flat.get('topology') != 'none':
+    out.append('nu_main = nu_aux = nu_emb = 0: no distillation, so the topology has no effect.')
+  if _is_int(flat.get('optimizer.warmup_steps')) and _is_int(flat.get('num_steps')) and (
+      flat['optimizer.warmup_steps'] >= flat['num_steps']):
+    out.append(f'optimizer.warmup_steps={flat["optimizer.warmup_steps"]} is not below '
+               f'num_steps={flat["num_steps"]}: the learning rate never reaches its value.')
+  return out
+
+
 def _range_problems(config) -> list[str]:
-  """Numbers outside the range they mean something in."""
+  """Sizes that depend on several fields."""
   problems = []
-  def need(ok, message):
-    if not ok:
-      problems.append(message)
-  need(isinstance(config.num_clients, int) and config.num_clients >= 1,
-       f'num_clients must be an integer >= 1, got {config.num_clients!r}.')
-  need(config.num_heads >= 1, f'num_heads must be >= 1, got {config.num_heads}.')
-  need(0.0 <= config.skew <= 1.0,
-       f'skew must be in [0, 1] (0 = iid, 1 = only primary classes), got {config.skew}.')
-  need(0.0 <= config.public_fraction < 1.0,
-       f'public_fraction must be in [0, 1), got {config.public_fraction}.')
-  need(config.dirichlet_alpha > 0, f'dirichlet_alpha must be > 0, got {config.dirichlet_alpha}.')
-  need(config.temperature > 0, f'temperature must be > 0, got {config.temperature}.')
-  for field in ('batch_size', 'public_batch_size', 'eval_batch_size'):
-    value = config.data[field]
-    need(value >= 1, f'data.{field} must be >= 1, got {value}.')
-  for field in ('num_steps', 'log_every', 'eval_every'):
-    need(config[field] >= 1, f'{field} must be >= 1, got {config[field]}.')
-  need(config.average_every >= 0,
-       f'average_every must be >= 0 (0 = no weight averaging), got {config.average_every}.')
-  need(config.checkpoint.every >= 0,
-       f'checkpoint.every must be >= 0 (0 = only at the end), got {config.checkpoint.every}.')
-  need(config.checkpoint.keep >= 1, f'checkpoint.keep must be >= 1, got {config.checkpoint.keep}.')
+  if config.data.name == 'digits' and _is_num(config.data.test_fraction):
+    num_test = int(round(config.data.test_fraction * _DIGITS_EXAMPLES))
+    if not 1 <= num_test <= _DIGITS_EXAMPLES - 1:
+      problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
+                      f'{_DIGITS_EXAMPLES} digits for evaluation; both splits need examples.')
   return problems
 
 
 def _name_problems(config) -> list[str]:
   """Choices that must be one of a known list."""
   problems = []
-  dataset = _dataset_problem(config.data.name)
+  dataset = _dataset_problem(config.data.name, config.data.data_dir)
   if dataset:
     problems.append(dataset)
   group_models = [(f'groups.{name}.model.name', model.name)
@@ -95,11 +203,13 @@ def _name_problems(config) -> list[str]:
   for field, value, known in [
       ('model.name', config.model.name, tuple(models.BACKBONES)),
       *[(f, v, tuple(models.BACKBONES)) for f, v in group_models],
-      ('partition', config.partition, ('skew', 'dirichlet')),
+      ('partition', config.partition, partition_lib.PARTITIONS),
       ('target', config.target, losses.TARGET_RULES),
       ('strategy', config.strategy, pop.STRATEGIES),
-      ('optimizer.name', config.optimizer.name, ('adam', 'sgd')),
-      ('optimizer.schedule', config.optimizer.schedule, ('constant', 'cosine'))]:
+      ('optimizer.name', config.optimizer.name, pop.OPTIMIZERS),
+      ('optimizer.schedule', config.optimizer.schedule, pop.SCHEDULES),
+      ('model.dtype', config.model.dtype, models.DTYPES),
+      ('data.augment', config.data.augment, input_pipeline.AUGMENTS)]:
     if value not in known:
       what = 'model' if field.endswith('model.name') else field
       problems.append(f'unknown {what} {value!r}: config.{field} must be one of '
@@ -126,6 +236,30 @@ def check_device_split(config, num_devices: int) -> list[str]:
 
 
 def _group_problems(config) -> list[str]:
+  """Group entries with unknown keys or model fields, bad sizes, or sizes not adding up."""
+  problems = []
+  for name, group in (config.get('groups') or {}).items():
+    if not hasattr(group, 'keys'):
+      problems.append(f'groups.{name} must be a dict with {" and ".join(GROUP_KEYS)}.')
+      continue
+    for key in group.keys():
+      if key not in GROUP_KEYS:
+        problems.append(f'unknown key groups.{name}.{key}: a group holds only '
+                        f'{", ".join(GROUP_KEYS)}.')
+    if not (_is_int(group.get('num_clients')) and group.get('num_clients') >= 1):
+      problems.append(f'groups.{name}.num_clients must be an integer >= 1, '
+                      f'got {group.get("num_clients")!r}.')
+    model = group.get('model', {})
+    for key, value in (model.items() if hasattr(model, 'items') else []):
+      (is_type, type_name), ok, meaning = FIELDS.get(f'model.{key}', ((None, ''), None, ''))
+      if is_type is None:
+        problems.append(f'unknown field groups.{name}.model.{key}: a group overrides only '
+                        f'model fields ({", ".join(config.model.keys())}).')
+      elif not is_type(value) or (ok is not None and not ok(value)):
+        problems.append(f'groups.{name}.model.{key} must be {type_name} {meaning}, '
+                        f'got {value!r}.'.replace('  ', ' '))
+  if problems:
+    return problems
   try:
     pop.group_configs(config)
   except ValueError as e:
@@ -135,12 +269,20 @@ def _group_problems(config) -> list[str]:
 
 def problems(config, num_devices: int | None = None) -> list[str]:
   """Every problem found without loading data, one line each (empty: the config is fine)."""
-  found = _range_problems(config) + _group_problems(config) + _name_problems(config)
-  if isinstance(config.num_clients, int) and config.num_clients >= 1:  # builders need a count
+  shape, found = _field_problems(config)
+  if shape:
+    return shape + found  # the checks below need every field present and well typed
+  derived = found == []  # checks of several fields, made once each field is in range
+  found += (_range_problems(config) if derived else []) + _group_problems(config) + (
+      _name_problems(config))
+  if derived:
     try:
       topology.build(config)
     except ValueError as e:
       found.append(str(e))
+  if config.num_devices > jax.device_count():
+    found.append(f'num_devices={config.num_devices} but {jax.device_count()} device(s) are '
+                 'available; use 0 (all) or at most that many.')
   found += check_device_split(
       config, jax.local_device_count() if num_devices is None else num_devices)
   return found
@@ -154,7 +296,13 @@ def validate(config, num_devices: int | None = None) -> None:
 
 
 def validate_partition(part: partition_lib.Partition, config) -> None:
-  """Every client needs private examples, or it has nothing to learn from."""
+  """Every client needs private examples, and the public set a whole public batch."""
+  num_public = len(part.public_indices)
+  if num_public < config.data.public_batch_size:
+    raise ConfigError([
+        f'public_fraction={config.public_fraction} leaves {num_public} public examples, fewer '
+        f'than data.public_batch_size={config.data.public_batch_size}; raise public_fraction or '
+        'lower public_batch_size.'])
   sizes = np.array([len(idx) for idx in part.client_indices])
   empty = np.flatnonzero(sizes == 0).tolist()
   if empty:

@@ -44,6 +44,9 @@ class Data:
   train_labels: np.ndarray
 
 
+AUGMENTS = ('imagenet', 'cifar', 'none')  # data.augment (TFDS preprocessing in tfds_pipeline)
+
+
 def epoch_indices(seed: int, stream: int, step: int, pool_size: int,
                   batch_size: int) -> np.ndarray:
   """Positions into a pool of `pool_size` examples for batch `step` of a stream.

@@ -89,11 +89,16 @@ class MultiHeadClassifier(nn.Module):
     return jnp.stack(logits).astype(jnp.float32), {'embedding': emb_BxD}
 
 
+DTYPES = ('float32', 'bfloat16', 'float16')  # model.dtype: computation dtypes make_model accepts
+
+
 def make_model(model_config, num_heads: int, num_classes: int) -> MultiHeadClassifier:
   """The classifier described by `config.model` (name, width, depth, dtype)."""
   name = model_config.name
   if name not in BACKBONES:
     raise ValueError(f'unknown model {name!r}; choose one of {", ".join(BACKBONES)}.')
+  if model_config.dtype not in DTYPES:
+    raise ValueError(f'unknown dtype {model_config.dtype!r}; choose one of {", ".join(DTYPES)}.')
   kwargs = {'width': model_config.width, 'dtype': jnp.dtype(model_config.dtype)}
   if name in ('mlp', 'cnn'):
     kwargs['depth'] = model_config.depth

@@ -126,6 +126,9 @@ def _check_labels(labels, num_classes, num_clients):
     raise ValueError(f'labels must lie in [0, {num_classes}).')
 
 
+PARTITIONS = ('skew', 'dirichlet')  # config.partition: what `make` dispatches on
+
+
 def make(labels: np.ndarray, num_classes: int, config) -> Partition:
   """The partition a config asks for (`config.partition`: 'skew' or 'dirichlet')."""
   if config.partition == 'skew':
@@ -134,4 +137,4 @@ def make(labels: np.ndarray, num_classes: int, config) -> Partition:
   if config.partition == 'dirichlet':
     return dirichlet(labels, num_classes, config.num_clients, config.dirichlet_alpha,
                      config.public_fraction, config.seed)
-  raise ValueError(f"partition must be 'skew' or 'dirichlet', got {config.partition!r}.")
+  raise ValueError(f'partition must be one of {", ".join(PARTITIONS)}, got {config.partition!r}.')

@@ -19,6 +19,8 @@ import optax
 from mhd_jax import models
 
 STRATEGIES = ('auto', 'vmap', 'hybrid', 'loop')
+OPTIMIZERS = ('adam', 'sgd')  # make_optimizer dispatches on these (and config_check reads them)
+SCHEDULES = ('constant', 'cosine')
 
 
 @flax.struct.dataclass
@@ -223,7 +225,7 @@ def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
       lr = optax.join_schedules([optax.linear_schedule(0.0, lr, opt_config.warmup_steps),
                                  optax.constant_schedule(lr)], [opt_config.warmup_steps])
   else:
-    raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', "
+    raise ValueError(f'optimizer.schedule must be one of {", ".join(SCHEDULES)}, '
                      f'got {opt_config.schedule!r}.')
   if opt_config.name == 'adam':
     tx = optax.adamw(lr, weight_decay=opt_config.weight_decay)

@@ -27,6 +27,7 @@ statistics for CIFAR, ImageNet's for other RGB data, 0.5 / 0.5 otherwise).
 
 import contextlib
 import difflib
+import logging as std_logging
 import os
 import threading
 from typing import Iterator, Sequence
@@ -36,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mhd_jax import config_check
 from mhd_jax import input_pipeline
 from mhd_jax import partition as partition_lib
 
@@ -54,12 +56,25 @@ def prepare_command(name: str, data_dir: str) -> str:
 def get_builder(name: str, data_dir: str):
   """`tfds.builder`, with a short message for a dataset name TFDS does not know."""
   try:
-    return tfds.builder(name, data_dir=data_dir or None)
+    with _quiet_absl():  # "no dataset_info.json": open_source says it in one line
+      return tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
     close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
     raise ValueError(f'Unknown TFDS dataset {name!r} (config.data.name). Did you mean '
                      f'one of {close}? The names are listed by tfds.list_builders().'
                      ) from None
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """Only errors from absl logging (tfds' warnings about a dataset that is not there)."""
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)  # not absl's logging.ERROR, which is -2
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
 
 
 class CountingSource:
@@ -90,7 +105,11 @@ def open_source(builder, split: str, data_dir: str) -> CountingSource:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(_not_ready_message(builder, split, data_dir, e)) from None
+    with _quiet_absl():  # tfds warns of the missing files: the error below says it in one line
+      full = _not_ready_message(builder, split, data_dir, e)
+    error = config_check.ConfigError([' '.join(' '.join(full.split('\n')[:3]).split())])
+    error.args = (full,)  # launch.py prints the one line; str() keeps the manual instructions
+    raise error from None
   return CountingSource(source)
 
 
@@ -245,8 +264,9 @@ def get_data(config, client_ids: Sequence[int] | None = None,
   with contextlib.suppress(RuntimeError):  # raised once TF has set up its devices
     tf.config.set_visible_devices([], 'GPU')  # TF must leave accelerators to JAX.
   d = config.data
-  if d.augment not in ('imagenet', 'cifar', 'none'):
-    raise ValueError(f"data.augment must be 'imagenet', 'cifar' or 'none', got {d.augment!r}.")
+  if d.augment not in input_pipeline.AUGMENTS:
+    raise ValueError(f'data.augment must be one of {", ".join(input_pipeline.AUGMENTS)}, '
+                     f'got {d.augment!r}.')
   builder = get_builder(d.name, d.data_dir)
   if sources is None:
     sources = (open_source(builder, d.train_split, d.data_dir),

@@ -53,15 +53,22 @@ class Preempted(Exception):
 
 
 def communication_costs(specs, state, adjacency, image_shape, config):
-  """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models)."""
-  output, fedavg = [], []
+  """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models).
+
+  Only what another client's loss reads (`communication.read_probabilities`);
+  under target='random', the expected value per step.
+  """
+  heads, embs, dims, fedavg = [], [], [], []
   for spec, group in zip(specs, state.groups):
     one = jax.tree.map(lambda x: x[0], group)
-    output += [communication.public_output_bytes(
-        spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size,
-        bool(config.nu_emb))] * spec.num_clients
+    head, emb, dim = communication.public_output_sizes(
+        spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size)
+    heads += [head] * spec.num_clients
+    embs += [emb] * spec.num_clients
+    dims += [dim] * spec.num_clients
     fedavg += [communication.fedavg_bytes_per_round(one.params)] * spec.num_clients
-  return communication.bytes_sent_per_step(adjacency, output), np.array(fedavg)
+  read, emb_read = communication.read_probabilities(adjacency, config.num_heads, config, dims)
+  return communication.bytes_sent_per_step(read, emb_read, heads, embs), np.array(fedavg)
 
 
 def _eval_record(acc: evaluate.Accuracies) -> dict:
@@ -83,11 +90,24 @@ def client_table(acc: evaluate.Accuracies) -> str:
   return '\n'.join(rows)
 
 
+def _finite_per_client(state: pop.TrainState):
+  """[stacked] True where every parameter, batch statistic and optimizer value of the client is finite."""
+  per_group = []
+  for group in state.groups:
+    leaves = [x for x in jax.tree.leaves(group) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    n = leaves[0].shape[0]
+    per_group.append(jnp.all(jnp.stack([jnp.isfinite(x).reshape(n, -1).all(1) for x in leaves]),
+                             axis=0))
+  return jnp.concatenate(per_group)
+
+
 def watch_nonfinite(train_step):
-  """Adds `first_bad_N` to the step: per client, the first step with a non-finite term (0: none).
+  """Adds `first_bad_N` to the step: per client, the first step with a non-finite loss term (0: none).
 
   Computed on device inside the same jit, so checking it costs one small
-  transfer where the loop syncs anyway (log and checkpoint steps).
+  transfer where the loop syncs anyway (log and checkpoint steps). The loss
+  is that of the state *before* the update: `make_state_check` checks the
+  state after it.
   """
   def step(state, batch, rng, first_bad_N):
     state, metrics = train_step(state, batch, rng)
@@ -96,16 +116,34 @@ def watch_nonfinite(train_step):
   return step
 
 
-def _check_finite(first_bad_N, mngr) -> None:
+def make_state_check(layout: sharding.Layout):
+  """Jitted `state -> [N] finite` over the real clients, replicated (every host reads it).
+
+  Run where the loop syncs (log steps, before every save, the last step),
+  not every step: a pass over every parameter and optimizer value costs as
+  much as a third of the default config's step. Nothing is missed between
+  checks: a non-finite parameter or optimizer value makes the next step's
+  loss non-finite, which the per-step watch records; so the step named is
+  exact, but for a non-finite batch statistic, which only evaluation reads
+  (then: "by" that step).
+  """
+  real = jnp.asarray(layout.real_clients())
+  return jax.jit(lambda state: _finite_per_client(state)[real], out_shardings=layout.replicated)
+
+
+def _check_finite(first_bad_N, mngr, state_finite_N, step: int) -> None:
+  """Raises NonFiniteLossError if a loss so far, or the state after `step`, is not finite."""
   bad = np.asarray(jax.device_get(first_bad_N))
+  bad = np.where((bad == 0) & ~np.asarray(jax.device_get(state_finite_N)), step, bad)
   if bad.any():
     step = int(bad[bad > 0].min())
+    mngr.wait_until_finished()  # the latest save may still be in flight
     latest = mngr.latest_step()
-    kept = (f'the last good checkpoint (step {latest}) is kept in {mngr.directory}'
+    kept = (f'the last finite checkpoint (step {latest}) is kept in {mngr.directory}'
             if latest is not None else 'no checkpoint was saved')
     raise NonFiniteLossError(
-        f'non-finite loss at step {step} in clients {np.flatnonzero(bad == step).tolist()}; '
-        f'the run stops and {kept}.')
+        f'non-finite loss or parameters at step {step} in clients '
+        f'{np.flatnonzero(bad == step).tolist()}; the run stops and {kept}.')
 
 
 class _SigtermWatch:
@@ -119,8 +157,8 @@ class _SigtermWatch:
   while the run restores or compiles, has them stop after that step.
   """
 
-  def __init__(self, mngr, start_step: int):
-    self._mngr, self._start = mngr, start_step
+  def __init__(self, mngr, start_step: int, outer=None):
+    self._mngr, self._start, self._outer = mngr, start_step, outer
     self._multi = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
 
   def stop_at(self, step: int) -> bool:
@@ -131,7 +169,8 @@ class _SigtermWatch:
     return self.requested
 
   def __enter__(self):
-    self.requested, self._previous = False, None
+    # A SIGTERM caught by the `outer` watch (start-up: data, restore, init) stops after step 1.
+    self.requested, self._previous = bool(self._outer and self._outer.requested), None
     if threading.current_thread() is threading.main_thread() and not self._multi:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
@@ -146,17 +185,25 @@ class _SigtermWatch:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _stop_if_terminated(watch, step: int) -> None:
+  """Raises `Preempted` if SIGTERM came once the final checkpoint (of `step`) was saved."""
+  if watch.requested:
+    raise Preempted(step)
+
+
 def _sync(name: str) -> None:
   """Waits for every process (nothing to wait for on one)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
 
 
-def _initial_state(mngr, specs, image_shape, config, layout):
-  """(state, step, wall seconds so far) from the latest checkpoint, or a fresh population.
+def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
+  """(state, step, wall seconds so far) from the newest checkpoint that verifies, or a fresh one.
 
   Checkpoints hold the real clients only (no padding), so any device count
   can restore them; the state comes back padded and placed on the mesh.
+  Newer checkpoints that fail verification are skipped with one line each
+  (`checkpoint.restore_newest_verified`).
   """
   latest = mngr.latest_step()
   if latest is None:
@@ -166,10 +213,11 @@ def _initial_state(mngr, specs, image_shape, config, layout):
     raise config_check.ConfigError([
         f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
         f'{config.num_steps}; raise num_steps or choose another --workdir.'])
-  state, meta = checkpoint.restore(
-      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), latest)
-  logging.info('resuming from the checkpoint of step %d in %s.', latest, mngr.directory)
-  return layout.pad_state(state), latest, float(meta['wall_seconds'])
+  state, meta, step = checkpoint.restore_newest_verified(
+      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), lead)
+  _sync('checkpoints verified')
+  logging.info('resuming from the checkpoint of step %d in %s.', step, mngr.directory)
+  return layout.pad_state(state), step, float(meta['wall_seconds'])
 
 
 def _log_train(step, metrics, clock, sent_N, config, log, board):
@@ -216,8 +264,9 @@ def _summary(config, acc, sent, fedavg, wall_seconds) -> dict:
       'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
       'clients': [{'id': i, 'private_acc': acc.private_NxH[i].tolist(),
                    'shared_acc': acc.shared_NxH[i].tolist(),
-                   'bytes_sent_per_step': int(sent[i])} for i in range(config.num_clients)],
-      'bytes_sent_per_step': int(sent.sum()),
+                   'bytes_sent_per_step': int(round(sent[i]))}
+                  for i in range(config.num_clients)],
+      'bytes_sent_per_step': int(round(sent.sum())),
       'fedavg_bytes_per_round': int(fedavg.sum()),
   }
 
@@ -247,24 +296,48 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   start = time.time()
   sharding.initialize_distributed(config)  # before anything touches the devices
   config_check.validate(config)
+  for warning in config_check.warnings(config):  # unusual but runnable: one line each
+    logging.warning('config: %s', warning)
   checkpoint.check_workdir(workdir, config, overwrite)
   adjacency = topology.build(config)
   layout = sharding.Layout.create(pop.group_sizes(config), sharding.make_mesh(config.num_devices))
   data = input_pipeline.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
+  lock = checkpoint.WorkdirLock(workdir)
+  if lead:  # refuses a workdir in use before anything in it changes
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      lock.acquire()
+    except OSError as e:
+      raise config_check.ConfigError([f'workdir {workdir} cannot be written: {e}']) from None
+  try:
+    with _SigtermWatch(None, 0) as early:  # start-up, compile and report: see `_run`
+      return _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early)
+  finally:
+    lock.release()
+
+
+def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early) -> dict:
+  """`train_and_evaluate` once the config is checked and the workdir locked.
+
+  `early` has caught SIGTERM since then: one during start-up stops the loop
+  after its first step (saved); one after the loop, during the final
+  evaluation or report, raises `Preempted` of the final (saved) step.
+  """
   if overwrite and lead:
     checkpoint.clear_workdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
   _sync('workdir ready')
   specs = pop.make_specs(config, data.num_classes)
-  mngr = checkpoint.manager(workdir, config)
+  mngr = checkpoint.manager(workdir, config, lead)
   strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
-  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout)
+  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout,
+                                                  lead)
   if lead:
     checkpoint.write_metadata(workdir, config, data)
   train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy)),
                        donate_argnums=(0, 3))
+  finite_state = make_state_check(layout)
   predict = layout.make_predict(specs, strategy)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
   average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
@@ -288,7 +361,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   batches = data.train_batches(start_step)
   every, acc, clock = config.checkpoint.every, None, (time.time(), start_step)
   try:
-    with _SigtermWatch(mngr, start_step) as sigterm:
+    with _SigtermWatch(mngr, start_step, early) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
         state, metrics, first_bad = train_step(state, layout.place_batch(next(batches)), step_rng,
                                                first_bad)
@@ -296,14 +369,14 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           state = average(state)  # FedAvg / gossip baseline
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
-          _check_finite(first_bad, mngr)
+          _check_finite(first_bad, mngr, finite_state(state), step)
           clock = _log_train(step, metrics, clock, sent, config, log, board)
         if step % config.eval_every == 0 or last:
           acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
           _log_eval(step, acc, log, board)
         stop = sigterm.stop_at(step)
         if (every and step % every == 0) or last or stop:
-          _check_finite(first_bad, mngr)  # a bad state is never saved
+          _check_finite(first_bad, mngr, finite_state(state), step)  # never save a bad state
           checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True)
         if stop and not last:
           mngr.wait_until_finished()
@@ -314,6 +387,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     log.close()
     board.close()
 
+  _stop_if_terminated(early, config.num_steps)
   if acc is None:  # resumed from the final checkpoint: nothing left to train
     acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
   logging.info('final accuracies (%%):\n%s', client_table(acc))
@@ -325,5 +399,6 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
              count_C=acc.count_C, primary_NxC=primary)
     report.write(os.path.join(workdir, 'report'),
                  logs.read_jsonl(os.path.join(workdir, 'metrics.jsonl')), acc, adjacency, summary)
+  _stop_if_terminated(early, config.num_steps)
   _sync('outputs written')  # no process returns before the workdir is complete
   return summary

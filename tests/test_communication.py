@@ -24,13 +24,19 @@ def test_bytes_sent_follow_out_degree_and_output_size():
   with_emb = communication.public_output_bytes(model, params, {}, (4, 4, 1), 7, True)
   assert logits_only == 7 * 2 * 3 * 4          # B_pub * H * C float32 numbers
   assert with_emb == 7 * (2 * 3 + 5) * 4       # ... plus the D = 5 embedding
-  # Chain 0 - 1 - 2: the middle client sends to two neighbours.
-  sent = communication.bytes_sent_per_step(topology.chain(3), [logits_only] * 3)
-  np.testing.assert_array_equal(sent, [168, 336, 168])
+  # Chain 0 - 1 - 2, both heads distilled (head 1 reads head 0): the middle client sends its
+  # head 0 to two neighbours; the last head is read by nobody (tests/test_bytes.py).
+  config = ml_collections.ConfigDict(dict(nu_main=1.0, nu_aux=1.0, nu_emb=0.0,
+                                          target='mean', include_self=False))
+  read, q = communication.read_probabilities(topology.chain(3), 2, config)
+  sent = communication.bytes_sent_per_step(read, q, [7 * 3 * 4] * 3, [0] * 3)
+  np.testing.assert_array_equal(sent, [84, 168, 84])
   # Directed: only client 0 receives (from 2), so only client 2 sends.
   a = np.zeros((3, 3), np.float32)
   a[0, 2] = 1.0
-  np.testing.assert_array_equal(communication.bytes_sent_per_step(a, [10, 10, 10]), [0, 0, 10])
+  read, q = communication.read_probabilities(a, 2, config)
+  np.testing.assert_array_equal(communication.bytes_sent_per_step(read, q, [10] * 3, [0] * 3),
+                                [0, 0, 10])
 
 
 def test_fedavg_moves_two_copies_of_the_parameters():

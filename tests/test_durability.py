@@ -155,8 +155,8 @@ def test_nan_stops_the_run_naming_step_and_client_and_keeps_the_last_good_checkp
   monkeypatch.setattr(input_pipeline, 'get_data', get_data)
   workdir = str(tmp_path)
   with pytest.raises(train.NonFiniteLossError,
-                     match=r'^non-finite loss at step 7 in clients \[2\]; the run stops and the '
-                           r'last good checkpoint \(step 5\) is kept'):
+                     match=r'^non-finite loss or parameters at step 7 in clients \[2\]; the run '
+                           r'stops and the last finite checkpoint \(step 5\) is kept'):
     train.train_and_evaluate(short_config(**{'checkpoint.every': 5}), workdir)
   assert _checkpoint_steps(workdir) == [5]
   run = mhd_jax.load(workdir)
