@@ -106,13 +106,13 @@ def test_bytes_sent_by_hand_on_an_asymmetric_graph_with_embeddings_and_two_group
   _, summary = runs['whole']
   b_pub, heads, classes = 64, 3, 10
   emb_dim = {i: 2 * 4 for i in range(3)} | {3: 16, 4: 16}  # ConvBN: 2 * width; MLP: width
-  # What an edge j -> i carries: every head's logits and j's embedding (float32).
-  # (Accounting only what i consumes would change these two lines.)
-  heads_sent = lambda j, i: heads
-  sends_embedding = lambda j, i: True
+  # What an edge j -> i carries (float32): the heads some head of i distils from (0..H-2:
+  # nobody reads the last head), and j's embedding only where its size matches i's.
+  heads_sent = lambda j, i: heads - 1
+  sends_embedding = lambda j, i: emb_dim[j] == emb_dim[i]
   receivers = {0: [2, 4], 1: [0], 2: [1], 3: [2], 4: [0, 3]}  # the columns of ASYMMETRIC
   want = [sum(4 * b_pub * (heads_sent(j, i) * classes + sends_embedding(j, i) * emb_dim[j])
               for i in receivers[j]) for j in range(5)]
   assert [c['bytes_sent_per_step'] for c in summary['clients']] == want
-  assert want == [19456, 9728, 9728, 11776, 23552]  # (the current rule, spelled out)
+  assert want == [12288, 7168, 7168, 5120, 14336]  # (the rule, spelled out)
   assert summary['bytes_sent_per_step'] == sum(want)
