@@ -12,6 +12,8 @@ import numpy as np
 import optax
 import pytest
 
+from configs import default
+from mhd_jax import checkpoint
 from mhd_jax import models
 from mhd_jax import population as pop
 from mhd_jax import resnet
@@ -58,9 +60,11 @@ def test_fused_call_equals_two_calls(b, b_pub):
   g_fused, out_fused = grad(variables['params'], True)
   ts.assert_trees_close(out_fused, out_two, **TOL)
   ts.assert_trees_close(g_fused, g_two, **TOL)
-  # Not vacuous: the statistics moved, and the two segments' statistics differ.
-  moved = jax.tree.map(lambda a, c: not np.allclose(a, c), out_two[3], variables['batch_stats'])
-  assert all(jax.tree.leaves(moved))
+  # Not vacuous: the statistics moved, and updating them public-first would differ.
+  differ = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda p, q: not np.allclose(p, q), a, b)))
+  assert differ(out_two[3], variables['batch_stats'])
+  swapped = _two_calls(model, variables['params'], variables['batch_stats'], u, x)[3]
+  assert differ(out_two[3], swapped)
 
 
 def _two_calls(model, params, batch_stats, x, u):
@@ -129,3 +133,15 @@ def test_fused_private_batch_of_one_client_never_reaches_another(strategy):
   for i in range(ts.N):
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x[i], y[i])), a.groups, b.groups)
     assert all(jax.tree.leaves(same)) == (i != 1), f'client {i}'
+
+
+def test_config_field_reaches_the_model_and_may_change_on_resume():
+  config = default.get_config()
+  assert not pop.make_specs(config, 10)[0].model.fused_passes
+  config.model.fused_passes = True
+  assert pop.make_specs(config, 10)[0].model.fused_passes
+  # Same results either way: a workdir saved without the field (or with False) resumes.
+  saved = default.get_config().to_dict()
+  assert checkpoint.config_differences(saved, config) == []
+  del saved['model']['fused_passes']
+  assert checkpoint.config_differences(saved, config) == []
