@@ -8,6 +8,7 @@ batch out of the public outputs.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -30,8 +31,15 @@ def tiny_resnet(fused, width=4):
   return models.MultiHeadClassifier(backbone, ts.H, ts.C, fused_passes=fused)
 
 
-def tiny_specs(fused):
-  return (pop.GroupSpec(tiny_resnet(fused), optax.sgd(0.1, momentum=0.9), ts.N),)
+def tiny_specs(fused, name='resnet'):
+  """One group of N clients: the tiny ResNet, or a backbone without batch statistics by name."""
+  if name == 'resnet':
+    model = tiny_resnet(fused)
+  else:
+    model = models.make_model(ml_collections.ConfigDict(dict(
+        name=name, width=8, depth=1, dtype='float32', aux_backbone_grad=True,
+        fused_passes=fused)), ts.H, ts.C)
+  return (pop.GroupSpec(model, optax.sgd(0.1, momentum=0.9), ts.N),)
 
 
 def _variables(model, seed=0):
@@ -92,11 +100,13 @@ def test_eval_mode_ignores_segments():
   ts.assert_trees_close(segmented, plain, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('strategy', ['vmap', 'hybrid', 'loop'])
-def test_fused_step_matches_per_client_reference(strategy):
+@pytest.mark.parametrize('strategy,name', [('vmap', 'resnet'), ('hybrid', 'resnet'),
+                                           ('loop', 'resnet'), ('vmap', 'cnn')])
+def test_fused_step_matches_per_client_reference(strategy, name):
   """The fused step under each strategy against test_step's two-call reference, two steps."""
   config = ts.distill_config('mean')
-  specs = tiny_specs(True)
+  specs = tiny_specs(True, name)
+  assert specs[0].model.fused_passes
   state = pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
   step = jax.jit(step_lib.make_train_step(specs, ts.ADJ, config, strategy))
   rng = jax.random.PRNGKey(3)
