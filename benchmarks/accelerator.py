@@ -294,6 +294,9 @@ def main():
   p.add_argument('--budget_s', type=float, default=540,
                  help='seconds for the whole run; rows left after it are skipped')
   p.add_argument('--out', default='', help='also append every JSON line to this file')
+  p.add_argument('--fused', action='store_true',
+                 help='config.model.fused_passes = True: one model call per client on '
+                      '[private; public] with per-segment batch statistics')
   args = p.parse_args()
   if args.quick:
     args.repeats = 1
@@ -343,6 +346,7 @@ def measure_model(run, args, model, rows) -> bool:
   import jax  # pylint: disable=g-import-not-at-top
   from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
   config, image, classes = make_config(model)
+  config.model.fused_passes = args.fused
   b, b_pub = config.data.batch_size, config.data.public_batch_size
   config.num_clients = 1
   specs = pop.make_specs(config, classes)
@@ -350,6 +354,7 @@ def measure_model(run, args, model, rows) -> bool:
   peak = peak_tflops(jax.devices()[0].device_kind)
   base = {'model': model, 'image': list(image), 'dtype': config.model.dtype,
           'batch_private': b, 'batch_public': b_pub, 'heads': config.num_heads,
+          'fused_passes': args.fused,
           'classes': classes, 'forward_gflop_per_image': _sig(flops_fwd / 1e9),
           'forward_flop_per_image': flops_fwd}
 

@@ -78,6 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.depth = 2          # mlp / cnn only
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators)
   c.model.aux_backbone_grad = True  # aux-head losses reach the backbone
+  c.model.fused_passes = False  # one model call per client on [private; public], batch
+                             # statistics per segment (same results; fewer, larger convs)
 
   # Heterogeneous populations: c.groups.NAME = {'num_clients': n, 'model': {...overrides of
   # c.model}}, in client order; empty = one group of c.model (see configs/digits_hetero.py).

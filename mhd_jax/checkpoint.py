@@ -22,7 +22,8 @@ ones that do not are named in one line each and moved to
 `skipped_checkpoints/`, and the run resumes exactly from the older one. Its
 config must equal the saved one except for the fields in `RESUMABLE` (how
 long, how often to log and save, where the data lives, how clients are run and
-on how many devices and hosts: none changes what a step computes, though `strategy` may change the last bits
+on how many devices and hosts: none changes what a step computes, though `strategy` and
+`model.fused_passes` may change the last bits
 of the floats). `num_steps` stays fixed under a cosine schedule, whose shape
 depends on it.
 """
@@ -46,7 +47,8 @@ from mhd_jax import config_check
 from mhd_jax import population as pop
 
 RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkpoint.keep',
-             'data.data_dir', 'strategy', 'num_devices', 'distributed.initialize',
+             'data.data_dir', 'strategy', 'model.fused_passes', 'num_devices',
+             'distributed.initialize',
              'distributed.coordinator_address', 'distributed.num_processes',
              'distributed.process_id')
 SKIPPED = 'skipped_checkpoints'

@@ -22,8 +22,8 @@ class MLP(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    del train
+  def __call__(self, x, train: bool, segments=None):
+    del train, segments  # per-example: nothing couples the examples of a batch
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
     for _ in range(self.depth):
       x = nn.relu(nn.Dense(self.width, dtype=self.dtype)(x))
@@ -42,8 +42,8 @@ class CNN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    del train
+  def __call__(self, x, train: bool, segments=None):
+    del train, segments  # per-example: nothing couples the examples of a batch
     x = x.astype(self.dtype)
     for s in range(self.depth):
       x = nn.relu(nn.Conv(self.width * 2**s, (3, 3), dtype=self.dtype)(x))
@@ -73,15 +73,24 @@ class MultiHeadClassifier(nn.Module):
     aux_backbone_grad: whether the auxiliary heads' losses reach the backbone.
       If False the auxiliary heads see `stop_gradient(embedding)` and only the
       main head (and the embedding loss) shape the backbone.
+    fused_passes: the training step runs a client's private and public batches
+      as one call on their concatenation, with `segments` keeping their batch
+      statistics apart (`resnet.BatchNorm`); read by `step.make_train_step`.
+
+  `segments` (train mode): sizes of consecutive parts of the batch that get
+  their own batch statistics; None = one part. Passed on to the backbone only
+  when given, so a backbone with batch statistics must accept it to be fused.
   """
   backbone: nn.Module
   num_heads: int
   num_classes: int
   aux_backbone_grad: bool = True
+  fused_passes: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    emb_BxD = self.backbone(x, train=train)
+  def __call__(self, x, train: bool, segments: tuple[int, ...] | None = None):
+    kwargs = {} if segments is None else {'segments': tuple(segments)}
+    emb_BxD = self.backbone(x, train=train, **kwargs)
     aux_in = emb_BxD if self.aux_backbone_grad else jax.lax.stop_gradient(emb_BxD)
     logits = [nn.Dense(self.num_classes, name='head_0')(emb_BxD)]
     logits += [nn.Dense(self.num_classes, name=f'head_{k}')(aux_in)
@@ -93,7 +102,7 @@ DTYPES = ('float32', 'bfloat16', 'float16')  # model.dtype: computation dtypes m
 
 
 def make_model(model_config, num_heads: int, num_classes: int) -> MultiHeadClassifier:
-  """The classifier described by `config.model` (name, width, depth, dtype)."""
+  """The classifier described by `config.model` (name, width, depth, dtype, fused_passes)."""
   name = model_config.name
   if name not in BACKBONES:
     raise ValueError(f'unknown model {name!r}; choose one of {", ".join(BACKBONES)}.')
@@ -103,4 +112,5 @@ def make_model(model_config, num_heads: int, num_classes: int) -> MultiHeadClass
   if name in ('mlp', 'cnn'):
     kwargs['depth'] = model_config.depth
   return MultiHeadClassifier(BACKBONES[name](**kwargs), num_heads, num_classes,
-                             aux_backbone_grad=model_config.aux_backbone_grad)
+                             aux_backbone_grad=model_config.aux_backbone_grad,
+                             fused_passes=model_config.get('fused_passes', False))

@@ -9,10 +9,82 @@ import functools
 from typing import Any, Sequence
 
 from flax import linen as nn
+import jax
 import jax.numpy as jnp
 
 ModuleDef = Any
 _PAD1 = ((1, 1), (1, 1))  # torchvision pads 3x3 convs by 1 on every side.
+
+
+class BatchNorm(nn.BatchNorm):
+  """flax `nn.BatchNorm` (last axis = features), with train-mode statistics per batch segment.
+
+  `segments = (B_0, B_1, ...)` splits the batch axis into consecutive parts
+  that are normalised as if each were its own call: segment s uses
+  mean_s = E[x], var_s = max(0, E[x^2] - mean_s^2) over its examples and
+  positions (float32, biased: flax's fast variance), and the running averages
+  take the segments' statistics in order,
+
+      ra <- m * ra + (1 - m) * stat_s   for s = 0, 1, ...,
+
+  which is what one call per segment, in that order, does. The step uses it to
+  run a client's private and public batches in one model call while keeping
+  their statistics apart, so the public outputs never see the private batch.
+  Without segments, or with running averages (eval), it is `nn.BatchNorm`.
+  The class keeps flax's name, so auto-named modules (`BatchNorm_0`, ...) and
+  their variables ('scale', 'bias'; 'mean', 'var') are those of `nn.BatchNorm`
+  and checkpoints restore into either path.
+  """
+  segments: tuple[int, ...] | None = None
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    use_ra = nn.merge_param('use_running_average', self.use_running_average,
+                            use_running_average)
+    if use_ra or self.segments is None or len(self.segments) == 1:
+      return super().__call__(x, use_running_average=use_running_average, mask=mask)
+    if mask is not None or self.axis not in (-1, x.ndim - 1) or self.axis_name is not None:
+      raise NotImplementedError('segments: last-axis features, no mask, no axis_name.')
+    if sum(self.segments) != x.shape[0]:
+      raise ValueError(f'segments {self.segments} do not add up to the batch {x.shape[0]}.')
+    c = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
+    scale = self.param('scale', self.scale_init, (c,), self.param_dtype)
+    bias = self.param('bias', self.bias_init, (c,), self.param_dtype)
+    stat_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+    out_dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+
+    def normalise(x_seg):
+      """One segment: (normalised x, mean [C], var [C]), with flax's formulas."""
+      xf = x_seg.astype(stat_dtype)
+      axes = tuple(range(x_seg.ndim - 1))
+      mean = xf.mean(axes)
+      var = jnp.maximum(0.0, jax.lax.square(xf).mean(axes) - jax.lax.square(mean))
+      y = (x_seg - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+      return y.astype(out_dtype), mean, var
+
+    y, mean_SxC, var_SxC = _per_segment(normalise, x, self.segments)
+    if not self.is_initializing():
+      for s in range(len(self.segments)):
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean_SxC[s]
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var_SxC[s]
+    return y
+
+
+def _per_segment(fn, x, sizes):
+  """`fn(x_seg) -> (y_seg, *stats)` on each segment; (y over all, *stats stacked [S, ...]).
+
+  Equal segments are a reshape [S, B/S, ...] and a vmap (one batched reduction,
+  clean gradients); unequal ones are slices and a concatenation.
+  """
+  if len(set(sizes)) == 1:
+    y, *stats = jax.vmap(fn)(x.reshape(len(sizes), sizes[0], *x.shape[1:]))
+    return (y.reshape(x.shape[0], *y.shape[2:]), *stats)
+  starts = [sum(sizes[:s]) for s in range(len(sizes))]
+  outs = [fn(x[a:a + n]) for a, n in zip(starts, sizes)]
+  return (jnp.concatenate([o[0] for o in outs]),
+          *(jnp.stack([o[k] for o in outs]) for k in range(1, len(outs[0]))))
 
 
 class BasicBlock(nn.Module):
@@ -48,7 +120,8 @@ class ResNet(nn.Module):
   D = width * 2**(len(stage_sizes) - 1): 512 for ResNet-18/34 at width 64.
   Before pooling, H and W shrink by 2**(len(stage_sizes) - 1), and by 4 more
   with the 'imagenet' stem (7x7/2 conv, 3x3/2 max-pool): 224 -> 7. The 'cifar'
-  stem is a single 3x3/1 conv: 32 -> 4.
+  stem is a single 3x3/1 conv: 32 -> 4. `segments` (train mode): batch
+  statistics per consecutive part of the batch (see `BatchNorm`).
 
   Attributes:
     stage_sizes: number of BasicBlocks per stage; stage i has width * 2**i
@@ -70,13 +143,13 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, segments: tuple[int, ...] | None = None):
     if self.stem not in ('imagenet', 'cifar'):
       raise ValueError(
           f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+    norm = functools.partial(BatchNorm, use_running_average=not train, segments=segments,
                              momentum=self.bn_momentum, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=jnp.float32)
 

@@ -12,8 +12,11 @@ public batch u. The teachers are the stop-gradient of those same public
 outputs, so distillation needs no extra model evaluations, and since every
 target is a constant, the gradient of sum_i L_i with respect to client i's
 parameters is the gradient of L_i alone. The private pass and the public pass
-are separate model calls (separate batch statistics), so what client i sends
-(its public outputs) never depends on its private batch of this step.
+have separate batch statistics, so what client i sends (its public outputs)
+never depends on its private batch of this step: either two model calls, or,
+with `model.fused_passes`, one call on [x_i; u] whose BatchNorm layers keep
+the two segments' statistics apart (`resnet.BatchNorm`; same outputs, same
+running averages, one larger batch per convolution).
 """
 
 import functools
@@ -32,6 +35,21 @@ def _apply_train(model, params, batch_stats, x):
   (logits, inter), upd = model.apply({'params': params, 'batch_stats': batch_stats}, x,
                                      train=True, mutable=['batch_stats'])
   return logits, inter['embedding'], upd.get('batch_stats', batch_stats)
+
+
+def _apply_train_fused(model, params, batch_stats, x, u):
+  """`_apply_train` on x, then on u, as one call on [x; u] with per-segment batch statistics.
+
+  Returns (private logits_HxBxC, public logits_HxBpxC, public embedding_BpxD,
+  new batch_stats): running averages updated by the private segment, then by
+  the public one, as the two calls do.
+  """
+  b = x.shape[0]
+  (logits, inter), upd = model.apply({'params': params, 'batch_stats': batch_stats},
+                                     jnp.concatenate([x, u]), train=True,
+                                     segments=(b, u.shape[0]), mutable=['batch_stats'])
+  return logits[:, :b], logits[:, b:], inter['embedding'][b:], upd.get('batch_stats',
+                                                                       batch_stats)
 
 
 def client_losses(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, targets_HxBxC, has_target_H,
@@ -101,6 +119,8 @@ def make_train_step(specs: Sequence[pop.GroupSpec], adjacency, config, strategy:
 
   def run_clients(model, params, stats, x, u):
     def run(params, stats, x, u):
+      if model.fused_passes:
+        return _apply_train_fused(model, params, stats, x, u)
       lp, _, stats = _apply_train(model, params, stats, x)
       lu, eu, stats = _apply_train(model, params, stats, u)
       return lp, lu, eu, stats
