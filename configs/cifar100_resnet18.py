@@ -6,7 +6,7 @@
     python launch.py --config=configs/cifar100_resnet18.py:small --workdir=/tmp/c100_small
 
 10 clients owning 10 classes each, skew 0.9, 10% of the training set public;
-3 heads, complete graph, most-confident targets; batch 64 private per client
+3 heads, complete graph, confidence-weighted targets; batch 64 private per client
 and 128 public per step; pad-crop-flip augmentation; SGD (Nesterov 0.9) at
 0.05, weight decay 5e-4, 1,000 warm-up steps then cosine; 30,000 steps
 (~45 epochs of each client's 4,500 images); bfloat16 compute.

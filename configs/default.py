@@ -66,8 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.nu_aux = 1.0             # weight of the auxiliary heads' distillation
   c.nu_emb = 0.0             # weight of embedding distillation
   c.temperature = 1.0        # KD temperature T (losses scaled by T^2)
-  c.target = 'most_confident'  # see losses.TARGET_RULES: most_confident | mean | random |
-                             # confidence_weighted | neighbours_first | neighbour_and_self
+  # How a head's target is built from its candidates (losses.mixing_weights): most_confident |
+  # mean | random | confidence_weighted | neighbours_first | neighbour_and_self.
+  # confidence_weighted is the measured MHD recipe (README, "When do auxiliary heads help?").
+  c.target = 'confidence_weighted'
   c.include_self = False     # aux head k also distils from the client's own head k-1
   c.average_every = 0        # FedAvg / gossip baseline: average weights along the graph every
                              # N steps (same-architecture clients only); 0 = off

@@ -4,7 +4,8 @@ Only what some other client's loss reads is counted. Client i's head k learns
 from its neighbours' head src(k) (src(0) = 0, src(k) = k - 1), so with H
 heads a neighbour's heads 0..H-2 are read, never its last head, and only
 those whose loss weight is non-zero: head 0 when nu_main > 0 (or when the
-`most_confident` embedding target must compare head-0 confidences), heads
+embedding target must weigh head-0 confidences: every rule but `mean` and
+`random`), heads
 0..H-2 when nu_aux > 0. Embeddings go along with head 0's choice when
 nu_emb > 0, to receivers whose embedding has the same size. A client's own
 outputs (include_self) never leave it.
@@ -14,8 +15,8 @@ Per step, client j sends
     sent_j = sum_{i != j} [ sum_h P[h, i, j] * B_pub * C * s  +  Q[i, j] * B_pub * D_j * s_e ]
 
 where P[h, i, j] is the probability that i reads j's head h and Q[i, j] that
-it reads j's embedding: 1 on every edge with A[i, j] > 0 for `mean` and
-`most_confident` (every candidate is compared), and for `random`, where i
+it reads j's embedding: 1 on every edge with A[i, j] > 0 for every
+rule but `random` (every candidate is compared or mixed), and for `random`, where i
 draws one source per head k with probability w_k[i, j] = W[k, i, j] / sum W[k, i, :],
 the expected value 1 - prod_{k: src(k) = h} (1 - w_k[i, j]) (and w_0[i, j] for
 the embedding). s, s_e: bytes per number of the logits and the embedding.
@@ -75,8 +76,8 @@ def read_probabilities(adjacency, num_heads: int, config, emb_dims=None):
   same = np.ones((n, n), bool) if emb_dims is None else (
       np.asarray(emb_dims)[:, None] == np.asarray(emb_dims)[None, :])
   q = draw[0] * same if config.nu_emb != 0 else np.zeros((n, n))
-  if config.nu_emb != 0 and config.target == 'most_confident':
-    not_read[0] *= 1.0 - q  # the embedding's source is the most confident head 0
+  if config.nu_emb != 0 and config.target not in ('mean', 'random'):
+    not_read[0] *= 1.0 - q  # the embedding's mixing weighs head-0 confidences
   return 1.0 - not_read, q
 
 

@@ -133,6 +133,7 @@ FIELDS = {
     'model.depth': (_INT, _POS, '>= 1'),
     'model.dtype': (_STR, None, ''),
     'model.aux_backbone_grad': (_BOOL, None, ''),
+    'model.fused_passes': (_BOOL, None, ''),
     'optimizer.name': (_STR, None, ''),
     'optimizer.learning_rate': (_NUM, lambda v: not v < 0,
                                 '>= 0 (a negative rate is gradient ascent)'),

@@ -45,6 +45,9 @@ def test_nothing_is_sent_without_distillation():
   assert _sent(topology.complete(4), c).sum() == 4 * 3 * 2560
   c = _config(nu_main=0.0, nu_aux=0.0, nu_emb=1.0, target='mean')  # embeddings only
   assert _sent(topology.complete(4), c, emb=100).sum() == 4 * 3 * 100
+  for target in ('most_confident', 'confidence_weighted'):  # the mixing weighs head-0 confidences
+    c = _config(nu_main=0.0, nu_aux=0.0, nu_emb=1.0, target=target)
+    assert _sent(topology.complete(4), c, emb=100).sum() == 4 * 3 * (2560 + 100), target
 
 
 def test_random_target_counts_the_expected_drawn_neighbour():
@@ -93,7 +96,7 @@ def _others_equal(a, b) -> bool:
 
 def test_what_is_not_counted_changes_no_other_client():
   specs, state, batch = _population()
-  for target in ('most_confident', 'mean'):
+  for target in ('most_confident', 'mean', 'confidence_weighted'):
     config = _config(target=target, nu_emb=0.5)
     base = _after_step(specs, state, batch, config, lambda p: False)
     # Client 0's last head: counted for nobody, read by nobody.

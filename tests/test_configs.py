@@ -49,9 +49,9 @@ def test_config_values_follow_the_design_and_pass_the_checks(name):
   c = get_config(name)
   assert (c.num_clients, c.num_heads, c.topology, c.skew, c.public_fraction, c.data.name,
           c.model.name, c.num_steps) == DESIGN[name]
-  # MHD as the paper runs it: both distillation terms on, most-confident targets, T = 1.
+  # The MHD recipe: both distillation terms on, confidence-weighted targets, T = 1.
   assert (c.nu_main, c.nu_aux, c.nu_emb, c.temperature, c.target, c.include_self, c.seed) == (
-      1.0, 1.0, 0.0, 1.0, 'most_confident', False, 0)
+      1.0, 1.0, 0.0, 1.0, 'confidence_weighted', False, 0)
   assert config_check.problems(c, num_devices=1) == []
 
 
