@@ -34,10 +34,11 @@ from mhd_jax import population as pop
 RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkpoint.keep',
              'data.data_dir', 'strategy', 'num_devices', 'distributed.initialize',
              'distributed.coordinator_address', 'distributed.num_processes',
-             'distributed.process_id')
+             'distributed.process_id', 'strategy_measure_steps', 'profile.start_step',
+             'profile.num_steps')
 # What a run writes into its workdir; `--overwrite` removes exactly these.
 OUTPUTS = ('checkpoints', 'config.json', 'partition.json', 'partition_indices.npz',
-           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard')
+           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard', 'profile')
 _ITEMS = ('state', 'meta')
 
 

@@ -80,6 +80,15 @@ def _range_problems(config) -> list[str]:
   need(config.checkpoint.every >= 0,
        f'checkpoint.every must be >= 0 (0 = only at the end), got {config.checkpoint.every}.')
   need(config.checkpoint.keep >= 1, f'checkpoint.keep must be >= 1, got {config.checkpoint.keep}.')
+  measure = config.get('strategy_measure_steps', 0)
+  need(isinstance(measure, int) and measure >= 0,
+       f'strategy_measure_steps must be an integer >= 0 (0 = no measuring), got {measure!r}.')
+  profile = config.get('profile') or {}
+  first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
+  need(count == 0 or (count > 0 and 1 <= first and first + count - 1 <= config.num_steps),
+       f'profile window of {count} steps from step {first} lies outside the run (steps 1 to '
+       f'{config.num_steps}); set profile.start_step >= 1 and profile.num_steps >= 0 (0 = off) '
+       'within num_steps.')
   return problems
 
 

@@ -12,6 +12,7 @@ Durability (see `checkpoint.py` and `logs.py`):
   clients, and no checkpoint of a bad state is ever written.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from mhd_jax import autotune
 from mhd_jax import baselines
 from mhd_jax import checkpoint
 from mhd_jax import communication
@@ -172,11 +174,17 @@ def _initial_state(mngr, specs, image_shape, config, layout):
   return layout.pad_state(state), latest, float(meta['wall_seconds'])
 
 
-def _log_train(step, metrics, clock, sent_N, config, log, board):
-  """Progress line, metrics.jsonl record and TensorBoard scalars; returns the new clock."""
-  metrics = jax.device_get(metrics)
-  now = time.time()
-  rate = (step - clock[1]) / max(now - clock[0], 1e-9)
+def _log_train(step, sums, window, sent_N, config, log, board):
+  """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
+
+  `sums` holds each metric summed over the window's steps (on device, pulled
+  here once), so the logged metrics are window means; `window` is
+  (steps, seconds spent in them) from `logs.StepTimer`, so steps/s leaves out
+  compiling, restoring, evaluation and checkpoints.
+  """
+  steps, seconds = window
+  metrics = {k: np.asarray(v, np.float64) / steps for k, v in jax.device_get(sums).items()}
+  rate = steps / max(seconds, 1e-9)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
   means = {k: float(np.mean(metrics[k])) for k in TERMS}
@@ -186,13 +194,33 @@ def _log_train(step, metrics, clock, sent_N, config, log, board):
                ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
   log.write({'step': step, 'steps_per_sec': rate,
              'client_steps_per_sec': rate * config.num_clients,
-             'examples_per_sec': rate * examples_per_step, **means,
-             'clients': {k: np.asarray(metrics[k]).tolist() for k in TERMS}})
+             'examples_per_sec': rate * examples_per_step, 'window_steps': steps, **means,
+             'clients': {k: metrics[k].tolist() for k in TERMS}})
   scalars = {'mean/steps_per_sec': rate, **logs.per_client('bytes_sent', sent_N * step)}
   for k in TERMS:
     scalars.update(logs.per_client(k, metrics[k]))
   board.write(step, scalars)
-  return now, step
+
+
+@jax.jit
+def _add_metrics(sums, metrics):
+  """The window's running sums of the per-client metrics, on device (no host sync per step)."""
+  return jax.tree.map(lambda a, b: a + b.astype(a.dtype), sums, metrics)
+
+
+def _compile_train_step(config, specs, adjacency, layout, image_shape, args, steps_left):
+  """(strategy, compiled train step); 'auto' on a model with convolutions measures
+  (`autotune`). Compiled here, before the first step, so no step's time holds it."""
+  make = lambda s: jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, s)),
+                           donate_argnums=(0, 3))
+  per_device = [s.num_clients // layout.mesh.devices.size for s in layout.padded_specs(specs)]
+  t = time.time()
+  strategy, step = autotune.compile_fastest(
+      make, autotune.candidates(config, specs, image_shape, steps_left), args,
+      autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device),
+      config.get('strategy_measure_steps', 0))
+  logging.info('train step compiled in %.1f s.', time.time() - t)
+  return strategy, step
 
 
 def _log_eval(step, acc, log, board) -> None:
@@ -259,16 +287,23 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   _sync('workdir ready')
   specs = pop.make_specs(config, data.num_classes)
   mngr = checkpoint.manager(workdir, config)
-  strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
   state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout)
   if lead:
     checkpoint.write_metadata(workdir, config, data)
-  train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy)),
-                       donate_argnums=(0, 3))
+  step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  first_bad = jnp.zeros(config.num_clients, jnp.int32)
+  batches = map(layout.place_batch, data.train_batches(start_step))
+  if start_step < config.num_steps:
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    strategy, train_step = _compile_train_step(config, specs, adjacency, layout, data.image_shape,
+                                               (state, first, step_rng, first_bad),
+                                               config.num_steps - start_step)
+  else:  # resumed from the final checkpoint: nothing to compile but the evaluation
+    strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
   predict = layout.make_predict(specs, strategy)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
   average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
-  step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   primary = data.partition.primary_mask()
   sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
   logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
@@ -284,31 +319,41 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
     board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
   wall = lambda: wall_before + time.time() - start
-  first_bad = jnp.zeros(config.num_clients, jnp.int32)
-  batches = data.train_batches(start_step)
-  every, acc, clock = config.checkpoint.every, None, (time.time(), start_step)
+  every, acc, sums = config.checkpoint.every, None, None
+  timer = logs.StepTimer()  # steps/s over training steps only
+  profile = config.get('profile') or {}
+  profiler = logs.ProfileWindow(os.path.join(workdir, 'profile'), profile.get('start_step', 0),
+                                profile.get('num_steps', 0))
   try:
     with _SigtermWatch(mngr, start_step) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
-        state, metrics, first_bad = train_step(state, layout.place_batch(next(batches)), step_rng,
-                                               first_bad)
-        if config.average_every and step % config.average_every == 0:
-          state = average(state)  # FedAvg / gossip baseline
+        with profiler.step(step):
+          timer.begin_step()
+          state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad)
+          sums = metrics if sums is None else _add_metrics(sums, metrics)
+          if config.average_every and step % config.average_every == 0:
+            state = average(state)  # FedAvg / gossip baseline
+        profiler.after(step, state)
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
           _check_finite(first_bad, mngr)
-          clock = _log_train(step, metrics, clock, sent, config, log, board)
+          timer.pause(state)
+          _log_train(step, sums, timer.take(), sent, config, log, board)
+          sums = None
         if step % config.eval_every == 0 or last:
+          timer.pause(state)
           acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
           _log_eval(step, acc, log, board)
         stop = sigterm.stop_at(step)
         if (every and step % every == 0) or last or stop:
           _check_finite(first_bad, mngr)  # a bad state is never saved
+          timer.pause(state)
           checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True)
         if stop and not last:
           mngr.wait_until_finished()
           raise Preempted(step)
   finally:
+    profiler.close()
     mngr.wait_until_finished()
     mngr.close()
     log.close()
