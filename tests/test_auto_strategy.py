@@ -18,8 +18,8 @@ from tests.conftest import read_records, short_config
 
 
 def cnn_config(**overrides):
-  """A 6-step run of tiny CNN clients: 'auto' has three candidates to time (1 step each)."""
-  return short_config(**{'num_steps': 6, 'log_every': 2, 'eval_every': 6, 'checkpoint.every': 0,
+  """A 6-step run of 2 tiny CNN clients: 'auto' has three candidates to time (1 step each)."""
+  return short_config(**{'num_clients': 2, 'num_steps': 6, 'log_every': 2, 'eval_every': 6, 'checkpoint.every': 0,
                          'model.name': 'cnn', 'model.width': 4, 'model.depth': 1,
                          'strategy_measure_steps': 1, **overrides})
 
@@ -135,7 +135,7 @@ def test_auto_run_equals_the_run_of_its_choice_and_a_rerun_does_not_measure(
   auto = train.train_and_evaluate(cnn_config(), str(tmp_path / 'auto'))
   assert timed == [['hybrid', 'loop', 'vmap']]
   (key, entry), = json.load(open(cache)).items()
-  assert 'models ' in key and 'batch 32+64x8x8x1' in key and 'clients/device 5' in key
+  assert 'models ' in key and 'batch 32+64x8x8x1' in key and 'clients/device 2' in key
   chosen = entry['strategy']
   explicit = train.train_and_evaluate(cnn_config(strategy=chosen), str(tmp_path / 'explicit'))
   del auto['wall_seconds'], explicit['wall_seconds']
