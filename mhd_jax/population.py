@@ -51,7 +51,11 @@ def offsets(specs: Sequence[GroupSpec]) -> list[int]:
 
 def resolve_strategy(strategy: str, backend: str | None = None,
                      convolutions: bool = True) -> str:
-  """The strategy to run: 'auto' becomes the fastest one measured for the backend and model.
+  """The strategy to run; 'auto' by a static rule for the backend and model.
+
+  (A run with `strategy_measure_steps` > 0 measures instead, `autotune`; this
+  rule is for models without convolutions, for short runs, and for callers
+  that cannot run the step, such as `map_clients`.)
 
   CPU, model with convolutions: 'loop'. Measured on 2 CPU cores (README,
   "Scale"), 4 ResNet-18 clients (CIFAR stem, width 16, batch 32): the stacked
