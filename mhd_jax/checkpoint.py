@@ -55,11 +55,15 @@ def manager(workdir: str, config=None) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: pop.TrainState, wall_seconds: float,
-         force: bool = False) -> bool:
-  """Saves (asynchronously) the state at `step`; False when the interval says no."""
+         force: bool = False, extra: dict | None = None) -> bool:
+  """Saves (asynchronously) the state at `step`; False when the interval says no.
+
+  `extra` (JSON) joins `meta`: the training loop keeps there the metric sums
+  of a log window the checkpoint cuts in two.
+  """
   return mngr.save(step, force=force, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds})))
+      meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds, **(extra or {})})))
 
 
 def abstract_state(specs, image_shape) -> pop.TrainState:

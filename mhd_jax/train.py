@@ -155,7 +155,8 @@ def _sync(name: str) -> None:
 
 
 def _initial_state(mngr, specs, image_shape, config, layout):
-  """(state, step, wall seconds so far) from the latest checkpoint, or a fresh population.
+  """(state, step, wall seconds so far, log window) from the latest checkpoint, or a fresh
+  population. The window (`_window_record`) is None at a log step.
 
   Checkpoints hold the real clients only (no padding), so any device count
   can restore them; the state comes back padded and placed on the mesh.
@@ -163,7 +164,7 @@ def _initial_state(mngr, specs, image_shape, config, layout):
   latest = mngr.latest_step()
   if latest is None:
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    return layout.init_state(specs, image_shape, rng), 0, 0.0
+    return layout.init_state(specs, image_shape, rng), 0, 0.0, None
   if latest > config.num_steps:
     raise config_check.ConfigError([
         f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
@@ -171,19 +172,20 @@ def _initial_state(mngr, specs, image_shape, config, layout):
   state, meta = checkpoint.restore(
       mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), latest)
   logging.info('resuming from the checkpoint of step %d in %s.', latest, mngr.directory)
-  return layout.pad_state(state), latest, float(meta['wall_seconds'])
+  return layout.pad_state(state), latest, float(meta['wall_seconds']), meta.get('log_window')
 
 
-def _log_train(step, sums, window, sent_N, config, log, board):
+def _log_train(step, sums, count, timed, sent_N, config, log, board):
   """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
 
-  `sums` holds each metric summed over the window's steps (on device, pulled
-  here once), so the logged metrics are window means; `window` is
+  `sums` holds each metric summed over the window's `count` steps (on device,
+  pulled here once), so the logged metrics are window means; `timed` is
   (steps, seconds spent in them) from `logs.StepTimer`, so steps/s leaves out
-  compiling, restoring, evaluation and checkpoints.
+  compiling, restoring, evaluation and checkpoints (after a resume inside a
+  window, `count` counts the steps before it too, `timed` only this session's).
   """
-  steps, seconds = window
-  metrics = {k: np.asarray(v, np.float64) / steps for k, v in jax.device_get(sums).items()}
+  steps, seconds = timed
+  metrics = {k: np.asarray(v, np.float64) / count for k, v in jax.device_get(sums).items()}
   rate = steps / max(seconds, 1e-9)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
@@ -194,12 +196,27 @@ def _log_train(step, sums, window, sent_N, config, log, board):
                ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
   log.write({'step': step, 'steps_per_sec': rate,
              'client_steps_per_sec': rate * config.num_clients,
-             'examples_per_sec': rate * examples_per_step, 'window_steps': steps, **means,
+             'examples_per_sec': rate * examples_per_step, 'window_steps': count, **means,
              'clients': {k: metrics[k].tolist() for k in TERMS}})
   scalars = {'mean/steps_per_sec': rate, **logs.per_client('bytes_sent', sent_N * step)}
   for k in TERMS:
     scalars.update(logs.per_client(k, metrics[k]))
   board.write(step, scalars)
+
+
+def _window_record(sums, count) -> dict | None:
+  """A log window cut by a checkpoint, as JSON for its `meta` (float32 sums round-trip exactly)."""
+  if not count:
+    return None
+  return {'count': count, 'sums': {k: np.asarray(v).tolist()
+                                   for k, v in jax.device_get(sums).items()}}
+
+
+def _window_from_record(record):
+  """(sums, count) of a restored window (None, 0 when the checkpoint is at a log step)."""
+  if not record:
+    return None, 0
+  return {k: jnp.asarray(v, jnp.float32) for k, v in record['sums'].items()}, record['count']
 
 
 @jax.jit
@@ -287,7 +304,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   _sync('workdir ready')
   specs = pop.make_specs(config, data.num_classes)
   mngr = checkpoint.manager(workdir, config)
-  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout)
+  state, start_step, wall_before, window = _initial_state(mngr, specs, data.image_shape, config,
+                                                          layout)
   if lead:
     checkpoint.write_metadata(workdir, config, data)
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
@@ -319,7 +337,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
     board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
   wall = lambda: wall_before + time.time() - start
-  every, acc, sums = config.checkpoint.every, None, None
+  every, acc = config.checkpoint.every, None
+  sums, count = _window_from_record(window)  # the log window's metric sums, on device
   timer = logs.StepTimer()  # steps/s over training steps only
   profile = config.get('profile') or {}
   profiler = logs.ProfileWindow(os.path.join(workdir, 'profile'), profile.get('start_step', 0),
@@ -331,6 +350,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
           timer.begin_step()
           state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad)
           sums = metrics if sums is None else _add_metrics(sums, metrics)
+          count += 1
           if config.average_every and step % config.average_every == 0:
             state = average(state)  # FedAvg / gossip baseline
         profiler.after(step, state)
@@ -338,8 +358,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         if step % config.log_every == 0 or last:
           _check_finite(first_bad, mngr)
           timer.pause(state)
-          _log_train(step, sums, timer.take(), sent, config, log, board)
-          sums = None
+          _log_train(step, sums, count, timer.take(), sent, config, log, board)
+          sums, count = None, 0
         if step % config.eval_every == 0 or last:
           timer.pause(state)
           acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
@@ -348,7 +368,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         if (every and step % every == 0) or last or stop:
           _check_finite(first_bad, mngr)  # a bad state is never saved
           timer.pause(state)
-          checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True)
+          window = _window_record(sums, count)
+          checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True,
+                          extra=window and {'log_window': window})
         if stop and not last:
           mngr.wait_until_finished()
           raise Preempted(step)

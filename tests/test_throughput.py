@@ -1,6 +1,7 @@
 """The log's steps/s counts training steps only; its metrics are means over the log window."""
 
 import numpy as np
+import pytest
 
 from mhd_jax import autotune
 from mhd_jax import checkpoint
@@ -54,3 +55,17 @@ def test_logged_metrics_are_means_over_the_window(tmp_path):
       np.testing.assert_allclose(runs[4][end][term], mean_N.mean(), rtol=2e-6, atol=1e-7)
   # The window mean is not the last batch's value (which a last-batch log would show).
   assert not np.allclose(runs[4][8]['clients']['ce'], per_step[8]['clients']['ce'])
+
+
+def test_a_window_cut_by_a_preemption_logs_the_same_means_after_the_resume(tmp_path, monkeypatch):
+  config = short_config(**{'num_steps': 8, 'log_every': 4, 'eval_every': 8,
+                           'checkpoint.every': 0})
+  train.train_and_evaluate(config, str(tmp_path / 'reference'))
+  with monkeypatch.context() as patch:  # a SIGTERM at step 6: the window of steps 5-8 is cut
+    patch.setattr(train._SigtermWatch, 'stop_at', lambda self, step: step == 6)
+    with pytest.raises(train.Preempted):
+      train.train_and_evaluate(config, str(tmp_path / 'cut'))
+  train.train_and_evaluate(config, str(tmp_path / 'cut'))
+  cut, reference = read_records(str(tmp_path / 'cut')), read_records(str(tmp_path / 'reference'))
+  assert [r['step'] for r in cut] == [4, 8, 8] and cut[1]['window_steps'] == 4
+  assert cut == reference
