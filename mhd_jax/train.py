@@ -221,8 +221,12 @@ def _window_from_record(record):
 
 @jax.jit
 def _add_metrics(sums, metrics):
-  """The window's running sums of the per-client metrics, on device (no host sync per step)."""
-  return jax.tree.map(lambda a, b: a + b.astype(a.dtype), sums, metrics)
+  """The window's running float32 sums of the per-client metrics, on device (no host sync per
+  step); `sums` None starts a window (float32 whatever the model's dtype, as a restored one)."""
+  f32 = lambda x: x.astype(jnp.float32)
+  if sums is None:
+    return jax.tree.map(f32, metrics)
+  return jax.tree.map(lambda a, b: a + f32(b), sums, metrics)
 
 
 def _compile_train_step(config, specs, adjacency, layout, image_shape, args, steps_left):
@@ -349,7 +353,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         with profiler.step(step):
           timer.begin_step()
           state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad)
-          sums = metrics if sums is None else _add_metrics(sums, metrics)
+          sums = _add_metrics(sums, metrics)
           count += 1
           if config.average_every and step % config.average_every == 0:
             state = average(state)  # FedAvg / gossip baseline
