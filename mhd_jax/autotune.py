@@ -46,11 +46,13 @@ def cache_path() -> str:
           or os.path.join(os.path.expanduser('~'), '.cache', 'mhd_jax', 'strategies.json'))
 
 
-def cache_key(config, num_classes: int, image_shape, clients_per_device: Sequence[int]) -> str:
+def cache_key(config, num_classes: int, image_shape, clients_per_device: Sequence[int],
+              num_devices: int = 1) -> str:
   """What the fastest strategy depends on, as one readable string.
 
   Models enter as the first 12 hex digits of a SHA-256 over their configs
-  (with head and class counts); batches as (private, public) x image shape.
+  (with head and class counts); batches as (private, public) x image shape;
+  clients per device of each group, and the devices of the mesh.
   """
   models = [(n, model.to_dict()) for _, n, model in pop.group_configs(config)]
   digest = hashlib.sha256(json.dumps([models, config.num_heads, num_classes],
@@ -59,7 +61,7 @@ def cache_key(config, num_classes: int, image_shape, clients_per_device: Sequenc
   return (f'{device.platform}:{device.device_kind} | jax {jax.__version__} | models {digest} | '
           f'batch {config.data.batch_size}+{config.data.public_batch_size}x'
           f'{"x".join(map(str, image_shape))} | clients/device '
-          f'{",".join(map(str, clients_per_device))}')
+          f'{",".join(map(str, clients_per_device))} on {num_devices}')
 
 
 def load_cache(path: str) -> dict:

@@ -238,7 +238,8 @@ def _compile_train_step(config, specs, adjacency, layout, image_shape, args, ste
   t = time.time()
   strategy, step = autotune.compile_fastest(
       make, autotune.candidates(config, specs, image_shape, steps_left), args,
-      autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device),
+      autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device,
+                         layout.mesh.devices.size),
       config.get('strategy_measure_steps', 0))
   logging.info('train step compiled in %.1f s.', time.time() - t)
   return strategy, step

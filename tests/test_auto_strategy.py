@@ -135,7 +135,7 @@ def test_auto_run_equals_the_run_of_its_choice_and_a_rerun_does_not_measure(
   auto = train.train_and_evaluate(cnn_config(), str(tmp_path / 'auto'))
   assert timed == [['hybrid', 'loop', 'vmap']]
   (key, entry), = json.load(open(cache)).items()
-  assert 'models ' in key and 'batch 32+64x8x8x1' in key and 'clients/device 2' in key
+  assert 'models ' in key and 'batch 32+64x8x8x1' in key and 'clients/device 2 on 1' in key
   chosen = entry['strategy']
   explicit = train.train_and_evaluate(cnn_config(strategy=chosen), str(tmp_path / 'explicit'))
   del auto['wall_seconds'], explicit['wall_seconds']
