@@ -99,17 +99,22 @@ def fastest(runs: dict[str, Callable[[], Any]], steps: int,
             prune: bool = True) -> tuple[str, dict[str, float]]:
   """(name, {name: seconds per step}) of the fastest of `runs`.
 
-  Each run does one step and blocks until it is done. One untimed call each
-  (the first after compiling can be slow), then `steps` rounds that call
-  every candidate once in turn, so that a change of machine load hits all
-  alike; a candidate's time is its fastest step (the least disturbed one).
-  With `prune`, a candidate `SLOWER` times slower than the best after a round
-  is timed no further (vmap's grouped convolutions on a CPU: 10-20x).
+  Each run does one step and blocks until it is done. One call each first
+  (the first after compiling can be slow: a candidate `2 * SLOWER` times
+  slower than the best there is timed no further), then `steps` rounds that
+  call every remaining candidate once in turn, so that a change of machine
+  load hits all alike; a candidate's time is its fastest timed step (the
+  least disturbed one; its first call's when it was dropped there). With
+  `prune`, a candidate `SLOWER` times slower than the best after a round is
+  timed no further either (vmap's grouped convolutions on a CPU: 10-20x).
   """
-  for run in runs.values():
+  first = {}
+  for name, run in runs.items():
+    t = _now()
     run()
+    first[name] = _now() - t
+  alive = [n for n in runs if not prune or first[n] <= 2 * SLOWER * min(first.values())]
   times = {name: [] for name in runs}
-  alive = list(runs)
   for _ in range(steps):
     for name in alive:
       t = _now()
@@ -118,7 +123,7 @@ def fastest(runs: dict[str, Callable[[], Any]], steps: int,
     best = min(min(times[n]) for n in alive)
     if prune:
       alive = [n for n in alive if min(times[n]) <= SLOWER * best]
-  seconds = {n: min(t) for n, t in times.items()}
+  seconds = {n: min(t) if t else first[n] for n, t in times.items()}
   return min(alive, key=seconds.get), seconds
 
 

@@ -61,7 +61,7 @@ def test_fastest_times_in_rounds_and_stops_timing_clear_losers(monkeypatch):
   now = [0.0]
   monkeypatch.setattr(autotune, '_now', lambda: now[0])
   cost = {'vmap': [9.0, 9.0, 9.0, 9.0], 'hybrid': [1.2, 1.0, 0.9, 1.1],
-          'loop': [1.3, 1.1, 1.05, 0.95]}
+          'loop': [1.3, 1.1, 1.05, 0.95], 'slow': [4.0, 2.5, 2.5, 2.5]}
   calls = {k: 0 for k in cost}
   def run(name):
     def step():
@@ -69,9 +69,11 @@ def test_fastest_times_in_rounds_and_stops_timing_clear_losers(monkeypatch):
       calls[name] += 1
     return step
   best, seconds = autotune.fastest({k: run(k) for k in cost}, steps=3)
-  # Fastest step of each: hybrid 0.9 (its 3rd call) against loop 0.95; vmap timed once.
-  assert best == 'hybrid' and seconds == pytest.approx({'vmap': 9.0, 'hybrid': 0.9, 'loop': 0.95})
-  assert calls == {'vmap': 2, 'hybrid': 4, 'loop': 4}
+  # Fastest timed step of each: hybrid 0.9 (its 3rd call) against loop 0.95. vmap is dropped
+  # after its first call (> 4 x 1.2 s), 'slow' after the first round (> 2 x 1.0 s).
+  assert best == 'hybrid' and seconds == pytest.approx(
+      {'vmap': 9.0, 'hybrid': 0.9, 'loop': 0.95, 'slow': 2.5})
+  assert calls == {'vmap': 1, 'hybrid': 4, 'loop': 4, 'slow': 2}
 
 
 def test_models_without_convolutions_measure_nothing(monkeypatch):
