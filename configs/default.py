@@ -23,7 +23,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 100          # progress line and metrics.jsonl record every N steps
   c.eval_every = 500         # evaluation every N steps (and at the end)
   c.strategy = 'auto'        # how clients run inside the step: auto | vmap | hybrid | loop
+  c.strategy_measure_steps = 3  # auto, models with convolutions: time vmap, hybrid and loop
+                             # for N steps each after compiling and train with the fastest (cached
+                             # in $MHD_STRATEGY_CACHE or ~/.cache/mhd_jax/strategies.json);
+                             # 0 = no measuring: population.resolve_strategy's static rule
   c.num_devices = 0          # devices the client axis is sharded over (0 = all)
+  # jax.profiler trace of steps start_step .. start_step + num_steps - 1 into WORKDIR/profile/
+  # (open with TensorBoard's profile plugin, or perfetto_trace.json.gz at ui.perfetto.dev).
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0   # first traced step (>= 1 when num_steps > 0)
+  c.profile.num_steps = 0    # steps traced; 0 = no profile
   c.distributed = ml_collections.ConfigDict()  # multi-host start-up (jax.distributed)
   c.distributed.initialize = False     # True on multi-host TPU pods / GPU clusters
   c.distributed.coordinator_address = ''  # '' = let JAX detect the cluster; else 'host:port'

@@ -50,11 +50,13 @@ RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkp
              'data.data_dir', 'strategy', 'model.fused_passes', 'num_devices',
              'distributed.initialize',
              'distributed.coordinator_address', 'distributed.num_processes',
-             'distributed.process_id')
+             'distributed.process_id', 'strategy_measure_steps', 'profile.start_step',
+             'profile.num_steps')
 SKIPPED = 'skipped_checkpoints'
 # What a run writes into its workdir; `--overwrite` removes exactly these.
 OUTPUTS = ('checkpoints', 'config.json', 'partition.json', 'partition_indices.npz',
-           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard', SKIPPED)
+           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard', 'profile',
+           SKIPPED)
 _ITEMS = ('state', 'meta')
 CHECKSUMS = 'checksums.json'
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's name for a step folder being written
@@ -129,11 +131,15 @@ def manager(workdir: str, config=None, lead: bool = True) -> ocp.CheckpointManag
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: pop.TrainState, wall_seconds: float,
-         force: bool = False) -> bool:
-  """Saves (asynchronously) the state at `step`; False when the interval says no."""
+         force: bool = False, extra: dict | None = None) -> bool:
+  """Saves (asynchronously) the state at `step`; False when the interval says no.
+
+  `extra` (JSON) joins `meta`: the training loop keeps there the metric sums
+  of a log window the checkpoint cuts in two.
+  """
   return mngr.save(step, force=force, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds})))
+      meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds, **(extra or {})})))
 
 
 def abstract_state(specs, image_shape) -> pop.TrainState:

@@ -92,6 +92,9 @@ FIELDS = {
     'log_every': (_INT, _POS, '>= 1'),
     'eval_every': (_INT, _POS, '>= 1'),
     'strategy': (_STR, None, ''),
+    'strategy_measure_steps': (_INT, _NONNEG, '>= 0 (0 = the static rule, no measuring)'),
+    'profile.start_step': (_INT, _NONNEG, '>= 0'),
+    'profile.num_steps': (_INT, _NONNEG, '>= 0 (0 = off)'),
     'num_devices': (_INT, _NONNEG, '>= 0 (0 = all)'),
     'distributed.initialize': (_BOOL, None, ''),
     'distributed.coordinator_address': (_STR, None, ''),
@@ -189,6 +192,13 @@ def _range_problems(config) -> list[str]:
     if not 1 <= num_test <= _DIGITS_EXAMPLES - 1:
       problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
                       f'{_DIGITS_EXAMPLES} digits for evaluation; both splits need examples.')
+  profile = config.get('profile') or {}
+  first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
+  if _is_int(first) and _is_int(count) and _is_int(config.num_steps) and count > 0 and not (
+      1 <= first and first + count - 1 <= config.num_steps):
+    problems.append(f'profile window of {count} steps from step {first} lies outside the run '
+                    f'(steps 1 to {config.num_steps}); set profile.start_step >= 1 and '
+                    'profile.num_steps >= 0 (0 = off) within num_steps.')
   return problems
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,11 @@ def offsets(specs: Sequence[GroupSpec]) -> list[int]:
 
 def resolve_strategy(strategy: str, backend: str | None = None,
                      convolutions: bool = True) -> str:
-  """The strategy to run: 'auto' becomes the fastest one measured for the backend and model.
+  """The strategy to run; 'auto' by a static rule for the backend and model.
+
+  (A run with `strategy_measure_steps` > 0 measures instead, `autotune`; this
+  rule is for models without convolutions, for short runs, and for callers
+  that cannot run the step, such as `map_clients`.)
 
   CPU, model with convolutions: 'loop'. Measured on 2 CPU cores (README,
   "Scale"), 4 ResNet-18 clients (CIFAR stem, width 16, batch 32): the stacked
@@ -68,6 +73,8 @@ def resolve_strategy(strategy: str, backend: str | None = None,
   """
   if strategy not in STRATEGIES:
     raise ValueError(f'unknown strategy {strategy!r}; choose one of {", ".join(STRATEGIES)}.')
+  if strategy == 'hybrid' and not hybrid_available():
+    return 'loop'
   if strategy != 'auto':
     return strategy
   backend = backend or jax.default_backend()
@@ -98,14 +105,34 @@ def strategy_for(strategy: str, specs: Sequence['GroupSpec'], image_shape) -> st
 # `hybrid` swaps, while it traces, the rule that batches convolutions under
 # vmap: JAX's rule turns per-client kernels into one grouped convolution, which
 # XLA:CPU runs an order of magnitude slower than the same convolutions one by
-# one. The table of batching rules is internal to JAX (checked for jax 0.10);
-# if it moves, 'hybrid' says so and names the alternatives.
+# one. The table of batching rules is internal to JAX (checked for jax 0.10 to
+# 0.12.0.1); if it moves, 'hybrid' says so in one warning and runs as 'loop'
+# (`hybrid_available`).
+from jax._src.interpreters import batching as _batching  # pylint: disable=g-import-not-at-top,g-bad-import-order
 try:
-  from jax._src.interpreters import batching as _batching  # pylint: disable=g-import-not-at-top
   from jax.extend.core.primitives import conv_general_dilated_p as _CONV_P  # pylint: disable=g-import-not-at-top
-  _CONV_BATCHERS_PATCHABLE = _CONV_P in _batching.fancy_primitive_batchers
-except (ImportError, AttributeError):  # pragma: no cover - depends on the JAX version
-  _CONV_BATCHERS_PATCHABLE = False
+except ImportError:  # pragma: no cover - depends on the JAX version
+  _CONV_P = None
+_warned_hybrid = False
+
+
+def _conv_batchers() -> dict | None:
+  """JAX's table of batching rules, if it still holds the convolution's rule (else None)."""
+  table = getattr(_batching, 'fancy_primitive_batchers', None)
+  return table if isinstance(table, dict) and _CONV_P in table else None
+
+
+def hybrid_available() -> bool:
+  """Whether 'hybrid' can patch this JAX; warns once (one line) when it cannot."""
+  global _warned_hybrid
+  if _conv_batchers() is not None:
+    return True
+  if not _warned_hybrid:
+    _warned_hybrid = True
+    logging.warning("strategy 'hybrid' needs jax._src.interpreters.batching."
+                    'fancy_primitive_batchers[conv_general_dilated_p], which jax %s lacks; '
+                    "running 'loop' instead.", jax.__version__)
+  return False
 
 
 def _unstack(x, axis: int = 0) -> list[jax.Array]:
@@ -130,11 +157,7 @@ def _conv_per_client(default_rule, axis_data, args, dims, **params):
 
 @contextlib.contextmanager
 def _convolutions_per_client():
-  if not _CONV_BATCHERS_PATCHABLE:
-    raise NotImplementedError(
-        "strategy 'hybrid' needs jax._src.interpreters.batching.fancy_primitive_batchers, "
-        f'which this JAX ({jax.__version__}) lacks; use strategy "loop" or "vmap".')
-  table = _batching.fancy_primitive_batchers
+  table = _conv_batchers()
   default_rule = table[_CONV_P]
   table[_CONV_P] = functools.partial(_conv_per_client, default_rule)
   try:
@@ -154,7 +177,8 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
             whatever the number of clients.
     hybrid: vmap, except that convolutions are written out client by client
             (plain convolutions, slicing the client axis). Elementwise ops,
-            normalisation and dense layers stay batched over clients.
+            normalisation and dense layers stay batched over clients. Runs
+            as 'loop' (one warning) on a JAX whose batching table moved.
     loop:   every client's whole computation written out one after another.
     auto:   `resolve_strategy` picks one for the default backend and for whether
             `fn` convolves.
@@ -172,7 +196,7 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
     strategy = resolve_strategy(strategy, convolutions=uses_convolutions(fn, *one))
   if strategy == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)(*args)
-  if strategy == 'hybrid':
+  if strategy == 'hybrid' and hybrid_available():
     with _convolutions_per_client():
       return jax.vmap(fn, in_axes=in_axes)(*args)
   # loop: split every per-client leaf once, then rebuild each client's arguments.

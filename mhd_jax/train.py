@@ -12,6 +12,7 @@ Durability (see `checkpoint.py` and `logs.py`):
   clients, and no checkpoint of a bad state is ever written.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from mhd_jax import autotune
 from mhd_jax import baselines
 from mhd_jax import checkpoint
 from mhd_jax import communication
@@ -198,7 +200,8 @@ def _sync(name: str) -> None:
 
 
 def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
-  """(state, step, wall seconds so far) from the newest checkpoint that verifies, or a fresh one.
+  """(state, step, wall seconds so far, log window) from the newest checkpoint that verifies,
+  or a fresh population. The window (`_window_record`) is None at a log step.
 
   Checkpoints hold the real clients only (no padding), so any device count
   can restore them; the state comes back padded and placed on the mesh.
@@ -208,7 +211,7 @@ def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
   latest = mngr.latest_step()
   if latest is None:
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    return layout.init_state(specs, image_shape, rng), 0, 0.0
+    return layout.init_state(specs, image_shape, rng), 0, 0.0, None
   if latest > config.num_steps:
     raise config_check.ConfigError([
         f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
@@ -217,14 +220,21 @@ def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
       mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), lead)
   _sync('checkpoints verified')
   logging.info('resuming from the checkpoint of step %d in %s.', step, mngr.directory)
-  return layout.pad_state(state), step, float(meta['wall_seconds'])
+  return layout.pad_state(state), step, float(meta['wall_seconds']), meta.get('log_window')
 
 
-def _log_train(step, metrics, clock, sent_N, config, log, board):
-  """Progress line, metrics.jsonl record and TensorBoard scalars; returns the new clock."""
-  metrics = jax.device_get(metrics)
-  now = time.time()
-  rate = (step - clock[1]) / max(now - clock[0], 1e-9)
+def _log_train(step, sums, count, timed, sent_N, config, log, board):
+  """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
+
+  `sums` holds each metric summed over the window's `count` steps (on device,
+  pulled here once), so the logged metrics are window means; `timed` is
+  (steps, seconds spent in them) from `logs.StepTimer`, so steps/s leaves out
+  compiling, restoring, evaluation and checkpoints (after a resume inside a
+  window, `count` counts the steps before it too, `timed` only this session's).
+  """
+  steps, seconds = timed
+  metrics = {k: np.asarray(v, np.float64) / count for k, v in jax.device_get(sums).items()}
+  rate = steps / max(seconds, 1e-9)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
   means = {k: float(np.mean(metrics[k])) for k in TERMS}
@@ -234,13 +244,53 @@ def _log_train(step, metrics, clock, sent_N, config, log, board):
                ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
   log.write({'step': step, 'steps_per_sec': rate,
              'client_steps_per_sec': rate * config.num_clients,
-             'examples_per_sec': rate * examples_per_step, **means,
-             'clients': {k: np.asarray(metrics[k]).tolist() for k in TERMS}})
+             'examples_per_sec': rate * examples_per_step, 'window_steps': count, **means,
+             'clients': {k: metrics[k].tolist() for k in TERMS}})
   scalars = {'mean/steps_per_sec': rate, **logs.per_client('bytes_sent', sent_N * step)}
   for k in TERMS:
     scalars.update(logs.per_client(k, metrics[k]))
   board.write(step, scalars)
-  return now, step
+
+
+def _window_record(sums, count) -> dict | None:
+  """A log window cut by a checkpoint, as JSON for its `meta` (float32 sums round-trip exactly)."""
+  if not count:
+    return None
+  return {'count': count, 'sums': {k: np.asarray(v).tolist()
+                                   for k, v in jax.device_get(sums).items()}}
+
+
+def _window_from_record(record):
+  """(sums, count) of a restored window (None, 0 when the checkpoint is at a log step)."""
+  if not record:
+    return None, 0
+  return {k: jnp.asarray(v, jnp.float32) for k, v in record['sums'].items()}, record['count']
+
+
+@jax.jit
+def _add_metrics(sums, metrics):
+  """The window's running float32 sums of the per-client metrics, on device (no host sync per
+  step); `sums` None starts a window (float32 whatever the model's dtype, as a restored one)."""
+  f32 = lambda x: x.astype(jnp.float32)
+  if sums is None:
+    return jax.tree.map(f32, metrics)
+  return jax.tree.map(lambda a, b: a + f32(b), sums, metrics)
+
+
+def _compile_train_step(config, specs, adjacency, layout, image_shape, args, steps_left):
+  """(strategy, compiled train step); 'auto' on a model with convolutions measures
+  (`autotune`). Compiled here, before the first step, so no step's time holds it."""
+  make = lambda s: jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, s)),
+                           donate_argnums=(0, 3))
+  per_device = [s.num_clients // layout.mesh.devices.size for s in layout.padded_specs(specs)]
+  t = time.time()
+  strategy, step = autotune.compile_fastest(
+      make, autotune.candidates(config, specs, image_shape, steps_left), args,
+      autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device,
+                         layout.mesh.devices.size),
+      config.get('strategy_measure_steps', 0))
+  logging.info('train step compiled in %.1f s.', time.time() - t)
+  return strategy, step
 
 
 def _log_eval(step, acc, log, board) -> None:
@@ -330,18 +380,25 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   _sync('workdir ready')
   specs = pop.make_specs(config, data.num_classes)
   mngr = checkpoint.manager(workdir, config, lead)
-  strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
-  state, start_step, wall_before = _initial_state(mngr, specs, data.image_shape, config, layout,
-                                                  lead)
+  state, start_step, wall_before, window = _initial_state(mngr, specs, data.image_shape, config,
+                                                          layout, lead)
   if lead:
     checkpoint.write_metadata(workdir, config, data)
-  train_step = jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, strategy)),
-                       donate_argnums=(0, 3))
+  step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  first_bad = jnp.zeros(config.num_clients, jnp.int32)
+  batches = map(layout.place_batch, data.train_batches(start_step))
+  if start_step < config.num_steps:
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    strategy, train_step = _compile_train_step(config, specs, adjacency, layout, data.image_shape,
+                                               (state, first, step_rng, first_bad),
+                                               config.num_steps - start_step)
+  else:  # resumed from the final checkpoint: nothing to compile but the evaluation
+    strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
   finite_state = make_state_check(layout)
   predict = layout.make_predict(specs, strategy)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
   average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
-  step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   primary = data.partition.primary_mask()
   sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
   logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
@@ -357,31 +414,45 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
     board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
   wall = lambda: wall_before + time.time() - start
-  first_bad = jnp.zeros(config.num_clients, jnp.int32)
-  batches = data.train_batches(start_step)
-  every, acc, clock = config.checkpoint.every, None, (time.time(), start_step)
+  every, acc = config.checkpoint.every, None
+  sums, count = _window_from_record(window)  # the log window's metric sums, on device
+  timer = logs.StepTimer()  # steps/s over training steps only
+  profile = config.get('profile') or {}
+  profiler = logs.ProfileWindow(os.path.join(workdir, 'profile'), profile.get('start_step', 0),
+                                profile.get('num_steps', 0))
   try:
     with _SigtermWatch(mngr, start_step, early) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
-        state, metrics, first_bad = train_step(state, layout.place_batch(next(batches)), step_rng,
-                                               first_bad)
-        if config.average_every and step % config.average_every == 0:
-          state = average(state)  # FedAvg / gossip baseline
+        with profiler.step(step):
+          timer.begin_step()
+          state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad)
+          sums = _add_metrics(sums, metrics)
+          count += 1
+          if config.average_every and step % config.average_every == 0:
+            state = average(state)  # FedAvg / gossip baseline
+        profiler.after(step, state)
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
+          timer.pause(state)
           _check_finite(first_bad, mngr, finite_state(state), step)
-          clock = _log_train(step, metrics, clock, sent, config, log, board)
+          _log_train(step, sums, count, timer.take(), sent, config, log, board)
+          sums, count = None, 0
         if step % config.eval_every == 0 or last:
+          timer.pause(state)
           acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
           _log_eval(step, acc, log, board)
         stop = sigterm.stop_at(step)
         if (every and step % every == 0) or last or stop:
+          timer.pause(state)
           _check_finite(first_bad, mngr, finite_state(state), step)  # never save a bad state
-          checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True)
+          window = _window_record(sums, count)
+          checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True,
+                          extra=window and {'log_window': window})
         if stop and not last:
           mngr.wait_until_finished()
           raise Preempted(step)
   finally:
+    profiler.close()
     mngr.wait_until_finished()
     mngr.close()
     log.close()
