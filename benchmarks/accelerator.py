@@ -17,8 +17,10 @@ alternate with one window of stacked steps of the same count; `step_ms` and
 `single_step_ms` are medians over `--repeats` windows (each ended by
 `block_until_ready`), `ratio_vs_n_single` is the median over rounds of
 stacked / (N x single). N = 1 is the single-client program itself (ratio 1).
-`auto` is resolved by `mhd_jax.population.strategy_for` and, where it names a
-strategy measured in the same row group, reuses that measurement.
+`auto` does what a run does (`mhd_jax.autotune.fastest`): it times its
+compiled candidates (vmap, hybrid, loop) for `MEASURE_STEPS` steps each, and
+its row repeats the timed row of the strategy it chose (`chose`, with the
+milliseconds it measured, and `best_timed`: the fastest in the timed rows).
 
 FLOPs are counted analytically (`count_flops`): 2 x the multiply-adds of every
 convolution and matrix product in the traced forward pass of one training-mode
@@ -66,6 +68,8 @@ START = time.monotonic()
 RESERVE = 0.1  # of the budget, kept for timing what compiled when compiling runs late
 TRAIN_FACTOR = 3  # forward + backward FLOPs per image, in units of the forward pass
 STRATEGIES = ('vmap', 'hybrid', 'loop', 'auto')
+AUTO_CANDIDATES = ('vmap', 'hybrid', 'loop')
+MEASURE_STEPS = 3  # configs/default.py's strategy_measure_steps
 
 # name: (config.model overrides, image shape, classes, default N, heads, private / public batch)
 SHAPES = {
@@ -209,7 +213,7 @@ def markdown(rows) -> str:
       lines.append(f"| {r['model']} | {r['n_clients']} | {r['strategy']} | {note} |"
                    + ' |' * (len(cols) - 4))
       continue
-    strategy = r['strategy'] + (f" (= {r['resolved']})" if r.get('resolved') else '')
+    strategy = r['strategy'] + (f" (= {r['chose']})" if r.get('chose') else '')
     vals = [r['model'], r['n_clients'], strategy] + [r.get(c) for c in cols[3:]]
     lines.append('| ' + ' | '.join('–' if v is None else str(v) for v in vals) + ' |')
   return '\n'.join(lines) + '\n'
@@ -386,7 +390,9 @@ def measure_model(run, args, model, rows) -> bool:
     if run.left() <= 0:
       return False
     group = [r[2] for r in rows if r[1] == n]
-    resolved = {s: pop.strategy_for(s, specs, image) for s in group if s != 'single'}
+    resolved = {s: pop.strategy_for(s, specs, image) for s in group if s not in ('single', 'auto')}
+    if 'auto' in group:  # auto measures its candidates as a run does: compile them all
+      resolved.update({c: c for c in AUTO_CANDIDATES if c != 'hybrid' or pop.hybrid_available()})
     makers = {}
     if n > 1:
       batch = common.random_batch(n, b, b_pub, image, classes)
@@ -411,12 +417,10 @@ def measure_model(run, args, model, rows) -> bool:
     if n == 1:
       break
     measured = {}
-    for strategy in group:
+    timed = [s for s in dict.fromkeys(resolved.values()) if s not in group]
+    for strategy in [g for g in group if g != 'auto'] + timed:
       row = {**base, 'n_clients': n, 'strategy': strategy}
       s = resolved[strategy]
-      if strategy == 'auto':
-        row['resolved'] = s
-        row['note'] = 'auto as mhd_jax.population.strategy_for resolves it at this commit'
       if s in measured:
         run.emit({**row, **measured[s]})
         continue
@@ -440,10 +444,34 @@ def measure_model(run, args, model, rows) -> bool:
         run.emit({**row, 'error': repr(e)[:500]})
         benches[s] = e  # for the auto row
       finally:
-        x.release()
+        if 'auto' not in group:
+          x.release()
+    if 'auto' in group:
+      _auto_row(run, {**base, 'n_clients': n, 'strategy': 'auto'}, benches, measured)
     if not complete:
       return False
   return True
+
+
+def _auto_row(run, row, benches, measured) -> None:
+  """`strategy='auto'` as a run does it: `autotune.fastest` over the compiled candidates
+  (`MEASURE_STEPS` steps each), then the winner's timed row with the choice and the
+  measured milliseconds; the candidates are released after."""
+  from mhd_jax import autotune  # pylint: disable=g-import-not-at-top
+  ok = {s: b for s, b in benches.items() if s in measured and not isinstance(b, Exception)}
+  try:
+    if ok:
+      for b in ok.values():
+        _unpark(b)
+      best, seconds = autotune.fastest({s: functools.partial(b.run, 1) for s, b in ok.items()},
+                                       MEASURE_STEPS)
+      run.emit({**row, **measured[best], 'chose': best,
+                'measured_ms': {k: round(1e3 * v, 3) for k, v in seconds.items()},
+                'best_timed': min(measured, key=lambda s: measured[s]['step_ms'])})
+  finally:
+    for b in benches.values():
+      if not isinstance(b, Exception) and b is not None:
+        b.release()
 
 
 if __name__ == '__main__':

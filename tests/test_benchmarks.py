@@ -108,8 +108,11 @@ def test_accelerator_quick(tmp_path):
     assert abs(r['images_per_s'] - images / step_s) < 1e-3 * r['images_per_s']
     assert abs(r['tflops'] - 3 * 15168 * images / step_s / 1e12) < 1e-3 * r['tflops']
     assert r['fraction_of_peak'] is None  # no known peak for a CPU
-  auto, loop = rows[4], rows[3]
-  assert auto['resolved'] == 'loop' and auto['step_ms'] == loop['step_ms']  # CPU + convolutions
+  auto, timed = rows[4], {r['strategy']: r for r in rows[1:4]}
+  # auto measured the three candidates as a run does, and repeats the row of its choice.
+  assert set(auto['measured_ms']) <= set(timed) and auto['chose'] in auto['measured_ms']
+  assert auto['chose'] == min(auto['measured_ms'], key=auto['measured_ms'].get)
+  assert auto['step_ms'] == timed[auto['chose']]['step_ms']
 
 
 def test_accelerator_budget_skips_the_rest(tmp_path):
