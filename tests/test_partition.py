@@ -244,5 +244,5 @@ def test_make_dispatches_on_config_partition():
 
 
 def test_make_unknown_partition_raises():
-  with pytest.raises(ValueError, match="partition must be 'skew' or 'dirichlet', got 'iid'"):
+  with pytest.raises(ValueError, match="partition must be one of skew, dirichlet, got 'iid'"):
     partition.make(_labels(100), C, _config(partition='iid'))

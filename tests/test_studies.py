@@ -42,8 +42,9 @@ def test_methods_study_writes_its_table_plot_and_numbers(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / 'methods.json').read_text())['grid']
-  assert list(results) == ['isolated', 'naive (H=1)', 'MHD (H=3)', 'MHD + emb (H=3)',
-                           'FedAvg (every 10 steps)', 'supervised upper bound']
+  assert list(results) == ['isolated', 'naive (H=1)', 'MHD (H=3)',
+                           'MHD + emb (H=3, most confident)', 'FedAvg (every 10 steps)',
+                           'supervised upper bound']
   md = (tmp_path / 'methods.md').read_text()
   assert all(name in md for name in results)
   # Every run evaluated at each step (eval_every = 4 // 30 -> 1): its AUC is the trapezoid mean.
