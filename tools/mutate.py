@@ -44,10 +44,11 @@ class Bug:
 BUGS = (
     # The bugs issue 11 found unguarded.
     Bug('bn_reinit_on_restore', 'mhd_jax/train.py',
-        "  return layout.pad_state(state), latest, float(meta['wall_seconds'])",
+        "  return layout.pad_state(state), step, float(meta['wall_seconds']), "
+        "meta.get('log_window')",
         "  return layout.pad_state(state.replace(groups=tuple(g.replace(batch_stats=jax.tree.map("
-        "jnp.zeros_like, g.batch_stats)) for g in state.groups))), latest, "
-        "float(meta['wall_seconds'])",
+        "jnp.zeros_like, g.batch_stats)) for g in state.groups))), step, "
+        "float(meta['wall_seconds']), meta.get('log_window')",
         ('tests/test_train_loop.py',), 'batch statistics re-initialised on restore'),
     Bug('eval_ignores_mask', 'mhd_jax/evaluate.py',
         "label, mask = np.asarray(batch['label']), np.asarray(batch['mask'], bool)",
@@ -98,13 +99,14 @@ BUGS = (
         ('tests/test_input_pipeline.py',), 'the public batch drawn outside the public pool'),
     # Communication.
     Bug('bytes_in_degree', 'mhd_jax/communication.py',
-        'out_degree = (np.asarray(adjacency) > 0).sum(axis=0)',
-        'out_degree = (np.asarray(adjacency) > 0).sum(axis=1)',
-        ('tests/test_communication.py', 'tests/test_train_loop.py'),
+        'heads = np.asarray(read_HxNxN).sum(axis=(0, 1))',
+        'heads = np.asarray(read_HxNxN).sum(axis=(0, 2))',
+        ('tests/test_communication.py', 'tests/test_bytes.py', 'tests/test_train_loop.py'),
         'bytes counted by in-degree'),
     Bug('bytes_without_embeddings', 'mhd_jax/communication.py',
-        '  if send_embeddings:', '  if False:',
-        ('tests/test_communication.py', 'tests/test_train_loop.py'),
+        '  return heads + np.asarray(emb_read_NxN).sum(0) * np.asarray(emb_bytes_N, np.float64)',
+        '  return heads',
+        ('tests/test_communication.py', 'tests/test_bytes.py', 'tests/test_train_loop.py'),
         'embeddings not counted'),
     # The loss and the step (issue 11 found these guarded; kept to show they stay so).
     Bug('kd_no_t2', 'mhd_jax/losses.py',
@@ -135,6 +137,20 @@ BUGS = (
         "  terms['loss'] = (terms['ce'] + config.nu_main * terms['kd_main']",
         "  terms['loss'] = (terms['ce'] + 0 * config.nu_main * terms['kd_main']",
         ('tests/test_distillation.py',), 'the main-head distillation term dropped'),
+    # Later features: the default target rule, checkpoint checksums, the state check.
+    Bug('confidence_weights_ignore_edges', 'mhd_jax/losses.py',
+        's = jnp.where(cand_NxHxBxN, w_NxHxN[:, :, None, :] * conf_NxHxBxN, 0.0)',
+        's = jnp.where(cand_NxHxBxN, conf_NxHxBxN, 0.0)',
+        ('tests/test_losses.py',), 'confidence_weighted ignores the edge weights'),
+    Bug('checksums_not_checked', 'mhd_jax/checkpoint.py',
+        '  """Why the checkpoint in `step_dir` cannot be trusted, or None when every file checks out."""',
+        '  """Why the checkpoint in `step_dir` cannot be trusted, or None when every file checks out."""\n'
+        '  return None',
+        ('tests/test_verify.py',), 'a corrupt checkpoint restored as good'),
+    Bug('state_check_skipped', 'mhd_jax/train.py',
+        '  bad = np.where((bad == 0) & ~np.asarray(jax.device_get(state_finite_N)), step, bad)',
+        '  bad = bad',
+        ('tests/test_nonfinite.py',), 'a NaN update saved as the last good checkpoint'),
 )
 
 
