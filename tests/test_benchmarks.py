@@ -23,9 +23,10 @@ def run_benchmark(script, *flags):
 def test_client_scaling_quick(models):
   (row,) = run_benchmark('client_scaling.py', f'--models={models}')
   assert row['model'] == models and row['n_clients'] == 2 and row['strategy'] == 'vmap'  # auto on CPU, no convolutions
-  # One repeat: the ratio is that round's stacked / (N x single) time, rounded to 3 digits.
+  # One repeat: the ratio is that round's stacked / (N x single) time, rounded to 3 digits;
+  # the times are rounded to 1 us on steps of about 1 ms (so 0.5%; a missing /N is 100%).
   assert row['ratio_vs_n_single'] == pytest.approx(
-      row['step_ms'] / (2 * row['single_step_ms']), rel=2e-3, abs=1e-3)
+      row['step_ms'] / (2 * row['single_step_ms']), rel=5e-3, abs=2e-3)
   # The peak resident memory holds at least what the step's buffers need.
   assert row['peak_rss_mb'] >= row['step_memory_mb'] > 0
   assert row['compile_s'] > 0

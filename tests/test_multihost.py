@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Minutes of multi-process runs: left out of the fast set (`-m "not slow"`); the plain
-# `python -m pytest -q`, and so `.ci/run`, still runs them.
+# Multi-process runs: left out of the plain `python -m pytest -q` (the fast set, see
+# pytest.ini); `python -m pytest -q -m "slow or not slow"`, and so `.ci/run`, runs them.
 pytestmark = pytest.mark.slow
 FLAGS = ['--config=configs/default.py', '--config.num_clients=5', '--config.num_steps=30',
          '--config.log_every=10', '--config.eval_every=30', '--config.checkpoint.every=10']
