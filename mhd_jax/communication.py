@@ -40,17 +40,6 @@ def public_output_sizes(model, params, batch_stats, image_shape,
   return int(head), int(emb.size * emb.dtype.itemsize), int(emb.shape[-1])
 
 
-def public_output_bytes(model, params, batch_stats, image_shape, public_batch_size: int,
-                        send_embeddings: bool) -> int:
-  """Bytes of all of one client's outputs on one public batch (every head [+ embeddings])."""
-  head, emb, _ = public_output_sizes(model, params, batch_stats, image_shape, public_batch_size)
-  variables = {'params': params, 'batch_stats': batch_stats}
-  num_heads = jax.eval_shape(
-      lambda v: model.apply(v, np.zeros((1, *image_shape), np.float32), train=False),
-      variables)[0].shape[0]
-  return num_heads * head + (emb if send_embeddings else 0)
-
-
 def read_probabilities(adjacency, num_heads: int, config, emb_dims=None):
   """(P [H, N, N], Q [N, N]): per step, the probability that client i reads client j's head h
   (P[h, i, j]) and its embedding (Q[i, j]); see the module doc. The diagonal is 0.

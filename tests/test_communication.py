@@ -20,10 +20,9 @@ def _mlp(dtype='float32'):
 
 def test_bytes_sent_follow_out_degree_and_output_size():
   model, params = _mlp()
-  logits_only = communication.public_output_bytes(model, params, {}, (4, 4, 1), 7, False)
-  with_emb = communication.public_output_bytes(model, params, {}, (4, 4, 1), 7, True)
-  assert logits_only == 7 * 2 * 3 * 4          # B_pub * H * C float32 numbers
-  assert with_emb == 7 * (2 * 3 + 5) * 4       # ... plus the D = 5 embedding
+  head, emb, dim = communication.public_output_sizes(model, params, {}, (4, 4, 1), 7)
+  assert head == 7 * 3 * 4                     # B_pub * C float32 numbers per head
+  assert (emb, dim) == (7 * 5 * 4, 5)          # the D = 5 embedding
   # Chain 0 - 1 - 2, both heads distilled (head 1 reads head 0): the middle client sends its
   # head 0 to two neighbours; the last head is read by nobody (tests/test_bytes.py).
   config = ml_collections.ConfigDict(dict(nu_main=1.0, nu_aux=1.0, nu_emb=0.0,
