@@ -18,6 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mhd_jax import config_check
+from mhd_jax import safety
 from mhd_jax import train
 
 
@@ -127,10 +128,10 @@ def main(argv) -> int:
     for problem in e.problems:
       print(f'config error: {problem}', file=sys.stderr)
     return 2
-  except train.NonFiniteLossError as e:
+  except safety.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  except train.Preempted as e:
+  except safety.Preempted as e:
     logging.warning('%s Run the same command again to resume.', e)
     return 128 + 15
   except Exception as e:  # pylint: disable=broad-except

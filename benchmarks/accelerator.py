@@ -348,12 +348,13 @@ def measure_model(run, args, model, rows) -> bool:
   compiled).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
+  from mhd_jax import clients  # pylint: disable=g-import-not-at-top
+  from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
   config, image, classes = make_config(model)
   config.model.fused_passes = args.fused
   b, b_pub = config.data.batch_size, config.data.public_batch_size
   config.num_clients = 1
-  specs = pop.make_specs(config, classes)
+  specs = groups_lib.make_specs(config, classes)
   flops_fwd = forward_flops_per_image(specs[0].model, image)
   peak = peak_tflops(jax.devices()[0].device_kind)
   base = {'model': model, 'image': list(image), 'dtype': config.model.dtype,
@@ -390,9 +391,9 @@ def measure_model(run, args, model, rows) -> bool:
     if run.left() <= 0:
       return False
     group = [r[2] for r in rows if r[1] == n]
-    resolved = {s: pop.strategy_for(s, specs, image) for s in group if s not in ('single', 'auto')}
+    resolved = {s: clients.strategy_for(s, specs, image) for s in group if s not in ('single', 'auto')}
     if 'auto' in group:  # auto measures its candidates as a run does: compile them all
-      resolved.update({c: c for c in AUTO_CANDIDATES if c != 'hybrid' or pop.hybrid_available()})
+      resolved.update({c: c for c in AUTO_CANDIDATES if c != 'hybrid' or clients.hybrid_available()})
     makers = {}
     if n > 1:
       batch = common.random_batch(n, b, b_pub, image, classes)

@@ -44,11 +44,11 @@ class AutoBench:
 
   def __init__(self, config, image, num_clients: int, devices: int):
     from mhd_jax import autotune  # pylint: disable=g-import-not-at-top
-    from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
+    from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
     self.config, self.num_clients = config, num_clients
     auto = config.copy_and_resolve_references()
     auto.strategy = 'auto'
-    strategies = autotune.candidates(auto, pop.make_specs(auto, 10), image, 10**9)
+    strategies = autotune.candidates(auto, groups_lib.make_specs(auto, 10), image, 10**9)
     self.candidates = [common.Bench(config, image, num_clients, s, devices) for s in strategies]
 
   def choose(self) -> common.Bench:

@@ -121,20 +121,23 @@ class Bench:
                adjacency=None, num_classes: int = 10, batch=None):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
-    from mhd_jax import sharding  # pylint: disable=g-import-not-at-top
+    from mhd_jax import clients  # pylint: disable=g-import-not-at-top
+    from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax import layout as layout_lib  # pylint: disable=g-import-not-at-top
     self.jax = jax
     config = config.copy_and_resolve_references()
     config.num_clients = self.num_clients = num_clients
-    specs = pop.make_specs(config, num_classes)
+    specs = groups_lib.make_specs(config, num_classes)
     if adjacency is None:
       adjacency = np.ones((num_clients, num_clients), np.float32) - np.eye(num_clients)
     if batch is None:
       batch = random_batch(num_clients, config.data.batch_size, config.data.public_batch_size,
                            image, num_classes)
-    state = pop.init_state(specs, image, jax.random.PRNGKey(0))
-    self.strategy = pop.strategy_for(strategy, specs, image)
-    layout = sharding.Layout.create([s.num_clients for s in specs], sharding.make_mesh(devices))
+    state = state_lib.init_state(specs, image, jax.random.PRNGKey(0))
+    self.strategy = clients.strategy_for(strategy, specs, image)
+    layout = layout_lib.Layout.create([s.num_clients for s in specs],
+                                      layout_lib.make_mesh(devices))
     self.state = layout.pad_state(state)
     self.batch = layout.place_batch(batch)
     self.rng = jax.random.PRNGKey(1)
@@ -165,7 +168,14 @@ class Bench:
     return self
 
   def make_step(self, specs, adjacency, config, layout):
-    return layout.make_train_step(specs, adjacency, config, self.strategy)
+    """The run's step program (`programs.train_step`) as `(state, batch, rng) -> (state, metrics)`."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from mhd_jax import distill  # pylint: disable=g-import-not-at-top
+    from mhd_jax import programs  # pylint: disable=g-import-not-at-top
+    step = programs.train_step(layout, specs, config, self.strategy)
+    net, first_bad = distill.Network.static(adjacency), np.zeros(len(adjacency), np.int32)
+    return self.jax.jit(lambda state, batch, rng: step(state, batch, rng, first_bad, net)[:2],
+                        donate_argnums=0)
 
   def run(self, k: int) -> None:
     for _ in range(k):

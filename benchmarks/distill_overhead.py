@@ -4,7 +4,7 @@
 
 The MHD step is the default config's (complete graph, 3 heads, most-confident
 targets); the isolated step is the same step with an all-zero adjacency (the
-project's isolated baseline, DESIGN §2): every client still runs its public
+project's isolated baseline, docs/algorithm.md): every client still runs its public
 pass, nobody distils. Both run on the same batches, timed in alternating
 windows in one process (median of `--repeats`). `ratio_mhd_vs_isolated` is
 what the targets and distillation losses add: teachers are the stop-gradient
@@ -31,15 +31,16 @@ class PrivateOnly(common.Bench):
     from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
     from mhd_jax import losses  # pylint: disable=g-import-not-at-top
-    from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
-    from mhd_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax import clients  # pylint: disable=g-import-not-at-top
+    from mhd_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax import models  # pylint: disable=g-import-not-at-top
     del adjacency, config
     (spec,) = layout.padded_specs(specs)
     strategy = self.strategy
 
     def client_step(params, stats, opt, x, y):
       def loss(params):
-        logits, _, new_stats = step_lib._apply_train(spec.model, params, stats, x)  # pylint: disable=protected-access
+        logits, _, new_stats = models.forward(spec.model, params, stats, x, train=True)
         return losses.cross_entropy(logits[0], y), new_stats
       grads, new_stats = jax.grad(loss, has_aux=True)(params)
       upd, opt = spec.tx.update(grads, opt, params)
@@ -47,16 +48,16 @@ class PrivateOnly(common.Bench):
 
     def per_device(groups, private):
       (g,), (priv,) = groups, private
-      p, s, o = pop.map_clients(client_step, strategy, g.params, g.batch_stats, g.opt_state,
+      p, s, o = clients.map_clients(client_step, strategy, g.params, g.batch_stats, g.opt_state,
                                 priv['image'], priv['label'])
-      return (pop.Group(p, s, o),)
+      return (state_lib.Group(p, s, o),)
 
     per_device = jax.shard_map(per_device, mesh=layout.mesh, in_specs=P('clients'),
                                out_specs=P('clients'))
 
     def train_step(state, batch, rng):
       del rng
-      return pop.TrainState(step=state.step + 1,
+      return state_lib.TrainState(step=state.step + 1,
                             groups=per_device(state.groups, batch['private'])), {}
 
     return jax.jit(train_step, donate_argnums=0)

@@ -34,7 +34,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from mhd_jax import population as pop
+from mhd_jax import clients
+from mhd_jax import groups as groups_lib
 
 CANDIDATES = ('vmap', 'hybrid', 'loop')
 SLOWER = 2.0  # a candidate this many times slower than the best so far is timed no further
@@ -54,7 +55,7 @@ def cache_key(config, num_classes: int, image_shape, clients_per_device: Sequenc
   (with head and class counts); batches as (private, public) x image shape;
   clients per device of each group, and the devices of the mesh.
   """
-  models = [(n, model.to_dict()) for _, n, model in pop.group_configs(config)]
+  models = [(n, model.to_dict()) for _, n, model in groups_lib.group_configs(config)]
   digest = hashlib.sha256(json.dumps([models, config.num_heads, num_classes],
                                      sort_keys=True, default=str).encode()).hexdigest()[:12]
   device = jax.devices()[0]
@@ -134,11 +135,11 @@ def candidates(config, specs, image_shape, steps_left: int) -> tuple[str, ...]:
   ('vmap'), `strategy_measure_steps` is 0 or the run has fewer steps left
   than the measurement takes (the static rule of `resolve_strategy`).
   """
-  static = pop.strategy_for(config.strategy, specs, image_shape)
+  static = clients.strategy_for(config.strategy, specs, image_shape)
   measure = config.get('strategy_measure_steps', 0)
   if config.strategy != 'auto' or static == 'vmap' or not measure:
     return (static,)
-  found = tuple(s for s in CANDIDATES if s != 'hybrid' or pop.hybrid_available())
+  found = tuple(s for s in CANDIDATES if s != 'hybrid' or clients.hybrid_available())
   if steps_left < len(found) * (1 + measure):
     return (static,)
   return found

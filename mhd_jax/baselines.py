@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mhd_jax import population as pop
+from mhd_jax import state as state_lib
 
 
 def averaging_matrix(adjacency_nxn) -> np.ndarray:
@@ -24,12 +24,12 @@ def averaging_matrix(adjacency_nxn) -> np.ndarray:
 
 def make_average(specs, adjacency):
   """`average(state) -> state` applying gossip averaging within each group."""
-  firsts = pop.offsets(specs)
+  firsts = state_lib.offsets(specs)
   mats = [jnp.asarray(averaging_matrix(np.asarray(adjacency)[f:f + s.num_clients,
                                                              f:f + s.num_clients]))
           for f, s in zip(firsts, specs)]
 
-  def average(state: pop.TrainState) -> pop.TrainState:
+  def average(state: state_lib.TrainState) -> state_lib.TrainState:
     mix = lambda w, tree: jax.tree.map(
         lambda x: jnp.einsum('ij,j...->i...', w, x, precision=jax.lax.Precision.HIGHEST
                              ).astype(x.dtype), tree)

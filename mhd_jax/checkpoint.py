@@ -44,7 +44,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mhd_jax import config_check
-from mhd_jax import population as pop
+from mhd_jax import state as state_lib
 
 RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkpoint.keep',
              'data.data_dir', 'strategy', 'model.fused_passes', 'num_devices',
@@ -130,7 +130,7 @@ def manager(workdir: str, config=None, lead: bool = True) -> ocp.CheckpointManag
   return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: pop.TrainState, wall_seconds: float,
+def save(mngr: ocp.CheckpointManager, step: int, state: state_lib.TrainState, wall_seconds: float,
          force: bool = False, extra: dict | None = None) -> bool:
   """Saves (asynchronously) the state at `step`; False when the interval says no.
 
@@ -142,16 +142,16 @@ def save(mngr: ocp.CheckpointManager, step: int, state: pop.TrainState, wall_sec
       meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds, **(extra or {})})))
 
 
-def abstract_state(specs, image_shape) -> pop.TrainState:
+def abstract_state(specs, image_shape) -> state_lib.TrainState:
   """Shapes and dtypes of the population's state, without computing it."""
-  return jax.eval_shape(lambda: pop.init_state(specs, image_shape, jax.random.PRNGKey(0)))
+  return jax.eval_shape(lambda: state_lib.init_state(specs, image_shape, jax.random.PRNGKey(0)))
 
 
 class CorruptCheckpointError(ValueError):
   """A checkpoint that fails `verify`."""
 
 
-def restore(mngr: ocp.CheckpointManager, abstract: pop.TrainState, step: int | None = None):
+def restore(mngr: ocp.CheckpointManager, abstract: state_lib.TrainState, step: int | None = None):
   """(state, meta) of checkpoint `step` (default: the latest), verified first.
 
   Raises:

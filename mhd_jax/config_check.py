@@ -17,7 +17,9 @@ from mhd_jax import input_pipeline
 from mhd_jax import losses
 from mhd_jax import models
 from mhd_jax import partition as partition_lib
-from mhd_jax import population as pop
+from mhd_jax import clients
+from mhd_jax import groups as groups_lib
+from mhd_jax import optim
 from mhd_jax import topology
 
 
@@ -209,16 +211,16 @@ def _name_problems(config) -> list[str]:
   if dataset:
     problems.append(dataset)
   group_models = [(f'groups.{name}.model.name', model.name)
-                  for name, _, model in pop.group_configs(config)
+                  for name, _, model in groups_lib.group_configs(config)
                   ] if config.groups and not _group_problems(config) else []
   for field, value, known in [
       ('model.name', config.model.name, tuple(models.BACKBONES)),
       *[(f, v, tuple(models.BACKBONES)) for f, v in group_models],
       ('partition', config.partition, partition_lib.PARTITIONS),
       ('target', config.target, losses.TARGET_RULES),
-      ('strategy', config.strategy, pop.STRATEGIES),
-      ('optimizer.name', config.optimizer.name, pop.OPTIMIZERS),
-      ('optimizer.schedule', config.optimizer.schedule, pop.SCHEDULES),
+      ('strategy', config.strategy, clients.STRATEGIES),
+      ('optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
+      ('optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES),
       ('model.dtype', config.model.dtype, models.DTYPES),
       ('data.augment', config.data.augment, input_pipeline.AUGMENTS)]:
     if value not in known:
@@ -272,7 +274,7 @@ def _group_problems(config) -> list[str]:
   if problems:
     return problems
   try:
-    pop.group_configs(config)
+    groups_lib.group_configs(config)
   except ValueError as e:
     return [str(e)]
   return []

@@ -1,4 +1,4 @@
-"""Private and shared accuracy of every client and head (DESIGN §2).
+"""Private and shared accuracy of every client and head (docs/algorithm.md).
 
 *Private accuracy* of client i: accuracy (argmax over all C classes) on the
 test examples whose label is one of client i's primary classes. *Shared
@@ -7,27 +7,31 @@ correct predictions, which are kept (`correct_NxHxC`) for finer studies.
 """
 
 import dataclasses
+import functools
 from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mhd_jax import population as pop
+from mhd_jax import clients
+from mhd_jax import models
+from mhd_jax import state as state_lib
 
 
-def make_predict(specs: Sequence[pop.GroupSpec], strategy: str = 'vmap'):
-  """`predict(state, images_BxHxWxC) -> predictions [N, H, B]` in eval mode."""
+def _predict_one(model, params, batch_stats, x):
+  return jnp.argmax(models.forward(model, params, batch_stats, x, train=False)[0], axis=-1)
 
-  def predict(state: pop.TrainState, images):
-    preds = []
-    for spec, group in zip(specs, state.groups):
-      def run(params, stats, x, model=spec.model):
-        logits, _ = model.apply({'params': params, 'batch_stats': stats}, x, train=False)
-        return jnp.argmax(logits, axis=-1)
-      preds.append(pop.map_clients(run, strategy, group.params, group.batch_stats, images,
-                                   in_axes=(0, 0, None)))
-    return jnp.concatenate(preds)
+
+def make_predict(specs: Sequence[state_lib.GroupSpec], strategy: str = 'vmap', mesh=None):
+  """`predict(state, images_BxHxWxC) -> predictions [S, H, B]` in eval mode (every stacked
+  client; with a `mesh`, each device predicts for its own clients)."""
+
+  def predict(state: state_lib.TrainState, images):
+    return jnp.concatenate([
+        clients.for_each_client(functools.partial(_predict_one, spec.model), strategy, mesh,
+                                in_axes=(0, 0, None))(group.params, group.batch_stats, images)
+        for spec, group in zip(specs, state.groups)])
 
   return predict
 

@@ -26,7 +26,8 @@ from mhd_jax import checkpoint
 from mhd_jax import evaluate
 from mhd_jax import input_pipeline
 from mhd_jax import logs
-from mhd_jax import population as pop
+from mhd_jax import groups as groups_lib
+from mhd_jax import state as state_lib
 from mhd_jax import topology
 
 
@@ -47,7 +48,7 @@ class Run:
   workdir: str
   config: Any
   step: int
-  state: pop.TrainState
+  state: state_lib.TrainState
   specs: tuple
   adjacency: np.ndarray
   partition: dict
@@ -66,7 +67,7 @@ class Run:
 
   def logits(self, client: int, images) -> np.ndarray:
     """[H, B, C] logits of every head of `client` on images [B, ...] (eval mode)."""
-    g, one = pop.client_slice(self.state, self.specs, client)
+    g, one = state_lib.client_slice(self.state, self.specs, client)
     logits, _ = self._apply(g)({'params': one.params, 'batch_stats': one.batch_stats},
                                np.asarray(images, np.float32))
     return np.asarray(logits)
@@ -117,7 +118,7 @@ def load(workdir: str, step: int | None = None) -> Run:
   """Loads the checkpoint of `step` (default: the latest) of the run in `workdir`."""
   config = checkpoint.read_config(workdir)
   facts = checkpoint.read_partition(workdir)
-  specs = pop.make_specs(config, facts['num_classes'])
+  specs = groups_lib.make_specs(config, facts['num_classes'])
   mngr = checkpoint.manager(workdir)
   try:
     state, meta = checkpoint.restore(

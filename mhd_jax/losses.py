@@ -64,7 +64,21 @@ def _best(score_NxHxBxN, allowed_NxHxBxN):
   return jax.nn.one_hot(choice, n) * allowed_NxHxBxN.any(-1, keepdims=True)
 
 
-def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng):
+def _random_choice(logw_NxHxN, rng, ids_N):
+  """Per (client, head) a candidate drawn with probability softmax(logw) (Gumbel-max).
+
+  The noise of candidate j for client i comes from fold_in(fold_in(rng, id_i),
+  id_j): a draw depends on the two clients' ids, not on their positions or on
+  how many other (e.g. padded) clients are stacked beside them.
+  """
+  def row(id_i):
+    key = jax.random.fold_in(rng, id_i)
+    return jax.vmap(lambda id_j: jax.random.gumbel(jax.random.fold_in(key, id_j),
+                                                   (logw_NxHxN.shape[1],)), out_axes=1)(ids_N)
+  return jnp.argmax(logw_NxHxN + jax.vmap(row)(ids_N), axis=-1)
+
+
+def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None):
   """M[i, k, b, j]: how much candidate j contributes to client i's head-k target on example b.
 
   Rows sum to 1 where client i has a candidate for head k, else to 0. With
@@ -73,7 +87,8 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng):
     most_confident: one-hot on the candidate of largest conf on example b;
     mean: the normalised weights W[k, i, :], the same for every example;
     random: one-hot on a candidate drawn with probability proportional to
-      W[k, i, j], one draw per (client, head) per step;
+      W[k, i, j], one draw per (client, head) per step, keyed by the clients'
+      `ids_N` (default 0..N-1: see `_random_choice`);
     confidence_weighted: W[k, i, j] conf[j, k, b] / sum_j' W[k, i, j'] conf[j', k, b],
       a mixture in which no single over-confident source wins outright;
     neighbours_first: one-hot on the most confident neighbour; the own head
@@ -98,7 +113,8 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng):
     return _best(conf_NxHxBxN, cand_NxHxBxN)
   if rule == 'random':
     logw = jnp.where(w_NxHxN > 0, jnp.log(jnp.maximum(w_NxHxN, 1e-30)), -jnp.inf)
-    choice_NxHxB = jnp.broadcast_to(jax.random.categorical(rng, logw)[:, :, None], (n, h, b))
+    ids = jnp.arange(n) if ids_N is None else ids_N
+    choice_NxHxB = jnp.broadcast_to(_random_choice(logw, rng, ids)[:, :, None], (n, h, b))
     return jax.nn.one_hot(choice_NxHxB, n) * has_NxH[:, :, None, None]
   if rule == 'confidence_weighted':
     s = jnp.where(cand_NxHxBxN, w_NxHxN[:, :, None, :] * conf_NxHxBxN, 0.0)

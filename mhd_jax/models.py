@@ -2,7 +2,7 @@
 
 `MultiHeadClassifier(x, train)` returns `(logits_HxBxC, {'embedding': e_BxD})`.
 Head 0 is the main head (private task); heads 1..H-1 are the auxiliary heads
-that distil from the neighbours' heads (DESIGN §2). Backbones are chosen by
+that distil from the neighbours' heads (docs/algorithm.md). Backbones are chosen by
 name (`config.model.name`) from `BACKBONES`.
 """
 
@@ -75,7 +75,7 @@ class MultiHeadClassifier(nn.Module):
       main head (and the embedding loss) shape the backbone.
     fused_passes: the training step runs a client's private and public batches
       as one call on their concatenation, with `segments` keeping their batch
-      statistics apart (`resnet.BatchNorm`); read by `step.make_train_step`.
+      statistics apart (`resnet.BatchNorm`); read by `step.client_outputs`.
 
   `segments` (train mode): sizes of consecutive parts of the batch that get
   their own batch statistics; None = one part. Passed on to the backbone only
@@ -96,6 +96,21 @@ class MultiHeadClassifier(nn.Module):
     logits += [nn.Dense(self.num_classes, name=f'head_{k}')(aux_in)
                for k in range(1, self.num_heads)]
     return jnp.stack(logits).astype(jnp.float32), {'embedding': emb_BxD}
+
+
+def forward(model, params, batch_stats, x, train: bool, segments=None):
+  """`model` on x with a client's variables: (logits_HxBxC, embedding_BxD, batch_stats).
+
+  In train mode the batch statistics come back updated (running averages);
+  in eval mode they come back as given.
+  """
+  variables = {'params': params, 'batch_stats': batch_stats}
+  kwargs = {} if segments is None else {'segments': segments}
+  if not train:
+    logits, inter = model.apply(variables, x, train=False)
+    return logits, inter['embedding'], batch_stats
+  (logits, inter), upd = model.apply(variables, x, train=True, mutable=['batch_stats'], **kwargs)
+  return logits, inter['embedding'], upd.get('batch_stats', batch_stats)
 
 
 DTYPES = ('float32', 'bfloat16', 'float16')  # model.dtype: computation dtypes make_model accepts

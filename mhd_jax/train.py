@@ -1,6 +1,6 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Durability (see `checkpoint.py` and `logs.py`):
+Durability (see `checkpoint.py`, `safety.py` and docs/durable_runs.md):
 - the population is checkpointed every `checkpoint.every` steps and at the
   end; a run on a workdir that holds checkpoints resumes from the latest one
   and ends exactly as an uninterrupted run would, since the batch of step s
@@ -15,8 +15,6 @@ Durability (see `checkpoint.py` and `logs.py`):
 import itertools
 import json
 import os
-import signal
-import threading
 import time
 
 from absl import logging
@@ -33,25 +31,17 @@ from mhd_jax import config_check
 from mhd_jax import evaluate
 from mhd_jax import input_pipeline
 from mhd_jax import logs
-from mhd_jax import population as pop
+from mhd_jax import clients
+from mhd_jax import distill
+from mhd_jax import groups as groups_lib
+from mhd_jax import layout as layout_lib
+from mhd_jax import programs
 from mhd_jax import report
-from mhd_jax import sharding
-from mhd_jax import step as step_lib
+from mhd_jax import safety
+from mhd_jax import state as state_lib
 from mhd_jax import topology
 
-TERMS = ('loss', 'ce', 'kd_main', 'kd_aux', 'emb', 'train_acc')
-
-
-class NonFiniteLossError(FloatingPointError):
-  """A loss term became NaN or Inf; the message names the step and the clients."""
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; the state of `step` was checkpointed."""
-
-  def __init__(self, step: int):
-    self.step = step
-    super().__init__(f'preempted (SIGTERM) at step {step}; its checkpoint is saved.')
+TERMS = distill.TERMS
 
 
 def communication_costs(specs, state, adjacency, image_shape, config):
@@ -90,107 +80,6 @@ def client_table(acc: evaluate.Accuracies) -> str:
     rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
                                          for k in range(h)))
   return '\n'.join(rows)
-
-
-def _finite_per_client(state: pop.TrainState):
-  """[stacked] True where every parameter, batch statistic and optimizer value of the client is finite."""
-  per_group = []
-  for group in state.groups:
-    leaves = [x for x in jax.tree.leaves(group) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    n = leaves[0].shape[0]
-    per_group.append(jnp.all(jnp.stack([jnp.isfinite(x).reshape(n, -1).all(1) for x in leaves]),
-                             axis=0))
-  return jnp.concatenate(per_group)
-
-
-def watch_nonfinite(train_step):
-  """Adds `first_bad_N` to the step: per client, the first step with a non-finite loss term (0: none).
-
-  Computed on device inside the same jit, so checking it costs one small
-  transfer where the loop syncs anyway (log and checkpoint steps). The loss
-  is that of the state *before* the update: `make_state_check` checks the
-  state after it.
-  """
-  def step(state, batch, rng, first_bad_N):
-    state, metrics = train_step(state, batch, rng)
-    finite_N = jnp.all(jnp.stack([jnp.isfinite(metrics[k]) for k in TERMS]), axis=0)
-    return state, metrics, jnp.where((first_bad_N == 0) & ~finite_N, state.step, first_bad_N)
-  return step
-
-
-def make_state_check(layout: sharding.Layout):
-  """Jitted `state -> [N] finite` over the real clients, replicated (every host reads it).
-
-  Run where the loop syncs (log steps, before every save, the last step),
-  not every step: a pass over every parameter and optimizer value costs as
-  much as a third of the default config's step. Nothing is missed between
-  checks: a non-finite parameter or optimizer value makes the next step's
-  loss non-finite, which the per-step watch records; so the step named is
-  exact, but for a non-finite batch statistic, which only evaluation reads
-  (then: "by" that step).
-  """
-  real = jnp.asarray(layout.real_clients())
-  return jax.jit(lambda state: _finite_per_client(state)[real], out_shardings=layout.replicated)
-
-
-def _check_finite(first_bad_N, mngr, state_finite_N, step: int) -> None:
-  """Raises NonFiniteLossError if a loss so far, or the state after `step`, is not finite."""
-  bad = np.asarray(jax.device_get(first_bad_N))
-  bad = np.where((bad == 0) & ~np.asarray(jax.device_get(state_finite_N)), step, bad)
-  if bad.any():
-    step = int(bad[bad > 0].min())
-    mngr.wait_until_finished()  # the latest save may still be in flight
-    latest = mngr.latest_step()
-    kept = (f'the last finite checkpoint (step {latest}) is kept in {mngr.directory}'
-            if latest is not None else 'no checkpoint was saved')
-    raise NonFiniteLossError(
-        f'non-finite loss or parameters at step {step} in clients '
-        f'{np.flatnonzero(bad == step).tolist()}; the run stops and {kept}.')
-
-
-class _SigtermWatch:
-  """While active, SIGTERM sets `requested` instead of killing the process.
-
-  On several processes JAX's preemption service owns SIGTERM instead (it was
-  installed by `jax.distributed.initialize`): `stop_at(step)` asks orbax
-  whether all processes have reached the step at which they agreed to stop.
-  That agreement is over the steps done in this session (every process starts
-  from the same checkpoint): a notice that arrives before the first step,
-  while the run restores or compiles, has them stop after that step.
-  """
-
-  def __init__(self, mngr, start_step: int, outer=None):
-    self._mngr, self._start, self._outer = mngr, start_step, outer
-    self._multi = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
-
-  def stop_at(self, step: int) -> bool:
-    if self._multi and not self.requested:
-      self.requested = self._mngr.reached_preemption(step - self._start)
-      if self.requested:
-        logging.warning('preemption notice: every process saves step %d, then stops.', step)
-    return self.requested
-
-  def __enter__(self):
-    # A SIGTERM caught by the `outer` watch (start-up: data, restore, init) stops after step 1.
-    self.requested, self._previous = bool(self._outer and self._outer.requested), None
-    if threading.current_thread() is threading.main_thread() and not self._multi:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM: saving a checkpoint after this step, then stopping.')
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def _stop_if_terminated(watch, step: int) -> None:
-  """Raises `Preempted` if SIGTERM came once the final checkpoint (of `step`) was saved."""
-  if watch.requested:
-    raise Preempted(step)
 
 
 def _sync(name: str) -> None:
@@ -233,7 +122,8 @@ def _log_train(step, sums, count, timed, sent_N, config, log, board):
   window, `count` counts the steps before it too, `timed` only this session's).
   """
   steps, seconds = timed
-  metrics = {k: np.asarray(v, np.float64) / count for k, v in jax.device_get(sums).items()}
+  metrics = {k: np.asarray(v, np.float64) / count
+             for k, v in jax.device_get(sums).as_dict().items()}
   rate = steps / max(seconds, 1e-9)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
@@ -257,14 +147,15 @@ def _window_record(sums, count) -> dict | None:
   if not count:
     return None
   return {'count': count, 'sums': {k: np.asarray(v).tolist()
-                                   for k, v in jax.device_get(sums).items()}}
+                                   for k, v in jax.device_get(sums).as_dict().items()}}
 
 
 def _window_from_record(record):
   """(sums, count) of a restored window (None, 0 when the checkpoint is at a log step)."""
   if not record:
     return None, 0
-  return {k: jnp.asarray(v, jnp.float32) for k, v in record['sums'].items()}, record['count']
+  return distill.Metrics(**{k: jnp.asarray(v, jnp.float32) for k, v in record['sums'].items()}
+                         ), record['count']
 
 
 @jax.jit
@@ -277,11 +168,10 @@ def _add_metrics(sums, metrics):
   return jax.tree.map(lambda a, b: a + f32(b), sums, metrics)
 
 
-def _compile_train_step(config, specs, adjacency, layout, image_shape, args, steps_left):
+def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
   """(strategy, compiled train step); 'auto' on a model with convolutions measures
   (`autotune`). Compiled here, before the first step, so no step's time holds it."""
-  make = lambda s: jax.jit(watch_nonfinite(layout.make_train_step(specs, adjacency, config, s)),
-                           donate_argnums=(0, 3))
+  make = lambda s: programs.train_step(layout, specs, config, s)
   per_device = [s.num_clients // layout.mesh.devices.size for s in layout.padded_specs(specs)]
   t = time.time()
   strategy, step = autotune.compile_fastest(
@@ -340,17 +230,18 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
 
   Raises:
     config_check.ConfigError: a bad config, or a workdir of another run.
-    NonFiniteLossError: a loss term became NaN or Inf.
-    Preempted: SIGTERM arrived; the current step was checkpointed.
+    safety.NonFiniteLossError: a loss term became NaN or Inf.
+    safety.Preempted: SIGTERM arrived; the current step was checkpointed.
   """
   start = time.time()
-  sharding.initialize_distributed(config)  # before anything touches the devices
+  layout_lib.initialize_distributed(config)  # before anything touches the devices
   config_check.validate(config)
   for warning in config_check.warnings(config):  # unusual but runnable: one line each
     logging.warning('config: %s', warning)
   checkpoint.check_workdir(workdir, config, overwrite)
   adjacency = topology.build(config)
-  layout = sharding.Layout.create(pop.group_sizes(config), sharding.make_mesh(config.num_devices))
+  layout = layout_lib.Layout.create(groups_lib.group_sizes(config),
+                                    layout_lib.make_mesh(config.num_devices))
   data = input_pipeline.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
@@ -362,7 +253,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     except OSError as e:
       raise config_check.ConfigError([f'workdir {workdir} cannot be written: {e}']) from None
   try:
-    with _SigtermWatch(None, 0) as early:  # start-up, compile and report: see `_run`
+    with safety.SigtermWatch(None, 0) as early:  # start-up, compile and report: see `_run`
       return _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early)
   finally:
     lock.release()
@@ -378,7 +269,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   if overwrite and lead:
     checkpoint.clear_workdir(workdir)
   _sync('workdir ready')
-  specs = pop.make_specs(config, data.num_classes)
+  specs = groups_lib.make_specs(config, data.num_classes)
   mngr = checkpoint.manager(workdir, config, lead)
   state, start_step, wall_before, window = _initial_state(mngr, specs, data.image_shape, config,
                                                           layout, lead)
@@ -386,17 +277,18 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     checkpoint.write_metadata(workdir, config, data)
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   first_bad = jnp.zeros(config.num_clients, jnp.int32)
+  net = distill.Network.static(adjacency)
   batches = map(layout.place_batch, data.train_batches(start_step))
   if start_step < config.num_steps:
     first = next(batches)
     batches = itertools.chain([first], batches)
-    strategy, train_step = _compile_train_step(config, specs, adjacency, layout, data.image_shape,
-                                               (state, first, step_rng, first_bad),
+    strategy, train_step = _compile_train_step(config, specs, layout, data.image_shape,
+                                               (state, first, step_rng, first_bad, net),
                                                config.num_steps - start_step)
   else:  # resumed from the final checkpoint: nothing to compile but the evaluation
-    strategy = pop.strategy_for(config.strategy, specs, data.image_shape)
-  finite_state = make_state_check(layout)
-  predict = layout.make_predict(specs, strategy)
+    strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
+  finite_state = safety.make_state_check(layout)
+  predict = programs.predict(layout, specs, strategy)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
   average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
   primary = data.partition.primary_mask()
@@ -421,11 +313,11 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   profiler = logs.ProfileWindow(os.path.join(workdir, 'profile'), profile.get('start_step', 0),
                                 profile.get('num_steps', 0))
   try:
-    with _SigtermWatch(mngr, start_step, early) as sigterm:
+    with safety.SigtermWatch(mngr, start_step, early) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
         with profiler.step(step):
           timer.begin_step()
-          state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad)
+          state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad, net)
           sums = _add_metrics(sums, metrics)
           count += 1
           if config.average_every and step % config.average_every == 0:
@@ -434,7 +326,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
           timer.pause(state)
-          _check_finite(first_bad, mngr, finite_state(state), step)
+          safety.check_finite(first_bad, mngr, finite_state(state), step)
           _log_train(step, sums, count, timer.take(), sent, config, log, board)
           sums, count = None, 0
         if step % config.eval_every == 0 or last:
@@ -444,13 +336,13 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
         stop = sigterm.stop_at(step)
         if (every and step % every == 0) or last or stop:
           timer.pause(state)
-          _check_finite(first_bad, mngr, finite_state(state), step)  # never save a bad state
+          safety.check_finite(first_bad, mngr, finite_state(state), step)  # never save a bad state
           window = _window_record(sums, count)
           checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True,
                           extra=window and {'log_window': window})
         if stop and not last:
           mngr.wait_until_finished()
-          raise Preempted(step)
+          raise safety.Preempted(step)
   finally:
     profiler.close()
     mngr.wait_until_finished()
@@ -458,7 +350,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     log.close()
     board.close()
 
-  _stop_if_terminated(early, config.num_steps)
+  safety.stop_if_terminated(early, config.num_steps)
   if acc is None:  # resumed from the final checkpoint: nothing left to train
     acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
   logging.info('final accuracies (%%):\n%s', client_table(acc))
@@ -470,6 +362,6 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
              count_C=acc.count_C, primary_NxC=primary)
     report.write(os.path.join(workdir, 'report'),
                  logs.read_jsonl(os.path.join(workdir, 'metrics.jsonl')), acc, adjacency, summary)
-  _stop_if_terminated(early, config.num_steps)
+  safety.stop_if_terminated(early, config.num_steps)
   _sync('outputs written')  # no process returns before the workdir is complete
   return summary

@@ -23,8 +23,10 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax import layout as layout_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax import distill  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax import programs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests import test_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -46,7 +48,7 @@ def make_specs(model, n):
   if model != 'convbn':
     return ts.make_specs(model, n=n)
   spec = ts.make_specs('mlp', n=n)[0]
-  return (pop.GroupSpec(models.MultiHeadClassifier(ConvBN(), ts.H, ts.C), spec.tx, n),)
+  return (state_lib.GroupSpec(models.MultiHeadClassifier(ConvBN(), ts.H, ts.C), spec.tx, n),)
 
 
 def complete(n):
@@ -54,12 +56,14 @@ def complete(n):
 
 
 def sharded_run(specs, adjacency, config, batches, strategy, num_devices=0):
-  layout = sharding.Layout.create([s.num_clients for s in specs],
-                                  sharding.make_mesh(num_devices))
-  state = layout.pad_state(pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)))
-  step = layout.make_train_step(specs, adjacency, config, strategy)
+  layout = layout_lib.Layout.create([s.num_clients for s in specs],
+                                  layout_lib.make_mesh(num_devices))
+  state = layout.pad_state(state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)))
+  step = programs.train_step(layout, specs, config, strategy)
+  net, first_bad = distill.Network.static(adjacency), np.zeros(len(adjacency), np.int32)
   for batch in batches:
-    state, metrics = step(state, layout.place_batch(batch), jax.random.PRNGKey(7))
+    state, metrics, first_bad = step(state, layout.place_batch(batch), jax.random.PRNGKey(7),
+                                     first_bad, net)
   return layout, state, metrics
 
 
@@ -93,7 +97,7 @@ def test_padded_population_matches_unpadded_and_masked_clients_stay_put(
     assert jax.tree.leaves(state.groups[0].batch_stats)
   ts.assert_trees_close(layout.unpad_state(state).groups, ref.groups, rtol=1e-5, atol=1e-6)
   ts.assert_trees_close(metrics, ref_metrics, rtol=1e-5, atol=1e-6)
-  init = pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)).groups[0]
+  init = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)).groups[0]
   for i in range(n, padded):  # masked clients: still the copy of client 0 they started as
     ts.assert_trees_close(jax.tree.map(lambda x, i=i: x[i], state.groups[0]),
                           jax.tree.map(lambda x: x[0], init), rtol=0, atol=0)
@@ -107,17 +111,17 @@ def test_each_device_holds_and_runs_only_its_clients():
   """
   n, config, strategy = 16, ts.distill_config(), 'hybrid'
   specs = ts.make_specs('cnn', n=n)
-  layout = sharding.Layout.create([n], sharding.make_mesh())
-  state = layout.pad_state(pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)))
+  layout = layout_lib.Layout.create([n], layout_lib.make_mesh())
+  state = layout.pad_state(state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)))
   for leaf in jax.tree.leaves(state.groups):
     assert leaf.sharding.spec == ('clients',) or leaf.sharding.spec[0] == 'clients'
     assert {s.data.shape[0] for s in leaf.addressable_shards} == {2}
-  step = layout.make_train_step(specs, complete(n), config, strategy)
-  hlo = step.lower(state, layout.place_batch(ts.make_batch(0, n=n)),
-                   jax.random.PRNGKey(7)).compile().as_text()
+  step = programs.train_step(layout, specs, config, strategy)
+  hlo = step.lower(state, layout.place_batch(ts.make_batch(0, n=n)), jax.random.PRNGKey(7),
+                   np.zeros(n, np.int32), distill.Network.static(complete(n))).compile().as_text()
   specs2 = ts.make_specs('cnn', n=2)
   single = jax.jit(step_lib.make_train_step(specs2, complete(2), config, strategy)).lower(
-      pop.init_state(specs2, ts.IMAGE, jax.random.PRNGKey(0)), ts.make_batch(0, n=2),
+      state_lib.init_state(specs2, ts.IMAGE, jax.random.PRNGKey(0)), ts.make_batch(0, n=2),
       jax.random.PRNGKey(7)).compile().as_text()
   assert hlo.count(' convolution(') == single.count(' convolution(') > 0
   gathered = [np.prod([int(d) for d in re.findall(r'\d+', shape)])
@@ -130,27 +134,27 @@ def test_each_device_holds_and_runs_only_its_clients():
 def test_sharded_predict_matches_single_device():
   n = 5
   specs = ts.make_specs('cnn', n=n)
-  state = pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
+  state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
   images = ts.make_batch(0, n=n)['public']['image']
-  layout = sharding.Layout.create([n], sharding.make_mesh())
-  preds = layout.make_predict(specs, 'hybrid')(layout.pad_state(state), images)
+  layout = layout_lib.Layout.create([n], layout_lib.make_mesh())
+  preds = programs.predict(layout, specs, 'hybrid')(layout.pad_state(state), images)
   ref = jax.jit(evaluate.make_predict(specs, 'vmap'))(state, images)
   assert preds.shape == (n, ts.H, images.shape[0])
   np.testing.assert_array_equal(preds, ref)
 
 
 def test_uneven_population_refused_when_padding_is_off_and_mesh_checks_devices():
-  mesh = sharding.make_mesh()
+  mesh = layout_lib.make_mesh()
   with pytest.raises(ValueError, match=r'group sizes \[5\] are not multiples of the 8 devices'):
-    sharding.Layout.create([5], mesh, allow_padding=False)
-  assert sharding.Layout.create([16], mesh, allow_padding=False).padded == (16,)
+    layout_lib.Layout.create([5], mesh, allow_padding=False)
+  assert layout_lib.Layout.create([16], mesh, allow_padding=False).padded == (16,)
   with pytest.raises(ValueError, match='num_devices=9 but 8 device'):
-    sharding.make_mesh(9)
-  assert sharding.make_mesh(4).devices.size == 4
+    layout_lib.make_mesh(9)
+  assert layout_lib.make_mesh(4).devices.size == 4
 
 
 def test_place_batch_feeds_this_process_clients_and_pads():
-  layout = sharding.Layout.create([5], sharding.make_mesh())
+  layout = layout_lib.Layout.create([5], layout_lib.make_mesh())
   assert layout.local_client_ids() == [0, 1, 2, 3, 4]  # one process holds every device
   batch = layout.place_batch(ts.make_batch(0, n=5))
   image = batch['private'][0]['image']
@@ -183,10 +187,10 @@ def test_distributed_initialize_only_when_asked(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
   config = ml_collections.ConfigDict(default.get_config().to_dict())
-  assert not sharding.initialize_distributed(config) and not calls
+  assert not layout_lib.initialize_distributed(config) and not calls
   config.distributed.initialize = True
-  assert sharding.initialize_distributed(config) and calls == [{}]
+  assert layout_lib.initialize_distributed(config) and calls == [{}]
   config.distributed.update(coordinator_address='10.0.0.1:1234', num_processes=4, process_id=2)
-  sharding.initialize_distributed(config)
+  layout_lib.initialize_distributed(config)
   assert calls[-1] == {'coordinator_address': '10.0.0.1:1234', 'num_processes': 4,
                        'process_id': 2}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mhd_jax import autotune
-from mhd_jax import population as pop
+from mhd_jax import clients
 from mhd_jax import train
 from tests import test_step as ts
 from tests.conftest import read_records, short_config
@@ -36,21 +36,21 @@ def warnings(caplog):
 
 
 def test_hybrid_patches_this_jax():
-  assert pop.hybrid_available(), jax.__version__
-  assert pop.resolve_strategy('hybrid') == 'hybrid'
+  assert clients.hybrid_available(), jax.__version__
+  assert clients.resolve_strategy('hybrid') == 'hybrid'
 
 
 def test_hybrid_runs_as_loop_with_one_warning_when_the_table_moved(monkeypatch, caplog):
-  monkeypatch.setattr(pop, '_batching', types.SimpleNamespace())  # the table is gone
-  monkeypatch.setattr(pop, '_warned_hybrid', False)
+  monkeypatch.setattr(clients, '_batching', types.SimpleNamespace())  # the table is gone
+  monkeypatch.setattr(clients, '_warned_hybrid', False)
   conv = lambda w, x: jax.lax.conv(x, w, (1, 1), 'SAME')
   w, x = np.ones((3, 2, 1, 3, 3), np.float32), np.ones((3, 1, 1, 4, 4), np.float32)
   with caplog.at_level(logging.WARNING):
-    out = pop.map_clients(conv, 'hybrid', w, x)
-    assert pop.resolve_strategy('hybrid') == 'loop'
-    assert pop.strategy_for('hybrid', ts.make_specs('cnn'), ts.IMAGE) == 'loop'
-    jaxpr = str(jax.make_jaxpr(lambda w, x: pop.map_clients(conv, 'hybrid', w, x))(w, x))
-  np.testing.assert_allclose(out, pop.map_clients(conv, 'loop', w, x))
+    out = clients.map_clients(conv, 'hybrid', w, x)
+    assert clients.resolve_strategy('hybrid') == 'loop'
+    assert clients.strategy_for('hybrid', ts.make_specs('cnn'), ts.IMAGE) == 'loop'
+    jaxpr = str(jax.make_jaxpr(lambda w, x: clients.map_clients(conv, 'hybrid', w, x))(w, x))
+  np.testing.assert_allclose(out, clients.map_clients(conv, 'loop', w, x))
   assert jaxpr.count('conv_general_dilated') == 3  # one plain convolution per client, as in loop
   lines = warnings(caplog)
   assert len(lines) == 1 and "running 'loop' instead" in lines[0], lines

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from mhd_jax import baselines
-from mhd_jax import population as pop
+from mhd_jax import state as state_lib
 from mhd_jax import topology
 
 
@@ -18,11 +18,11 @@ def test_averaging_matrix_is_row_stochastic_over_self_and_neighbours():
 
 
 def _state(values_per_group):
-  groups = tuple(pop.Group(params={'w': jnp.asarray(v, jnp.float32)},
+  groups = tuple(state_lib.Group(params={'w': jnp.asarray(v, jnp.float32)},
                            batch_stats={'m': 10 * jnp.asarray(v, jnp.float32)},
                            opt_state={'count': jnp.arange(len(v))})
                  for v in values_per_group)
-  return pop.TrainState(step=jnp.zeros((), jnp.int32), groups=groups)
+  return state_lib.TrainState(step=jnp.zeros((), jnp.int32), groups=groups)
 
 
 class _Spec:

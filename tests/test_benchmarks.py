@@ -69,12 +69,12 @@ def test_count_flops_by_hand():
 
 def test_resnet_flops_match_published_counts():
   """The backbones' forward multiply-adds at 224 px are torchvision's (1.81 G, 3.66 G) plus heads."""
-  from mhd_jax import population as pop  # pylint: disable=g-import-not-at-top
+  from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
   acc = _accelerator()
   for name, published_gmacs in (('resnet18', 1.8136), ('resnet34', 3.6637)):
     config, image, classes = acc.make_config(name)
     config.num_clients = 1
-    (spec,) = pop.make_specs(config, classes)
+    (spec,) = groups_lib.make_specs(config, classes)
     heads_macs = config.num_heads * 512 * classes
     backbone_gmacs = (acc.forward_flops_per_image(spec.model, image) / 2 - heads_macs) / 1e9
     assert abs(backbone_gmacs - published_gmacs) < 1e-3 * published_gmacs, (name, backbone_gmacs)

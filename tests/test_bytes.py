@@ -8,7 +8,7 @@ import optax
 from configs import default
 from mhd_jax import communication
 from mhd_jax import models
-from mhd_jax import population as pop
+from mhd_jax import state as state_lib
 from mhd_jax import step as step_lib
 from mhd_jax import topology
 
@@ -67,8 +67,8 @@ def test_zero_weight_edges_and_self_carry_nothing():
 def _population():
   model_cfg = ml_collections.ConfigDict(dict(name='mlp', width=8, depth=1, dtype='float32',
                                              aux_backbone_grad=True))
-  specs = (pop.GroupSpec(models.make_model(model_cfg, H, C), optax.sgd(0.1, momentum=0.9), N),)
-  state = pop.init_state(specs, IMAGE, jax.random.PRNGKey(0))
+  specs = (state_lib.GroupSpec(models.make_model(model_cfg, H, C), optax.sgd(0.1, momentum=0.9), N),)
+  state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = {'private': {'image': rng.normal(size=(N, B, *IMAGE)).astype(np.float32),
                        'label': rng.integers(C, size=(N, B)).astype(np.int32)},
@@ -82,8 +82,8 @@ def _after_step(specs, state, batch, config, perturb):
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x.at[0].add(1.0) if perturb(jax.tree_util.keystr(path)) else x,
       group.params)
-  state = pop.TrainState(step=state.step,
-                         groups=(pop.Group(params, group.batch_stats, group.opt_state),))
+  state = state_lib.TrainState(step=state.step,
+                         groups=(state_lib.Group(params, group.batch_stats, group.opt_state),))
   step = jax.jit(step_lib.make_train_step(specs, ADJ, config))
   new, _ = step(state, batch, jax.random.PRNGKey(1))
   return new.groups[0].params

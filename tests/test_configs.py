@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from mhd_jax import checkpoint
 from mhd_jax import config_check
 from mhd_jax import input_pipeline
-from mhd_jax import population as pop
+from mhd_jax import groups as groups_lib
 from mhd_jax import step as step_lib
 from mhd_jax import topology
 from mhd_jax import train
@@ -70,7 +70,7 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   n, size = config.num_clients, config.data.image_size
   assert batch['private']['image'].shape == (n, config.data.batch_size, size, size, 3)
   assert batch['public']['image'].shape == (config.data.public_batch_size, size, size, 3)
-  specs = pop.make_specs(config, data.num_classes)
+  specs = groups_lib.make_specs(config, data.num_classes)
   state = checkpoint.abstract_state(specs, data.image_shape)
   # Traced once for all clients ('vmap'); the strategies agree (test_strategies.py).
   step = step_lib.make_train_step(specs, topology.build(config), config, 'vmap')

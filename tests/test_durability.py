@@ -18,6 +18,7 @@ from mhd_jax import checkpoint
 from mhd_jax import config_check
 from mhd_jax import input_pipeline
 from mhd_jax import logs
+from mhd_jax import safety
 from mhd_jax import train
 from tests.conftest import ROOT, read_records, short_config
 
@@ -154,7 +155,7 @@ def test_nan_stops_the_run_naming_step_and_client_and_keeps_the_last_good_checkp
 
   monkeypatch.setattr(input_pipeline, 'get_data', get_data)
   workdir = str(tmp_path)
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(safety.NonFiniteLossError,
                      match=r'^non-finite loss or parameters at step 7 in clients \[2\]; the run '
                            r'stops and the last finite checkpoint \(step 5\) is kept'):
     train.train_and_evaluate(short_config(**{'checkpoint.every': 5}), workdir)

@@ -16,7 +16,8 @@ import pytest
 from configs import default
 from mhd_jax import checkpoint
 from mhd_jax import models
-from mhd_jax import population as pop
+from mhd_jax import groups as groups_lib
+from mhd_jax import state as state_lib
 from mhd_jax import resnet
 from mhd_jax import step as step_lib
 from tests import test_step as ts
@@ -39,7 +40,7 @@ def tiny_specs(fused, name='resnet'):
     model = models.make_model(ml_collections.ConfigDict(dict(
         name=name, width=8, depth=1, dtype='float32', aux_backbone_grad=True,
         fused_passes=fused)), ts.H, ts.C)
-  return (pop.GroupSpec(model, optax.sgd(0.1, momentum=0.9), ts.N),)
+  return (state_lib.GroupSpec(model, optax.sgd(0.1, momentum=0.9), ts.N),)
 
 
 def _variables(model, seed=0):
@@ -57,7 +58,7 @@ def test_fused_call_equals_two_calls(b, b_pub):
   u = 2.0 + 3.0 * rng.normal(size=(b_pub, *ts.IMAGE)).astype(np.float32)  # other statistics
 
   def loss(params, fused):
-    apply = step_lib._apply_train_fused if fused else _two_calls  # pylint: disable=protected-access
+    apply = step_lib.client_outputs if fused else _two_calls
     lp, lu, eu, stats = apply(model, params, variables['batch_stats'], x, u)
     total = (jnp.sum(jnp.sin(lp)) + jnp.sum(jnp.cos(lu) * jnp.arange(lu.shape[-1]))
              + jnp.sum(eu**2))
@@ -76,8 +77,8 @@ def test_fused_call_equals_two_calls(b, b_pub):
 
 
 def _two_calls(model, params, batch_stats, x, u):
-  lp, _, stats = step_lib._apply_train(model, params, batch_stats, x)  # pylint: disable=protected-access
-  lu, eu, stats = step_lib._apply_train(model, params, stats, u)  # pylint: disable=protected-access
+  lp, _, stats = models.forward(model, params, batch_stats, x, train=True)
+  lu, eu, stats = models.forward(model, params, stats, u, train=True)
   return lp, lu, eu, stats
 
 
@@ -107,7 +108,7 @@ def test_fused_step_matches_per_client_reference(strategy, name):
   config = ts.distill_config('mean')
   specs = tiny_specs(True, name)
   assert specs[0].model.fused_passes
-  state = pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
+  state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
   step = jax.jit(step_lib.make_train_step(specs, ts.ADJ, config, strategy))
   rng = jax.random.PRNGKey(3)
   ref = state.groups[0]
@@ -118,7 +119,7 @@ def test_fused_step_matches_per_client_reference(strategy, name):
   for part in ('params', 'batch_stats', 'opt_state'):
     ts.assert_trees_close(getattr(state.groups[0], part), getattr(ref, part), **TOL)
   ts.assert_trees_close(metrics, ref_metrics, **TOL)
-  assert np.all(metrics['kd_main'] > 0) and np.all(metrics['kd_aux'] > 0)
+  assert np.all(metrics.kd_main > 0) and np.all(metrics.kd_aux > 0)
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'loop'])
@@ -136,7 +137,7 @@ def test_fused_private_batch_of_one_client_never_reaches_another(strategy):
   rng = np.random.default_rng(1)
   other['private']['image'][1] = 3.0 * rng.normal(size=other['private']['image'][1].shape)
   other['private']['label'][1] = (other['private']['label'][1] + 1) % ts.C
-  state = pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
+  state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
   step = jax.jit(step_lib.make_train_step(specs, adjacency, config, strategy))
   a, _ = step(state, batch, jax.random.PRNGKey(0))
   b, _ = step(state, other, jax.random.PRNGKey(0))
@@ -147,9 +148,9 @@ def test_fused_private_batch_of_one_client_never_reaches_another(strategy):
 
 def test_config_field_reaches_the_model_and_may_change_on_resume():
   config = default.get_config()
-  assert not pop.make_specs(config, 10)[0].model.fused_passes
+  assert not groups_lib.make_specs(config, 10)[0].model.fused_passes
   config.model.fused_passes = True
-  assert pop.make_specs(config, 10)[0].model.fused_passes
+  assert groups_lib.make_specs(config, 10)[0].model.fused_passes
   # Same results either way: a workdir saved without the field (or with False) resumes.
   saved = default.get_config().to_dict()
   assert checkpoint.config_differences(saved, config) == []

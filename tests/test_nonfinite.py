@@ -10,7 +10,9 @@ import pytest
 
 import launch
 import mhd_jax
-from mhd_jax import population as pop
+from mhd_jax import optim
+from mhd_jax import state as state_lib
+from mhd_jax import safety
 from mhd_jax import train
 from tests.conftest import short_config
 
@@ -34,7 +36,7 @@ def test_nan_learning_rate_on_the_only_step_exits_nonzero_without_a_checkpoint(t
 
 def _nan_updates_from_step(first_bad_step):
   """An optimizer whose updates turn NaN from `first_bad_step` on (losses stay finite there)."""
-  real = pop.make_optimizer
+  real = optim.make_optimizer
 
   def make_optimizer(opt_config, num_steps):
     scale = optax.scale_by_schedule(
@@ -45,11 +47,11 @@ def _nan_updates_from_step(first_bad_step):
 
 def test_checkpoint_every_step_keeps_only_finite_ones_and_the_last_step_is_checked(
     tmp_path, monkeypatch):
-  monkeypatch.setattr(pop, 'make_optimizer', _nan_updates_from_step(3))
+  monkeypatch.setattr(optim, 'make_optimizer', _nan_updates_from_step(3))
   workdir = str(tmp_path)
   config = short_config(num_steps=3, log_every=10, eval_every=10,
                         **{'checkpoint.every': 1, 'checkpoint.keep': 5})
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(safety.NonFiniteLossError,
                      match=r'at step 3 in clients \[0, 1, 2, 3, 4\].*last finite checkpoint '
                            r'\(step 2\)'):
     train.train_and_evaluate(config, workdir)
@@ -60,7 +62,7 @@ def test_checkpoint_every_step_keeps_only_finite_ones_and_the_last_step_is_check
 
 
 def test_state_check_names_the_clients_whose_state_broke():
-  state = pop.TrainState(step=jnp.array(4), groups=(pop.Group(
+  state = state_lib.TrainState(step=jnp.array(4), groups=(state_lib.Group(
       params={'w': jnp.array([[1.0], [jnp.inf], [2.0]])}, batch_stats={},
       opt_state={'m': jnp.array([[0.0], [0.0], [jnp.nan]])}),))
-  np.testing.assert_array_equal(train._finite_per_client(state), [True, False, False])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(safety.finite_per_client(state), [True, False, False])

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from mhd_jax import report
+from mhd_jax import safety
 from mhd_jax import train
 from tests.conftest import short_config
 
@@ -25,13 +26,13 @@ def _sigterm_then(fn):
 
 def test_sigterm_during_start_up_saves_step_1_and_stops(tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'communication_costs', _sigterm_then(train.communication_costs))
-  with pytest.raises(train.Preempted, match='at step 1;'):
+  with pytest.raises(safety.Preempted, match='at step 1;'):
     train.train_and_evaluate(short_config(num_steps=4), str(tmp_path))
   assert _steps(str(tmp_path)) == [1]
 
 
 def test_sigterm_during_the_report_is_a_preemption_of_the_saved_final_step(tmp_path, monkeypatch):
   monkeypatch.setattr(report, 'write', _sigterm_then(report.write))
-  with pytest.raises(train.Preempted, match='at step 4;'):
+  with pytest.raises(safety.Preempted, match='at step 4;'):
     train.train_and_evaluate(short_config(num_steps=4), str(tmp_path))
   assert _steps(str(tmp_path))[-1] == 4

@@ -7,6 +7,7 @@ from mhd_jax import autotune
 from mhd_jax import checkpoint
 from mhd_jax import evaluate
 from mhd_jax import logs
+from mhd_jax import safety
 from mhd_jax import train
 from tests.conftest import read_records, short_config
 
@@ -62,8 +63,8 @@ def test_a_window_cut_by_a_preemption_logs_the_same_means_after_the_resume(tmp_p
                            'checkpoint.every': 0})
   train.train_and_evaluate(config, str(tmp_path / 'reference'))
   with monkeypatch.context() as patch:  # a SIGTERM at step 6: the window of steps 5-8 is cut
-    patch.setattr(train._SigtermWatch, 'stop_at', lambda self, step: step == 6)
-    with pytest.raises(train.Preempted):
+    patch.setattr(safety.SigtermWatch, 'stop_at', lambda self, step: step == 6)
+    with pytest.raises(safety.Preempted):
       train.train_and_evaluate(config, str(tmp_path / 'cut'))
   train.train_and_evaluate(config, str(tmp_path / 'cut'))
   cut, reference = read_records(str(tmp_path / 'cut')), read_records(str(tmp_path / 'reference'))

@@ -12,7 +12,7 @@ import mhd_jax
 from mhd_jax import baselines
 from mhd_jax import checkpoint
 from mhd_jax import models
-from mhd_jax import population as pop
+from mhd_jax import state as state_lib
 from mhd_jax import step as step_lib
 from mhd_jax import train
 from tests import test_step as ts
@@ -55,7 +55,7 @@ def assert_trees_equal(a, b):
 
 def test_checkpoint_round_trip_keeps_batch_stats_and_optimizer_state(tmp_path):
   specs = ts.make_specs('convbn')
-  state = pop.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
+  state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
   state, _ = jax.jit(step_lib.make_train_step(specs, ts.ADJ, ts.distill_config()))(
       state, ts.make_batch(0), jax.random.PRNGKey(1))
   group = state.groups[0]

@@ -1,54 +1,21 @@
-"""All clients' state in one pytree, stacked on a leading client axis.
+"""How the stacked clients run: one function applied to every client's slice (`map_clients`).
 
-A population is a tuple of groups, one per architecture; clients are numbered
-group after group (group 0 holds clients 0..n_0-1, and so on). Groups meet only
-through their outputs on the public batch.
+The strategies compute the same function and differ in the program XLA gets
+(see `map_clients`); `hybrid` patches JAX's batching rule for convolutions
+while it traces. `for_each_client` adds where the clients live: under a device
+mesh each device runs only its own clients (`shard_map` over the client axis).
 """
 
 import contextlib
-import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from mhd_jax import models
-
-STRATEGIES = ('auto', 'vmap', 'hybrid', 'loop')
-OPTIMIZERS = ('adam', 'sgd')  # make_optimizer dispatches on these (and config_check reads them)
-SCHEDULES = ('constant', 'cosine')
-
-
-@flax.struct.dataclass
-class Group:
-  """Stacked state of one group's clients: every leaf has a leading [n_clients] axis."""
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  groups: tuple[Group, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupSpec:
-  """What is static about a group: its model, its optimizer, its size."""
-  model: models.MultiHeadClassifier
-  tx: optax.GradientTransformation
-  num_clients: int
-
-
-def offsets(specs: Sequence[GroupSpec]) -> list[int]:
-  """Global id of each group's first client."""
-  return [int(x) for x in np.cumsum([0] + [s.num_clients for s in specs])[:-1]]
+STRATEGIES = ('auto', 'vmap', 'hybrid', 'loop')  # map_clients dispatches on these
 
 
 def resolve_strategy(strategy: str, backend: str | None = None,
@@ -88,7 +55,7 @@ def uses_convolutions(fn: Callable, *args) -> bool:
   return 'conv_general_dilated' in str(jax.make_jaxpr(fn)(*abstract))
 
 
-def strategy_for(strategy: str, specs: Sequence['GroupSpec'], image_shape) -> str:
+def strategy_for(strategy: str, specs: Sequence, image_shape) -> str:
   """`resolve_strategy` for a population's models on images of `image_shape`."""
   if strategy != 'auto':
     return resolve_strategy(strategy)
@@ -210,89 +177,24 @@ def map_clients(fn: Callable, strategy: str, *args, in_axes=0):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def init_group(spec: GroupSpec, first_client: int, image_shape, rng) -> Group:
-  """Client i's variables come from `fold_in(rng, i)` (i global), whatever N is."""
-  keys = jnp.stack([jax.random.fold_in(rng, first_client + i) for i in range(spec.num_clients)])
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
-
-  @jax.jit
-  def init(keys):
-    variables = jax.vmap(lambda k: spec.model.init(k, dummy, train=False))(keys)
-    params = variables['params']
-    return Group(params=params, batch_stats=variables.get('batch_stats', {}),
-                 opt_state=jax.vmap(spec.tx.init)(params))
-
-  return init(keys)
 
 
-def init_state(specs: Sequence[GroupSpec], image_shape, rng) -> TrainState:
-  groups = tuple(init_group(s, off, image_shape, rng) for s, off in zip(specs, offsets(specs)))
-  return TrainState(step=jnp.zeros((), jnp.int32), groups=groups)
+def for_each_client(fn: Callable, strategy: str, mesh=None, in_axes=0) -> Callable:
+  """`map_clients(fn, strategy, *args, in_axes=in_axes)` as a function of `args`, placed.
 
-
-def client_slice(state: TrainState, specs: Sequence[GroupSpec], client: int):
-  """(group index, Group of one client without the client axis) for a global client id."""
-  for g, (spec, off) in enumerate(zip(specs, offsets(specs))):
-    if off <= client < off + spec.num_clients:
-      return g, jax.tree.map(lambda x: x[client - off], state.groups[g])
-  raise IndexError(f'client {client} out of range.')
-
-
-def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
-  """optax optimizer from `config.optimizer`, with warm-up then constant or cosine decay."""
-  lr = opt_config.learning_rate
-  if opt_config.schedule == 'cosine':
-    lr = optax.warmup_cosine_decay_schedule(0.0, lr, opt_config.warmup_steps,
-                                            max(num_steps, opt_config.warmup_steps + 1))
-  elif opt_config.schedule == 'constant':
-    if opt_config.warmup_steps:
-      lr = optax.join_schedules([optax.linear_schedule(0.0, lr, opt_config.warmup_steps),
-                                 optax.constant_schedule(lr)], [opt_config.warmup_steps])
-  else:
-    raise ValueError(f'optimizer.schedule must be one of {", ".join(SCHEDULES)}, '
-                     f'got {opt_config.schedule!r}.')
-  if opt_config.name == 'adam':
-    tx = optax.adamw(lr, weight_decay=opt_config.weight_decay)
-  elif opt_config.name == 'sgd':
-    tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay),
-                     optax.sgd(lr, momentum=opt_config.momentum or None, nesterov=True))
-  else:
-    raise ValueError(f"optimizer.name must be 'adam' or 'sgd', got {opt_config.name!r}.")
-  if opt_config.grad_clip:
-    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip), tx)
-  return tx
-
-
-def group_configs(config) -> list[tuple[str, int, object]]:
-  """(name, num_clients, model config) of each group, in client order.
-
-  `config.groups` empty: one group of `config.num_clients` clients of
-  `config.model`. Otherwise each entry `config.groups.NAME` has `num_clients`
-  and `model`, whose fields override `config.model`'s; the sizes must add up
-  to `config.num_clients`.
+  With a `mesh` (a `jax.sharding.Mesh` with a 'clients' axis), every argument
+  mapped over clients is sharded on that axis and each device runs `fn` on its
+  own clients only (`shard_map`); shared arguments are replicated. Without a
+  mesh the clients run wherever their arrays are.
   """
-  if not config.get('groups'):
-    return [('clients', config.num_clients, config.model)]
-  out = []
-  for name, group in config.groups.items():
-    model = config.model.copy_and_resolve_references()
-    with model.unlocked():
-      model.update(group.get('model', {}))
-    out.append((name, group.num_clients, model))
-  total = sum(n for _, n, _ in out)
-  if total != config.num_clients:
-    raise ValueError(f'groups hold {total} clients in all but num_clients is '
-                     f'{config.num_clients}.')
-  return out
-
-
-def group_sizes(config) -> tuple[int, ...]:
-  """Clients per group, as `make_specs` will build them (known before the data is)."""
-  return tuple(n for _, n, _ in group_configs(config))
-
-
-def make_specs(config, num_classes: int) -> tuple[GroupSpec, ...]:
-  """The population's groups from a config (see `group_configs`)."""
-  tx = make_optimizer(config.optimizer, config.num_steps)
-  return tuple(GroupSpec(models.make_model(model, config.num_heads, num_classes), tx, n)
-               for _, n, model in group_configs(config))
+  mapped = lambda *args: map_clients(fn, strategy, *args, in_axes=in_axes)
+  if mesh is None:
+    return mapped
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  def spec(ax):
+    return P('clients') if ax == 0 else P()
+  def placed(*args):
+    axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+    return jax.shard_map(mapped, mesh=mesh, in_specs=tuple(spec(ax) for ax in axes),
+                         out_specs=P('clients'))(*args)
+  return placed

@@ -1,19 +1,21 @@
-"""The population's client axis spread over devices and hosts (DESIGN §4).
+"""Where the clients live: the mesh, the padding that fills it, shardings and batch placement.
 
 Every leaf of every group's state has a leading client axis; it is sharded
 over the mesh axis 'clients' (`NamedSharding(mesh, P('clients'))`), so each
 device holds, and computes, only its own clients. The public batch is
 replicated. Inside the step each device runs the model on its clients
-(`shard_map`, see `step.make_train_step`); the distillation targets are built
+(`clients.for_each_client` with the mesh); the distillation targets are built
 in the global view from all clients' public outputs, and XLA moves those
 outputs between devices with the collectives the shardings call for (an
 all-gather of [N, H, B_pub, C] logits: the only cross-client traffic, as in
 the algorithm).
 
 A group whose size the device count does not divide is padded at its end with
-masked clients (copies of its client 0 fed zero images): they get no target
-and no loss and their state never changes. Metrics, predictions and
-`unpad_state` speak of the real clients only.
+clients that are never active (copies of its client 0 fed zero images):
+`network` marks them inactive, so the step gives them no target and no loss
+and leaves their state unchanged. This module is the one place that converts
+between the real clients and the stacked (padded) ones: `network`,
+`pad_state`/`unpad_state`, `place_batch`, `real`.
 
 Multi-host: `initialize_distributed` starts `jax.distributed` when the config
 asks; each process then feeds only the clients its devices hold
@@ -29,9 +31,8 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from mhd_jax import evaluate
-from mhd_jax import population as pop
-from mhd_jax import step as step_lib
+from mhd_jax import distill
+from mhd_jax import state as state_lib
 
 AXIS = 'clients'
 
@@ -114,28 +115,28 @@ class Layout:
 
   def state_shardings(self):
     """Sharding prefix of a TrainState: the step counter replicated, every group leaf by client."""
-    return pop.TrainState(step=self.replicated, groups=self.clients)
+    return state_lib.TrainState(step=self.replicated, groups=self.clients)
 
   def batch_shardings(self):
     return {'private': self.clients, 'public': self.replicated}
 
-  def _pad(self, state: pop.TrainState) -> pop.TrainState:
+  def _pad(self, state: state_lib.TrainState) -> state_lib.TrainState:
     def pad(x, extra):
       return jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]) if extra else x
     groups = tuple(jax.tree.map(lambda x, e=p - n: pad(x, e), g)
                    for g, n, p in zip(state.groups, self.sizes, self.padded))
-    return pop.TrainState(step=state.step, groups=groups)
+    return state_lib.TrainState(step=state.step, groups=groups)
 
-  def pad_state(self, state: pop.TrainState) -> pop.TrainState:
+  def pad_state(self, state: state_lib.TrainState) -> state_lib.TrainState:
     """Pads every group with copies of its client 0 and places the state on the mesh."""
     return jax.jit(self._pad, out_shardings=self.state_shardings())(state)
 
-  def init_state(self, specs, image_shape, rng) -> pop.TrainState:
+  def init_state(self, specs, image_shape, rng) -> state_lib.TrainState:
     """`population.init_state`, padded, created already sharded: each device builds its clients."""
-    return jax.jit(lambda rng: self._pad(pop.init_state(specs, image_shape, rng)),
+    return jax.jit(lambda rng: self._pad(state_lib.init_state(specs, image_shape, rng)),
                    out_shardings=self.state_shardings())(rng)
 
-  def restore_target(self, abstract: pop.TrainState) -> pop.TrainState:
+  def restore_target(self, abstract: state_lib.TrainState) -> state_lib.TrainState:
     """`abstract` (the real clients' shapes) with the shardings to restore a checkpoint into.
 
     A group whose size the device count divides is restored by client (each
@@ -149,12 +150,12 @@ class Layout:
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     groups = tuple(jax.tree.map(lambda x, s=self.clients if n % d == 0 else self.replicated:
                                 target(x, s), g) for g, n in zip(abstract.groups, self.sizes))
-    return pop.TrainState(step=target(abstract.step, self.replicated), groups=groups)
+    return state_lib.TrainState(step=target(abstract.step, self.replicated), groups=groups)
 
-  def unpad_state(self, state: pop.TrainState) -> pop.TrainState:
+  def unpad_state(self, state: state_lib.TrainState) -> state_lib.TrainState:
     """The real clients' state (e.g. for a checkpoint that any device count can restore)."""
     groups = tuple(jax.tree.map(lambda x, n=n: x[:n], g) for g, n in zip(state.groups, self.sizes))
-    return pop.TrainState(step=state.step, groups=groups)
+    return state_lib.TrainState(step=state.step, groups=groups)
 
   def _local_positions(self, g: int) -> np.ndarray:
     """Stacked positions (within group g) held by this process's devices, in order."""
@@ -193,28 +194,28 @@ class Layout:
         batch['public'])
     return {'private': tuple(groups), 'public': public}
 
-  def make_train_step(self, specs, adjacency, config, strategy: str):
-    """The jitted, sharded `train_step(state, batch, rng)` over the padded population.
-
-    `state` comes from `pad_state`, `batch` from `place_batch`; the state is
-    donated and comes back with the same shardings; metrics are [N] arrays
-    over the real clients, replicated.
-    """
-    step = step_lib.make_train_step(self.padded_specs(specs), adjacency, config, strategy,
-                                    mesh=self.mesh, real_clients=self.real_clients())
-    return jax.jit(step, in_shardings=(self.state_shardings(), self.batch_shardings(),
-                                       self.replicated),
-                   out_shardings=(self.state_shardings(), self.replicated), donate_argnums=0)
-
-  def make_predict(self, specs, strategy: str):
-    """Jitted `predict(state, images) -> [N, H, B]` predictions, each device on its clients."""
-    padded = self.padded_specs(specs)
-    per_device = jax.shard_map(evaluate.make_predict(padded, strategy), mesh=self.mesh,
-                               in_specs=(self.state_specs(), P()), out_specs=P(AXIS))
+  def network(self, net: distill.Network) -> distill.Network:
+    """A network over the real clients, over the stacked ones: padding is inactive, teaches
+    nobody, and gets ids N, N+1, ... (jittable: `net` may be traced)."""
     real = self.real_clients()
-    return jax.jit(lambda state, images: per_device(state, images)[real],
-                   in_shardings=(self.state_shardings(), self.replicated),
-                   out_shardings=self.replicated)
+    if len(real) == sum(self.padded):
+      return net
+    s, n = sum(self.padded), len(real)
+    pad_ids = np.setdiff1d(np.arange(s), real)
+    ids = np.zeros(s, np.int32)
+    ids[pad_ids] = n + np.arange(len(pad_ids))
+    return distill.Network(
+        adjacency_SxS=jnp.zeros((s, s), jnp.float32).at[np.ix_(real, real)].set(
+            net.adjacency_SxS),
+        active_S=jnp.zeros(s, bool).at[real].set(net.active_S),
+        ids_S=jnp.asarray(ids).at[real].set(net.ids_S))
+
+  def real(self, tree):
+    """[S, ...] leaves over the stacked clients -> [N, ...] over the real ones."""
+    real = self.real_clients()
+    if len(real) == sum(self.padded):
+      return tree
+    return jax.tree.map(lambda x: x[real], tree)
 
   def state_specs(self):
-    return pop.TrainState(step=P(), groups=P(AXIS))
+    return state_lib.TrainState(step=P(), groups=P(AXIS))

@@ -1,0 +1,126 @@
+"""Multi-head distillation over the stacked clients: who teaches whom, the targets, the loss.
+
+Loss of client i (docs/algorithm.md):
+
+    L_i = CE(z_i^0(x_i), y_i)
+        + nu_main * KD_T(t_i^0 || z_i^0(u))
+        + nu_aux  * sum_{k>=1} KD_T(t_i^k || z_i^k(u))
+        + nu_emb  * mean_u ||e_i(u) - sg(t_i^emb)||^2
+
+The targets t_i^k mix the candidates' public outputs (`losses.mixing_weights`)
+and are constants: the gradient of sum_i L_i with respect to client i's
+parameters is the gradient of L_i alone.
+
+Everything here is over the S stacked clients a `Network` describes: the
+clients that are not active this step (unavailable, or padding that fills a
+device mesh) teach nobody, and their own terms are left out of the total.
+"""
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from mhd_jax import losses
+
+
+@flax.struct.dataclass
+class Network:
+  """Who talks this step, over the S stacked clients; an input of the step (no recompiles)."""
+  adjacency_SxS: jax.Array  # float32, A[i, j] > 0 when i learns from j
+  active_S: jax.Array       # bool: the client teaches and learns this step
+  ids_S: jax.Array          # int32 client ids (padding: ids >= N); they key the random draws
+
+  @classmethod
+  def static(cls, adjacency_NxN) -> 'Network':
+    """Every client active, ids 0..N-1."""
+    n = len(adjacency_NxN)
+    return cls(jnp.asarray(adjacency_NxN, jnp.float32), jnp.ones(n, bool),
+               jnp.arange(n, dtype=jnp.int32))
+
+
+@flax.struct.dataclass
+class Metrics:
+  """Each client's loss terms this step, arrays [S] (or [N] once the padding is dropped)."""
+  loss: jax.Array
+  ce: jax.Array
+  kd_main: jax.Array
+  kd_aux: jax.Array
+  emb: jax.Array
+  train_acc: jax.Array
+
+  def as_dict(self) -> dict:
+    return {k: getattr(self, k) for k in TERMS}
+
+
+TERMS = tuple(f.name for f in dataclasses.fields(Metrics))  # metrics.jsonl's names, in order
+
+
+def mixing(public_logits_SxHxBxC, net: Network, config, rng):
+  """(M [S, H, B, S] mixing weights, P [S, H, B, C] teacher probabilities) of this step.
+
+  Only active clients teach; rows of inactive clients carry no neighbour.
+  """
+  live = net.active_S.astype(jnp.float32)
+  adjacency = net.adjacency_SxS * live[:, None] * live[None, :]
+  weights_HxSxS = losses.candidate_weights(adjacency, public_logits_SxHxBxC.shape[1],
+                                           config.include_self)
+  probs = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
+  return losses.mixing_weights(probs, weights_HxSxS, config.target, rng, net.ids_S), probs
+
+
+def embedding_losses(mixing_SxHxBxS, embs, sizes):
+  """[S] embedding terms; `embs` per group ([n_g, B, D_g]), `sizes` the groups' client counts.
+
+  Client i's target follows head 0's mixing, restricted to candidates whose
+  embedding size matches i's (renormalised; examples whose source has another
+  size carry no embedding loss).
+  """
+  firsts = [sum(sizes[:g]) for g in range(len(sizes))]
+  dims = [e.shape[-1] for e in embs]
+  out = []
+  for g, emb in enumerate(embs):
+    same = [h for h in range(len(embs)) if dims[h] == dims[g]]
+    cols = jnp.concatenate([jnp.arange(firsts[h], firsts[h] + sizes[h]) for h in same])
+    m_nxBxM = mixing_SxHxBxS[firsts[g]:firsts[g] + sizes[g], 0][:, :, cols]
+    total_nxB = m_nxBxM.sum(-1)
+    m_nxBxM = m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]
+    teachers = jax.lax.stop_gradient(jnp.concatenate([embs[h] for h in same]))
+    targets = losses.mix_embeddings(m_nxBxM, teachers)
+    out.append(jax.vmap(losses.embedding_mse)(emb, targets, (total_nxB > 0).astype(emb.dtype)))
+  return jnp.concatenate(out)
+
+
+def client_terms(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, targets_HxBxC, has_target_H,
+                 emb_loss, config) -> Metrics:
+  """The loss terms of one client given its (constant) targets and embedding term."""
+  t = config.temperature
+  kd_H = jnp.stack([losses.kd(targets_HxBxC[k], logits_pub_HxBxC[k], t)
+                    for k in range(logits_pub_HxBxC.shape[0])]) * has_target_H
+  ce = losses.cross_entropy(logits_priv_HxBxC[0], labels_B)
+  loss = (ce + config.nu_main * kd_H[0] + config.nu_aux * kd_H[1:].sum()
+          + config.nu_emb * emb_loss)
+  return Metrics(loss=loss, ce=ce, kd_main=kd_H[0], kd_aux=kd_H[1:].sum(), emb=emb_loss,
+                 train_acc=jnp.mean(jnp.argmax(logits_priv_HxBxC[0], -1) == labels_B))
+
+
+def terms(private_logits, labels, public_logits, embs, sizes, net: Network, config,
+          rng) -> Metrics:
+  """Every stacked client's loss terms ([S] each) from its outputs this step.
+
+  `private_logits`/`public_logits` are [S, H, B, C] over all groups, `labels`
+  [S, B], `embs` the public embeddings per group, `sizes` the groups' sizes.
+  """
+  m_SxHxBxS, probs = mixing(public_logits, net, config, rng)
+  targets = losses.mix_targets(m_SxHxBxS, probs)
+  has_target_SxH = m_SxHxBxS.sum(axis=(2, 3)) > 0
+  emb_S = (embedding_losses(m_SxHxBxS, embs, sizes) if config.nu_emb
+           else jnp.zeros(labels.shape[0], private_logits.dtype))
+  return jax.vmap(lambda *a: client_terms(*a, config=config))(
+      private_logits, labels, public_logits, targets, has_target_SxH, emb_S)
+
+
+def total_loss(metrics: Metrics, net: Network):
+  """The sum of the active clients' losses: what the step differentiates."""
+  return jnp.where(net.active_S, metrics.loss, 0.0).sum()

@@ -1,0 +1,55 @@
+"""The run's compiled programs: the training step and prediction, placed on a `layout.Layout`.
+
+Each is jitted once here, with the layout's shardings: the state is sharded by
+client and donated, the public batch and the network replicated. Their
+inputs and outputs speak of the N real clients (the layout pads and unpads
+inside the program); metrics and predictions come back replicated.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mhd_jax import clients
+from mhd_jax import distill
+from mhd_jax import evaluate
+from mhd_jax import layout as layout_lib
+from mhd_jax import step as step_lib
+
+
+def watch_nonfinite(metrics: distill.Metrics, step, first_bad_N):
+  """Per client, the first step whose loss terms were not all finite (0: none so far).
+
+  Computed on device in the step's program, so checking it costs one small
+  transfer where the loop syncs anyway. The loss is that of the state before
+  the update; `safety.make_state_check` checks the state after it.
+  """
+  finite_N = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.as_dict().values()]), axis=0)
+  return jnp.where((first_bad_N == 0) & ~finite_N, step, first_bad_N)
+
+
+def train_step(layout: layout_lib.Layout, specs, config, strategy: str):
+  """Jitted `(state, batch, rng, first_bad_N, net) -> (state, metrics_N, first_bad_N)`.
+
+  `state` comes from `layout.pad_state`, `batch` from `layout.place_batch`;
+  `net` is this step's `distill.Network` over the real clients.
+  """
+  padded = layout.padded_specs(specs)
+  for_each = lambda fn, in_axes: clients.for_each_client(fn, strategy, layout.mesh, in_axes)
+
+  def run(state, batch, rng, first_bad_N, net):
+    state, metrics = step_lib.train_step(state, batch, rng, layout.network(net), specs=padded,
+                                         config=config, for_each=for_each)
+    metrics = layout.real(metrics)
+    return state, metrics, watch_nonfinite(metrics, state.step, first_bad_N)
+
+  r = layout.replicated
+  return jax.jit(run, in_shardings=(layout.state_shardings(), layout.batch_shardings(), r, r, r),
+                 out_shardings=(layout.state_shardings(), r, r), donate_argnums=(0, 3))
+
+
+def predict(layout: layout_lib.Layout, specs, strategy: str):
+  """Jitted `predict(state, images) -> [N, H, B]` predictions, each device on its clients."""
+  fn = evaluate.make_predict(layout.padded_specs(specs), strategy, layout.mesh)
+  return jax.jit(lambda state, images: layout.real(fn(state, images)),
+                 in_shardings=(layout.state_shardings(), layout.replicated),
+                 out_shardings=layout.replicated)

@@ -1,0 +1,74 @@
+"""All clients' state in one pytree, stacked on a leading client axis, and its initialisation.
+
+A population is a tuple of groups, one per architecture; clients are numbered
+group after group (group 0 holds clients 0..n_0-1, and so on). Groups meet only
+through their outputs on the public batch.
+"""
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mhd_jax import models
+
+
+@flax.struct.dataclass
+class Group:
+  """Stacked state of one group's clients: every leaf has a leading [n_clients] axis."""
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  groups: tuple[Group, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+  """What is static about a group: its model, its optimizer, its size."""
+  model: models.MultiHeadClassifier
+  tx: optax.GradientTransformation
+  num_clients: int
+
+
+def offsets(specs: Sequence[GroupSpec]) -> list[int]:
+  """Global id of each group's first client."""
+  return [int(x) for x in np.cumsum([0] + [s.num_clients for s in specs])[:-1]]
+
+
+def init_group(spec: GroupSpec, first_client: int, image_shape, rng) -> Group:
+  """Client i's variables come from `fold_in(rng, i)` (i global), whatever N is."""
+  keys = jnp.stack([jax.random.fold_in(rng, first_client + i) for i in range(spec.num_clients)])
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+
+  @jax.jit
+  def init(keys):
+    variables = jax.vmap(lambda k: spec.model.init(k, dummy, train=False))(keys)
+    params = variables['params']
+    return Group(params=params, batch_stats=variables.get('batch_stats', {}),
+                 opt_state=jax.vmap(spec.tx.init)(params))
+
+  return init(keys)
+
+
+def init_state(specs: Sequence[GroupSpec], image_shape, rng) -> TrainState:
+  groups = tuple(init_group(s, off, image_shape, rng) for s, off in zip(specs, offsets(specs)))
+  return TrainState(step=jnp.zeros((), jnp.int32), groups=groups)
+
+
+def client_slice(state: TrainState, specs: Sequence[GroupSpec], client: int):
+  """(group index, Group of one client without the client axis) for a global client id."""
+  for g, (spec, off) in enumerate(zip(specs, offsets(specs))):
+    if off <= client < off + spec.num_clients:
+      return g, jax.tree.map(lambda x: x[client - off], state.groups[g])
+  raise IndexError(f'client {client} out of range.')
+
+
