@@ -8,8 +8,12 @@ Each client owns two of the ten digit classes (skew 0.9: 90% of its private
 examples come from them); 30% of the training images form the unlabelled
 public set. Switch distillation off with
 `--config.nu_main=0 --config.nu_aux=0 --config.nu_emb=0`, or use one head
-(`--config.num_heads=1`) for naive distillation. Every field is documented in
-the README ("Configuration").
+(`--config.num_heads=1`) for naive distillation.
+
+This file is the config reference: every field is documented by the comment
+beside it or by the comment block just above it (tests/test_configs.py checks
+that none is left without). Every field can be overridden on the command line
+by its dotted name, e.g. `--config.data.batch_size=64`.
 """
 
 import ml_collections
@@ -19,14 +23,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0                 # partition, init, sampling and target draws derive from it
-  c.num_steps = 1500
-  c.log_every = 100          # progress line and metrics.jsonl record every N steps
+  c.num_steps = 1500         # training steps
+  c.log_every = 100          # progress line and metrics.jsonl record every N steps (the only
+                             # host sync)
   c.eval_every = 500         # evaluation every N steps (and at the end)
-  c.strategy = 'auto'        # how clients run inside the step: auto | vmap | hybrid | loop
+  # How clients run inside the step (docs/scale.md): 'vmap' batches all clients into one
+  # program; 'hybrid' keeps vmap but writes each client's convolutions out one by one;
+  # 'loop' writes every client out inside one jit; 'auto' measures them (below).
+  c.strategy = 'auto'        # auto | vmap | hybrid | loop
   c.strategy_measure_steps = 3  # auto, models with convolutions: time vmap, hybrid and loop
                              # for N steps each after compiling and train with the fastest (cached
                              # in $MHD_STRATEGY_CACHE or ~/.cache/mhd_jax/strategies.json);
-                             # 0 = no measuring: population.resolve_strategy's static rule
+                             # 0 = no measuring, the static rule: 'loop' on CPU for models
+                             # with convolutions, else 'vmap'
   c.num_devices = 0          # devices the client axis is sharded over (0 = all)
   # jax.profiler trace of steps start_step .. start_step + num_steps - 1 into WORKDIR/profile/
   # (open with TensorBoard's profile plugin, or perfetto_trace.json.gz at ui.perfetto.dev).
@@ -36,61 +45,67 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict()  # multi-host start-up (jax.distributed)
   c.distributed.initialize = False     # True on multi-host TPU pods / GPU clusters
   c.distributed.coordinator_address = ''  # '' = let JAX detect the cluster; else 'host:port'
-  c.distributed.num_processes = 0      # with coordinator_address
-  c.distributed.process_id = -1        # with coordinator_address
+  c.distributed.num_processes = 0      # passed to jax.distributed.initialize when
+  c.distributed.process_id = -1        # coordinator_address is set
 
   # Orbax checkpoints in WORKDIR/checkpoints; a run on a workdir that holds some
-  # resumes from the latest (see mhd_jax/checkpoint.py for what may change).
+  # resumes from the latest that verifies (docs/durable_runs.md: what may change).
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 500   # save every N steps, and always at the end; 0 = only at the end
   c.checkpoint.keep = 3      # how many of the latest checkpoints to keep
 
-  c.num_clients = 5
+  c.num_clients = 5          # N, the clients of the population
   c.num_heads = 3            # 1 = naive distillation, >= 2 = MHD
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'digits'     # 'digits' (embedded) or a TFDS name
   c.data.data_dir = ''       # TFDS data_dir ('' = TFDS default)
-  c.data.train_split = 'train'
-  c.data.eval_split = 'test'
+  c.data.train_split = 'train'  # TFDS split for training (digits: unused, see split_seed)
+  c.data.eval_split = 'test'   # TFDS split for evaluation (digits: unused)
   c.data.image_size = 8      # TFDS: output height and width
   c.data.augment = 'none'    # TFDS: 'imagenet' | 'cifar' | 'none'
   c.data.split_seed = 0      # digits: seed of the fixed train/test split
   c.data.test_fraction = 0.25  # digits: fraction held out for evaluation
   c.data.batch_size = 32     # private examples per client per step
   c.data.public_batch_size = 64  # public examples per step, shared by all clients
-  c.data.eval_batch_size = 512
+  c.data.eval_batch_size = 512  # evaluation batch (the last batch is padded and masked)
 
   c.partition = 'skew'       # 'skew' | 'dirichlet'
-  c.skew = 0.9               # 0 = iid, 1 = only primary classes
-  c.dirichlet_alpha = 0.5    # used when partition = 'dirichlet'
+  c.skew = 0.9               # probability that a private example goes to an owner of its
+                             # class (else to a random client): 0 = iid, 1 = disjoint
+  c.dirichlet_alpha = 0.5    # partition = 'dirichlet': concentration of the label partition
   c.public_fraction = 0.3    # fraction of the training set made public (unlabelled)
 
   c.topology = 'complete'    # none | complete | ring | chain | star | islands | random_regular | explicit
-  c.num_islands = 2          # topology = 'islands'
-  c.degree = 2               # topology = 'random_regular'
-  c.adjacency = ''           # topology = 'explicit': rows separated by ';', e.g. '0 1; 1 0'
+  c.num_islands = 2          # topology = 'islands': number of disconnected cliques
+  c.degree = 2               # topology = 'random_regular': neighbours per client
+  c.adjacency = ''           # topology = 'explicit': rows separated by ';', e.g. '0 1; 1 0';
+                             # A[i, j] > 0: client i learns from client j
 
   c.nu_main = 1.0            # weight of head-0 distillation
   c.nu_aux = 1.0             # weight of the auxiliary heads' distillation
   c.nu_emb = 0.0             # weight of embedding distillation
   c.temperature = 1.0        # KD temperature T (losses scaled by T^2)
-  # How a head's target is built from its candidates (losses.mixing_weights): most_confident |
-  # mean | random | confidence_weighted | neighbours_first | neighbour_and_self.
-  # confidence_weighted is the measured MHD recipe (README, "When do auxiliary heads help?").
+  # How a head's target is built from its candidates: most_confident | mean | random |
+  # confidence_weighted | neighbours_first | neighbour_and_self.
+  # confidence_weighted is the measured MHD recipe (docs/results.md, "When do auxiliary heads
+  # help?"); the rules' formulas are in docs/algorithm.md.
   c.target = 'confidence_weighted'
   c.include_self = False     # aux head k also distils from the client's own head k-1
-  c.average_every = 0        # FedAvg / gossip baseline: average weights along the graph every
-                             # N steps (same-architecture clients only); 0 = off
+  c.average_every = 0        # FedAvg / gossip baseline: every N steps each client averages
+                             # its weights with its in-neighbours' (W = D^-1 (A + I), within
+                             # its group: same-architecture clients only); 0 = off
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'       # mlp | cnn | resnet18 | resnet34 | resnet18_cifar | resnet34_cifar
-  c.model.width = 128
-  c.model.depth = 2          # mlp / cnn only
-  c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators)
-  c.model.aux_backbone_grad = True  # aux-head losses reach the backbone
+  c.model.width = 128        # MLP units / CNN base channels / ResNet base width (64 canonical)
+  c.model.depth = 2          # MLP layers / CNN stages (mlp / cnn only)
+  c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators); params stay float32
+  c.model.aux_backbone_grad = True  # aux-head losses reach the backbone (else only their head)
   c.model.fused_passes = False  # one model call per client on [private; public], batch
-                             # statistics per segment (same results; fewer, larger convs)
+                             # statistics per segment (same results up to float rounding;
+                             # fewer, larger convs). Off: 1.25x slower on 2 CPU cores, and
+                             # slower on a GPU at N = 8 (docs/scale.md)
 
   # Heterogeneous populations: c.groups.NAME = {'num_clients': n, 'model': {...overrides of
   # c.model}}, in client order; empty = one group of c.model (see configs/digits_hetero.py).
@@ -98,10 +113,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'  # 'adam' (AdamW) | 'sgd' (Nesterov momentum)
-  c.optimizer.learning_rate = 1e-3
+  c.optimizer.learning_rate = 1e-3  # peak learning rate (as in optax)
   c.optimizer.momentum = 0.9  # sgd only
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.schedule = 'constant'  # 'constant' | 'cosine'
-  c.optimizer.warmup_steps = 0
+  c.optimizer.weight_decay = 0.0  # decoupled weight decay (AdamW; sgd: added to the gradient)
+  c.optimizer.schedule = 'constant'  # 'constant' | 'cosine' (decays to 0 at num_steps)
+  c.optimizer.warmup_steps = 0  # linear warm-up steps before the schedule
   c.optimizer.grad_clip = 0.0  # global-norm clip per client; 0 = off
   return c

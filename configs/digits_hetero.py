@@ -11,8 +11,8 @@ digit classes (skew 0.9). The `models` study compares this mix with small-only
 and large-only populations.
 
 Targets are `most_confident`: the default `confidence_weighted` mixtures
-collapsed this mix (shared accuracy 80 against 94; README, "When do auxiliary
-heads help?").
+collapsed this mix (shared accuracy 80 against 94; docs/results.md, "Where the
+recipe fails").
 """
 
 from configs import default

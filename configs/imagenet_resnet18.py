@@ -8,19 +8,19 @@ under `tfds.testing.mock_data`):
     python launch.py --config=configs/imagenet_resnet18.py:small --workdir=/tmp/r18_small
 
 Prepare the data once (TFDS needs the two ILSVRC2012 tar files, downloaded by
-hand, in DATA_DIR/downloads/manual/; see the README, "Data"):
+hand, in DATA_DIR/downloads/manual/; see docs/data.md):
 
-    python -m mhd_jax.prepare --dataset=imagenet2012 --data_dir=DATA_DIR
+    python -m mhd_jax.data.prepare --dataset=imagenet2012 --data_dir=DATA_DIR
 
-The setting (the paper's full text is not in our hands, DESIGN §2: these are
-our choices for the setting its introduction describes):
+The setting (the paper's full text is not in our hands: these are our
+choices for the setting its introduction describes; docs/algorithm.md):
 - clients: 8 ResNet-18 (ImageNet stem, 11.7M parameters each), 4 heads (MHD);
 - data: imagenet2012; 10% of the training set is the unlabelled public set;
   each client owns 125 primary classes, skew 0.9 (90% of a client's private
   examples come from its own classes); evaluation on the 50,000 validation
   images, private accuracy on the client's 125 classes;
 - graph: complete; targets `confidence_weighted` (the recipe measured on the
-  digits, README "When do auxiliary heads help?"), T = 1, nu_main = nu_aux = 1,
+  digits, docs/results.md "When do auxiliary heads help?"), T = 1, nu_main = nu_aux = 1,
   no embedding distillation (`--config.nu_emb=1` to add it);
 - batches: 128 private images per client per step, one public batch of 128
   shared by all clients, 224x224 Inception crops + flips;
@@ -28,7 +28,7 @@ our choices for the setting its introduction describes):
   weight decay 5e-5, 5,000 warm-up steps then cosine decay to 0;
 - steps: 100,000 (each client's ~144k private images: ~90 epochs);
 - bfloat16 compute, float32 parameters.
-Expected results: not measured yet (no accelerator in our CI); the README
+Expected results: not measured yet (no accelerator in our CI); docs/results.md
 records what we run.
 """
 

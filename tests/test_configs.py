@@ -3,7 +3,10 @@ build their data and step under mock data, and one of them runs end to end."""
 
 import glob
 import importlib
+import io
 import os
+import re
+import tokenize
 
 import jax
 import numpy as np
@@ -28,7 +31,8 @@ def get_config(name, arg=None):
   return importlib.import_module(f'configs.{name}').get_config(arg)
 
 
-# The design settings of every config (README, "Configs"): a change must be deliberate.
+# The design settings of every config (README, "Configs"; each config's docstring): a change
+# must be deliberate.
 # (num_clients, num_heads, topology, skew, public_fraction, dataset, backbone, num_steps)
 DESIGN = {
     'default': (5, 3, 'complete', 0.9, 0.3, 'digits', 'mlp', 1500),
@@ -38,6 +42,35 @@ DESIGN = {
     'imagenet_resnet18': (8, 4, 'complete', 0.9, 0.1, 'imagenet2012', 'resnet18', 100000),
     'imagenet_resnet34': (8, 4, 'complete', 0.9, 0.1, 'imagenet2012', 'resnet34', 100000),
 }
+
+
+def _leaves(tree, prefix=''):
+  """Dotted names of a config dict's leaves; an empty dict (`groups`) is a leaf."""
+  if not isinstance(tree, dict) or not tree:
+    return [prefix[:-1]]
+  return [leaf for k, v in tree.items() for leaf in _leaves(v, f'{prefix}{k}.')]
+
+
+def test_every_default_field_has_a_comment():
+  """configs/default.py is the config reference: each field's assignment carries a trailing
+  comment, or sits right under a comment block at its own indentation (a continuation line
+  of the field above, indented to the comment column, does not count)."""
+  source = open(os.path.join(ROOT, 'configs', 'default.py')).read()
+  lines = source.splitlines()
+  trailing = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+              if tok.type == tokenize.COMMENT and lines[tok.start[0] - 1].lstrip()[0] != '#'}
+  fields = _leaves(get_config('default').to_dict())
+  assert len(fields) == len(config_check.FIELDS) + 1  # + groups, checked by its own rules
+  undocumented = []
+  for field in fields:
+    at = [i for i, line in enumerate(lines, 1)
+          if re.match(rf'(\s*)c\.{re.escape(field)} = ', line)]
+    assert len(at) == 1, f'c.{field} is assigned {len(at)} times in configs/default.py'
+    indent = re.match(r'\s*', lines[at[0] - 1]).group()
+    above = lines[at[0] - 2]
+    if at[0] not in trailing and not above.startswith(indent + '#'):
+      undocumented.append(field)
+  assert undocumented == []
 
 
 def test_every_config_is_listed():
