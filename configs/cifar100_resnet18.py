@@ -1,6 +1,6 @@
 """CIFAR-100, ResNet-18 clients with the CIFAR stem.
 
-    python -m mhd_jax.prepare --dataset=cifar100 --data_dir=DATA_DIR   # once (downloads)
+    python -m mhd_jax.data.prepare --dataset=cifar100 --data_dir=DATA_DIR   # once (downloads)
     python launch.py --config=configs/cifar100_resnet18.py --config.data.data_dir=DATA_DIR \
         --workdir=workdirs/c100
     python launch.py --config=configs/cifar100_resnet18.py:small --workdir=/tmp/c100_small

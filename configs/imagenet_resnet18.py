@@ -10,7 +10,7 @@ under `tfds.testing.mock_data`):
 Prepare the data once (TFDS needs the two ILSVRC2012 tar files, downloaded by
 hand, in DATA_DIR/downloads/manual/; see the README, "Data"):
 
-    python -m mhd_jax.prepare --dataset=imagenet2012 --data_dir=DATA_DIR
+    python -m mhd_jax.data.prepare --dataset=imagenet2012 --data_dir=DATA_DIR
 
 The setting (the paper's full text is not in our hands, DESIGN §2: these are
 our choices for the setting its introduction describes):

@@ -17,7 +17,7 @@ and no loss and their state never changes. Metrics, predictions and
 
 Multi-host: `initialize_distributed` starts `jax.distributed` when the config
 asks; each process then feeds only the clients its devices hold
-(`Layout.local_client_ids`, to pass to `input_pipeline.get_data`), and
+(`Layout.local_client_ids`, to pass to `data.get_data`), and
 `Layout.place_batch` assembles the global batch from the processes' parts.
 """
 
