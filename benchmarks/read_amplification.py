@@ -3,7 +3,7 @@
     python benchmarks/read_amplification.py [--num_clients=10 --steps=60]
 
 Builds a synthetic JPEG dataset (300x400 images, 100 classes) in a temp dir as
-tfrecord (like an existing ImageNet copy), converts it with `mhd_jax.prepare`,
+tfrecord (like an existing ImageNet copy), converts it with `mhd_jax.data.prepare`,
 then feeds N clients for a number of steps with ImageNet preprocessing at 224 px
 while a counter under tfds counts every record read. Prints one JSON object per
 line: `read_amplification` = records read / examples consumed.
@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mhd_jax import prepare  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import tfds_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.data import prepare  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.data import tfds_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CLIENTS = flags.DEFINE_integer('num_clients', 10, 'Clients fed.')
 _STEPS = flags.DEFINE_integer('steps', 60, 'Training steps read.')
@@ -61,9 +61,9 @@ def main(argv):
       data=dict(name='synthetic_jpegs', data_dir=root, train_split='train',
                 eval_split='validation', image_size=224, augment='imagenet', batch_size=b,
                 public_batch_size=b_pub, eval_batch_size=128)))
-  builder = tfds_pipeline.get_builder('synthetic_jpegs', root)
-  sources, readers = tfds_pipeline.audited_sources(builder, ('train', 'validation'))
-  data = tfds_pipeline.get_data(config, sources=tuple(sources))
+  builder = tfds_data.get_builder('synthetic_jpegs', root)
+  sources, readers = tfds_data.audited_sources(builder, ('train', 'validation'))
+  data = tfds_data.get_data(config, sources=tuple(sources))
   startup_reads = readers[0].num_read
   batches = data.train_batches(0)
   next(batches)

@@ -12,7 +12,7 @@ run that `strategy = <the winner>` gives.
 Models without convolutions pay nothing: every backend batches their matmuls
 best with 'vmap', which is chosen without measuring. Nor is anything measured
 when `strategy_measure_steps` is 0 (the static rule of
-`population.resolve_strategy`), or when the run has fewer steps left than the
+`clients.resolve_strategy`), or when the run has fewer steps left than the
 measurement would take.
 
 Decisions are cached in a JSON file, `$MHD_STRATEGY_CACHE` or else

@@ -13,7 +13,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from mhd_jax import input_pipeline
+from mhd_jax import data as data_lib
 from mhd_jax import losses
 from mhd_jax import models
 from mhd_jax import partition as partition_lib
@@ -21,6 +21,7 @@ from mhd_jax import clients
 from mhd_jax import groups as groups_lib
 from mhd_jax import optim
 from mhd_jax import topology
+from mhd_jax.data import digits as digits_lib
 
 
 class ConfigError(ValueError):
@@ -43,8 +44,9 @@ def dotted(tree: dict, prefix: str = '') -> dict:
 
 
 def _dataset_problem(name: str, data_dir: str = '') -> str | None:
-  """'digits', or a name TFDS knows (looked up only for non-default datasets; whether it is
-  prepared is checked when it is opened, `tfds_pipeline.open_source`, before any compile)."""
+  """A name in `data.EMBEDDED` (the names `data.get_data` serves itself), or one TFDS knows
+  (looked up only then; whether it is prepared is checked when it is opened,
+  `data.tfds_data.open_source`, before any compile)."""
   absl_logger = logging.get_absl_logger()
   level = absl_logger.level
   absl_logger.setLevel(std_logging.ERROR)  # not absl's logging.ERROR, which is -2
@@ -55,18 +57,19 @@ def _dataset_problem(name: str, data_dir: str = '') -> str | None:
 
 
 def _tfds_problem(name: str, data_dir: str) -> str | None:
-  if name == 'digits':
+  if name in data_lib.EMBEDDED:
     return None
+  embedded = ' or '.join(repr(n) for n in data_lib.EMBEDDED)
   base = name.split(':')[0].split('/')[0]
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return (f"unknown dataset {name!r}: it is not 'digits', and tensorflow-datasets is not "
+    return (f'unknown dataset {name!r}: it is not {embedded}, and tensorflow-datasets is not '
             'installed to look it up (pip install -r requirements.txt).')
   try:
     tfds.builder_cls(base)
   except Exception:  # pylint: disable=broad-except  # tfds raises DatasetNotFoundError
-    return (f"unknown dataset {name!r}: config.data.name must be 'digits' or a TFDS "
+    return (f'unknown dataset {name!r}: config.data.name must be {embedded} or a TFDS '
             'dataset name (e.g. cifar10, cifar100, imagenet2012).')
   return None
 
@@ -150,7 +153,6 @@ FIELDS = {
 }
 # Keys of one `groups.NAME` entry, and the model fields it may override.
 GROUP_KEYS = ('num_clients', 'model')
-_DIGITS_EXAMPLES = 1797  # sklearn's load_digits, split by data.test_fraction
 
 
 def _field_problems(config) -> tuple[list[str], list[str]]:
@@ -190,10 +192,11 @@ def _range_problems(config) -> list[str]:
   """Sizes that depend on several fields."""
   problems = []
   if config.data.name == 'digits' and _is_num(config.data.test_fraction):
-    num_test = int(round(config.data.test_fraction * _DIGITS_EXAMPLES))
-    if not 1 <= num_test <= _DIGITS_EXAMPLES - 1:
+    num_test = int(round(config.data.test_fraction * digits_lib.NUM_EXAMPLES))
+    if not 1 <= num_test <= digits_lib.NUM_EXAMPLES - 1:
       problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
-                      f'{_DIGITS_EXAMPLES} digits for evaluation; both splits need examples.')
+                      f'{digits_lib.NUM_EXAMPLES} digits for evaluation; both splits need '
+                      'examples.')
   profile = config.get('profile') or {}
   first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
   if _is_int(first) and _is_int(count) and _is_int(config.num_steps) and count > 0 and not (
@@ -222,7 +225,7 @@ def _name_problems(config) -> list[str]:
       ('optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
       ('optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES),
       ('model.dtype', config.model.dtype, models.DTYPES),
-      ('data.augment', config.data.augment, input_pipeline.AUGMENTS)]:
+      ('data.augment', config.data.augment, data_lib.AUGMENTS)]:
     if value not in known:
       what = 'model' if field.endswith('model.name') else field
       problems.append(f'unknown {what} {value!r}: config.{field} must be one of '

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from mhd_jax import checkpoint
+from mhd_jax import data as data_lib
 from mhd_jax import evaluate
-from mhd_jax import input_pipeline
 from mhd_jax import logs
 from mhd_jax import groups as groups_lib
 from mhd_jax import state as state_lib
@@ -83,9 +83,9 @@ class Run:
     return self._cache[key]
 
   @functools.cached_property
-  def data(self) -> input_pipeline.Data:
+  def data(self) -> data_lib.Data:
     """The run's dataset and partition (built again from the config)."""
-    return input_pipeline.get_data(self.config)
+    return data_lib.get_data(self.config)
 
   def accuracies(self) -> evaluate.Accuracies:
     """Private and shared accuracy of every client and head on the evaluation split."""

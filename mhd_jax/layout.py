@@ -19,7 +19,7 @@ between the real clients and the stacked (padded) ones: `network`,
 
 Multi-host: `initialize_distributed` starts `jax.distributed` when the config
 asks; each process then feeds only the clients its devices hold
-(`Layout.local_client_ids`, to pass to `input_pipeline.get_data`), and
+(`Layout.local_client_ids`, to pass to `data.get_data`), and
 `Layout.place_batch` assembles the global batch from the processes' parts.
 """
 

@@ -28,8 +28,8 @@ from mhd_jax import baselines
 from mhd_jax import checkpoint
 from mhd_jax import communication
 from mhd_jax import config_check
+from mhd_jax import data as data_lib
 from mhd_jax import evaluate
-from mhd_jax import input_pipeline
 from mhd_jax import logs
 from mhd_jax import clients
 from mhd_jax import distill
@@ -242,7 +242,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   adjacency = topology.build(config)
   layout = layout_lib.Layout.create(groups_lib.group_sizes(config),
                                     layout_lib.make_mesh(config.num_devices))
-  data = input_pipeline.get_data(config, layout.local_client_ids())  # this process's clients
+  data = data_lib.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
   lock = checkpoint.WorkdirLock(workdir)

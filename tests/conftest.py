@@ -98,10 +98,11 @@ def hand_accuracies(workdir):
   """([N, H] private, [N, H] shared) accuracy of a finished digits run, recomputed without
   `evaluate.py`: the final checkpoint's logits on the raw test split, argmax against the
   labels; private accuracy over the test examples of the client's class block."""
-  from mhd_jax import explore, input_pipeline, partition  # pylint: disable=g-import-not-at-top
+  from mhd_jax import explore, partition  # pylint: disable=g-import-not-at-top
+  from mhd_jax.data import digits  # pylint: disable=g-import-not-at-top
   run = explore.load(workdir)
   c = run.config
-  _, (test_x, test_y) = input_pipeline._load_digits(  # pylint: disable=protected-access
+  _, (test_x, test_y) = digits._load_digits(  # pylint: disable=protected-access
       c.data.split_seed, c.data.test_fraction)
   blocks = partition.class_blocks(c.num_clients, 10)
   private, shared = [], []

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from mhd_jax import checkpoint
 from mhd_jax import config_check
-from mhd_jax import input_pipeline
+from mhd_jax import data as data_lib
 from mhd_jax import groups as groups_lib
 from mhd_jax import step as step_lib
 from mhd_jax import topology
@@ -98,7 +98,7 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   assert config.data.name != 'digits' and config.num_steps == 2
   config_check.validate(config)
   with tfds.testing.mock_data(num_examples=64):
-    data = input_pipeline.get_data(config)
+    data = data_lib.get_data(config)
     batch = next(data.train_batches(0))
   n, size = config.num_clients, config.data.image_size
   assert batch['private']['image'].shape == (n, config.data.batch_size, size, size, 3)

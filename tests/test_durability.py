@@ -16,7 +16,7 @@ import pytest
 import mhd_jax
 from mhd_jax import checkpoint
 from mhd_jax import config_check
-from mhd_jax import input_pipeline
+from mhd_jax import data as data_lib
 from mhd_jax import logs
 from mhd_jax import safety
 from mhd_jax import train
@@ -142,7 +142,7 @@ def test_longer_run_resumes_from_the_end_of_a_shorter_one(short_run, tmp_path):
 
 def test_nan_stops_the_run_naming_step_and_client_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch):
-  real_get_data = input_pipeline.get_data
+  real_get_data = data_lib.get_data
 
   def get_data(config, client_ids=None):
     data = real_get_data(config, client_ids)
@@ -153,7 +153,7 @@ def test_nan_stops_the_run_naming_step_and_client_and_keeps_the_last_good_checkp
         yield batch
     return data.__class__(**{**data.__dict__, 'train_batches': train_batches})
 
-  monkeypatch.setattr(input_pipeline, 'get_data', get_data)
+  monkeypatch.setattr(data_lib, 'get_data', get_data)
   workdir = str(tmp_path)
   with pytest.raises(safety.NonFiniteLossError,
                      match=r'^non-finite loss or parameters at step 7 in clients \[2\]; the run '

@@ -13,7 +13,7 @@ from tensorboard.util import tensor_util
 
 import mhd_jax
 from mhd_jax import checkpoint
-from mhd_jax import input_pipeline
+from mhd_jax import data as data_lib
 from tests.conftest import ROOT, hand_accuracies, read_records
 
 
@@ -37,7 +37,7 @@ def test_load_restores_the_final_population_and_its_accuracies(short_run):
 
 def test_per_client_predictions_use_that_client_and_head(short_run):
   run = mhd_jax.load(short_run[0])
-  batch = next(input_pipeline.get_data(run.config).eval_batches())
+  batch = next(data_lib.get_data(run.config).eval_batches())
   images = batch['image'][:32]
   for client in range(5):
     logits = run.logits(client, images)

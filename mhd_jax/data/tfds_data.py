@@ -1,8 +1,8 @@
 """TFDS image-classification datasets (imagenet2012, cifar10, cifar100, ...) as `Data`.
 
 Design: random access. Each split is opened as a `tfds.data_source`
-(ArrayRecord files; `python -m mhd_jax.prepare` makes them once). For step s the
-host computes which records every stream needs (`input_pipeline.epoch_indices`,
+(ArrayRecord files; `python -m mhd_jax.data.prepare` makes them once). For step s the
+host computes which records every stream needs (`contract.epoch_indices`,
 streams 0..N-1 are the clients, stream N the public set), reads exactly those
 records and nothing else, and tf.data decodes and augments them in parallel
 (AUTOTUNE) and prefetches. Hence:
@@ -38,8 +38,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mhd_jax import config_check
-from mhd_jax import input_pipeline
 from mhd_jax import partition as partition_lib
+from mhd_jax.data import contract
 
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _STATS = {'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -50,7 +50,7 @@ _AUTOTUNE = tf.data.AUTOTUNE
 
 
 def prepare_command(name: str, data_dir: str) -> str:
-  return f'python -m mhd_jax.prepare --dataset={name} --data_dir={data_dir or "DIR"}'
+  return f'python -m mhd_jax.data.prepare --dataset={name} --data_dir={data_dir or "DIR"}'
 
 
 def get_builder(name: str, data_dir: str):
@@ -250,7 +250,7 @@ def _preprocess(encoded, key, *, train, augment, size, channels, jpeg, mean, std
 
 def get_data(config, client_ids: Sequence[int] | None = None,
              sources: tuple[CountingSource, CountingSource] | None = None):
-  """`input_pipeline.Data` for TFDS dataset `config.data.name`.
+  """`contract.Data` for TFDS dataset `config.data.name`.
 
   Args:
     config: reads seed, num_clients, partition, skew, dirichlet_alpha,
@@ -264,8 +264,8 @@ def get_data(config, client_ids: Sequence[int] | None = None,
   with contextlib.suppress(RuntimeError):  # raised once TF has set up its devices
     tf.config.set_visible_devices([], 'GPU')  # TF must leave accelerators to JAX.
   d = config.data
-  if d.augment not in input_pipeline.AUGMENTS:
-    raise ValueError(f'data.augment must be one of {", ".join(input_pipeline.AUGMENTS)}, '
+  if d.augment not in contract.AUGMENTS:
+    raise ValueError(f'data.augment must be one of {", ".join(contract.AUGMENTS)}, '
                      f'got {d.augment!r}.')
   builder = get_builder(d.name, d.data_dir)
   if sources is None:
@@ -298,7 +298,7 @@ def get_data(config, client_ids: Sequence[int] | None = None,
   k, n_priv = int(sum(sizes)), len(clients) * d.batch_size
 
   def step_keys(step):
-    return np.concatenate([pool[input_pipeline.epoch_indices(config.seed, s, int(step), len(pool), b)]
+    return np.concatenate([pool[contract.epoch_indices(config.seed, s, int(step), len(pool), b)]
                            for s, pool, b in zip(streams, pools, sizes)])
 
   def train_example(record, stream, pos, step):
@@ -330,9 +330,9 @@ def get_data(config, client_ids: Sequence[int] | None = None,
     ds = ds.unbatch().map(eval_example, num_parallel_calls=_AUTOTUNE)
     ds = ds.batch(d.eval_batch_size).prefetch(_PREFETCH)
     for image, label in ds.as_numpy_iterator():  # the last batch is padded and masked
-      yield from input_pipeline.eval_batches_from_arrays(image, label, d.eval_batch_size)
+      yield from contract.eval_batches_from_arrays(image, label, d.eval_batch_size)
 
-  return input_pipeline.Data(
+  return contract.Data(
       partition=part, num_classes=num_classes,
       image_shape=(d.image_size, d.image_size, channels),
       train_batches=train_batches, eval_batches=eval_batches, train_labels=train_labels)

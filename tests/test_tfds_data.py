@@ -1,4 +1,4 @@
-"""Tests of the TFDS pipeline: mock imagenet2012 / cifar10 / cifar100, and a tiny real dataset.
+"""Tests of `data.tfds_data`: mock imagenet2012 / cifar10 / cifar100, and a tiny real dataset.
 
 `tfds.testing.mock_data` serves random examples through a mocked data source;
 `TinyImages` is prepared for real (ArrayRecord files in a temp dir) and its
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mhd_jax import prepare
-from mhd_jax import tfds_pipeline
+from mhd_jax.data import prepare
+from mhd_jax.data import tfds_data
 
 NUM_TRAIN, NUM_TEST = 120, 25
 
@@ -57,8 +57,8 @@ def tiny_dir(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('tfds'))
   TinyImages(data_dir=root).download_and_prepare(file_format='tfrecord')
   with pytest.raises(ValueError, match='no random access') as e:
-    tfds_pipeline.get_data(make_config('tiny_images', root))
-  assert f'python -m mhd_jax.prepare --dataset=tiny_images --data_dir={root}' in str(e.value)
+    tfds_data.get_data(make_config('tiny_images', root))
+  assert f'python -m mhd_jax.data.prepare --dataset=tiny_images --data_dir={root}' in str(e.value)
   prepare.prepare('tiny_images', root)
   return root
 
@@ -71,14 +71,14 @@ def tiny_data(root, **kw):
   """
   config = make_config('tiny_images', root, augment='none', **kw)
   config.data.image_size = 8
-  builder = tfds_pipeline.get_builder('tiny_images', root)
-  sources, readers = tfds_pipeline.audited_sources(builder, ('train', 'test'))
-  return tfds_pipeline.get_data(config, sources=tuple(sources)), sources, readers
+  builder = tfds_data.get_builder('tiny_images', root)
+  sources, readers = tfds_data.audited_sources(builder, ('train', 'test'))
+  return tfds_data.get_data(config, sources=tuple(sources)), sources, readers
 
 
 def pixel_index(image):
   """Undo the normalisation of TinyImages (ImageNet statistics) -> record index."""
-  mean, std = tfds_pipeline._IMAGENET_STATS  # pylint: disable=protected-access
+  mean, std = tfds_data._IMAGENET_STATS  # pylint: disable=protected-access
   return np.rint((image[..., 4, 4, 0] * std[0] + mean[0]) * 255).astype(int)
 
 
@@ -87,7 +87,7 @@ def pixel_index(image):
     ('cifar100', 'none', 'test')])
 def test_batch_shapes_dtypes_and_no_public_labels(name, augment, eval_split):
   with tfds.testing.mock_data(num_examples=60):
-    data = tfds_pipeline.get_data(make_config(name, augment=augment, eval_split=eval_split))
+    data = tfds_data.get_data(make_config(name, augment=augment, eval_split=eval_split))
     batch = take(data, 0, 1)[0]
     evals = list(data.eval_batches())
   assert data.image_shape == (32, 32, 3)
@@ -106,7 +106,7 @@ def test_batch_shapes_dtypes_and_no_public_labels(name, augment, eval_split):
 
 def test_skew_one_gives_primary_labels_and_epoch_counts_match_partition():
   with tfds.testing.mock_data(num_examples=100):
-    data = tfds_pipeline.get_data(make_config('cifar100', augment='none'))
+    data = tfds_data.get_data(make_config('cifar100', augment='none'))
     part = data.partition
     pools = [len(idx) for idx in part.client_indices]
     batches = take(data, 0, -(-max(pools) // 2))  # at least one epoch of every client
@@ -145,7 +145,7 @@ def test_eval_split_is_read_in_full_in_order(tiny_dir):
 @pytest.mark.parametrize('name,augment', [('imagenet2012', 'imagenet'), ('cifar10', 'cifar')])
 def test_resumed_stream_equals_uninterrupted(name, augment):
   with tfds.testing.mock_data(num_examples=60):
-    data = tfds_pipeline.get_data(make_config(name, augment=augment))
+    data = tfds_data.get_data(make_config(name, augment=augment))
     full = take(data, 0, 5)
     resumed = take(data, 3, 2)
   for a, b in zip(full[3:], resumed):
@@ -157,8 +157,8 @@ def test_resumed_stream_equals_uninterrupted(name, augment):
 
 def test_client_ids_select_rows_and_public_stream_is_shared():
   with tfds.testing.mock_data(num_examples=60):
-    everyone = take(tfds_pipeline.get_data(make_config()), 2, 1)[0]
-    host = take(tfds_pipeline.get_data(make_config(), client_ids=[1, 3]), 2, 1)[0]
+    everyone = take(tfds_data.get_data(make_config()), 2, 1)[0]
+    host = take(tfds_data.get_data(make_config(), client_ids=[1, 3]), 2, 1)[0]
   assert host['private']['image'].shape[0] == 2
   for key in ('image', 'label'):
     np.testing.assert_array_equal(host['private'][key], everyone['private'][key][[1, 3]])
@@ -181,9 +181,9 @@ def test_read_amplification_is_one(tiny_dir):
 
 def test_labels_are_scanned_without_cache(tiny_dir):
   data = tiny_data(tiny_dir)[0]
-  builder = tfds_pipeline.get_builder('tiny_images', tiny_dir)
-  source = tfds_pipeline.open_source(builder, 'train', tiny_dir)
-  labels = tfds_pipeline.scan_labels(source, builder.info.features)
+  builder = tfds_data.get_builder('tiny_images', tiny_dir)
+  source = tfds_data.open_source(builder, 'train', tiny_dir)
+  labels = tfds_data.scan_labels(source, builder.info.features)
   assert source.num_read == NUM_TRAIN
   np.testing.assert_array_equal(labels, np.arange(NUM_TRAIN) % 4)
   np.testing.assert_array_equal(data.train_labels, labels)
@@ -192,10 +192,10 @@ def test_labels_are_scanned_without_cache(tiny_dir):
 @pytest.mark.parametrize('name', ['cifar10', 'imagenet2012'])
 def test_unprepared_dataset_says_how_to_prepare(name, tmp_path):
   with pytest.raises(ValueError) as e:
-    tfds_pipeline.get_data(make_config(name, str(tmp_path)))
+    tfds_data.get_data(make_config(name, str(tmp_path)))
   msg = str(e.value)
   assert 'not prepared' in msg
-  assert f'python -m mhd_jax.prepare --dataset={name} --data_dir={tmp_path}' in msg
+  assert f'python -m mhd_jax.data.prepare --dataset={name} --data_dir={tmp_path}' in msg
   if name == 'imagenet2012':
     assert 'ILSVRC2012_img_train.tar' in msg
     assert str(tmp_path / 'downloads' / 'manual') in msg
@@ -203,4 +203,4 @@ def test_unprepared_dataset_says_how_to_prepare(name, tmp_path):
 
 def test_unknown_dataset_name():
   with pytest.raises(ValueError, match="Unknown TFDS dataset 'cifar1000'.*cifar100"):
-    tfds_pipeline.get_data(make_config('cifar1000'))
+    tfds_data.get_data(make_config('cifar1000'))

@@ -1,0 +1,77 @@
+"""What every dataset serves: the `Data` contract and the batch helpers all datasets share.
+
+A training batch is
+
+    {'private': {'image': [N, B, ...], 'label': [N, B]},
+     'public':  {'image': [B_pub, ...]}}
+
+(the public batch carries no labels), and an evaluation batch is
+`{'image': [B, ...], 'label': [B], 'mask': [B]}` with padded examples masked
+out. This module imports nothing of `mhd_jax.data` (nor TensorFlow), so the
+dataset modules and `config_check` can import it without a cycle; the package
+re-exports its names (`mhd_jax.data.Data`, ...).
+"""
+
+import dataclasses
+from typing import Callable, Iterator
+
+import numpy as np
+
+from mhd_jax import partition as partition_lib
+
+Batch = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """A partitioned dataset.
+
+  Attributes:
+    partition: where each training example went.
+    num_classes: C.
+    image_shape: shape of one image (H, W, channels).
+    train_batches: `start_step -> iterator` of training batches, the batch
+      for step s being the same whatever step the iterator started from (so a
+      resumed run sees the data an uninterrupted one would).
+    eval_batches: `() -> iterator` over the whole evaluation split.
+    train_labels: labels of the training split (for statistics; never fed to
+      another client's computation).
+  """
+  partition: partition_lib.Partition
+  num_classes: int
+  image_shape: tuple[int, ...]
+  train_batches: Callable[[int], Iterator[Batch]]
+  eval_batches: Callable[[], Iterator[Batch]]
+  train_labels: np.ndarray
+
+
+AUGMENTS = ('imagenet', 'cifar', 'none')  # data.augment (TFDS preprocessing in tfds_data)
+
+
+def epoch_indices(seed: int, stream: int, step: int, pool_size: int,
+                  batch_size: int) -> np.ndarray:
+  """Positions into a pool of `pool_size` examples for batch `step` of a stream.
+
+  The stream walks through a fresh seeded permutation of the pool every epoch,
+  so each example is seen once per epoch; the result depends only on
+  (seed, stream, step), never on what was drawn before.
+  """
+  if pool_size == 0:
+    raise ValueError(f'stream {stream} has no examples: the partition left it empty.')
+  pos = step * batch_size + np.arange(batch_size)
+  epoch, within = np.divmod(pos, pool_size)
+  out = np.empty(batch_size, np.int64)
+  for e in np.unique(epoch):
+    perm = np.random.default_rng([seed, stream, e]).permutation(pool_size)
+    out[epoch == e] = perm[within[epoch == e]]
+  return out
+
+
+def eval_batches_from_arrays(images, labels, batch_size) -> Iterator[Batch]:
+  """Batches over a whole split; the last one is padded and masked, nothing dropped."""
+  for start in range(0, len(labels), batch_size):
+    image, label = images[start:start + batch_size], labels[start:start + batch_size]
+    pad = batch_size - len(label)
+    yield {'image': np.pad(image, [(0, pad)] + [(0, 0)] * (image.ndim - 1)),
+           'label': np.pad(label, (0, pad)),
+           'mask': np.arange(batch_size) < len(label)}
