@@ -1,4 +1,4 @@
-"""Weight-averaging baselines: FedAvg and gossip averaging along the graph (DESIGN §2).
+"""Weight-averaging baselines: FedAvg and gossip averaging along the graph (docs/algorithm.md).
 
 Every `config.average_every` steps, each client replaces its parameters and
 batch statistics by a weighted average of its own and its in-neighbours':

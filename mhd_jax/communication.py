@@ -1,4 +1,4 @@
-"""What crosses between clients, in bytes (DESIGN §2, "Communication"; docs/communication.md).
+"""What crosses between clients, in bytes (formula: docs/durable_runs.md).
 
 Only what some other client's loss reads is counted. Client i's head k learns
 from its neighbours' head src(k) (src(0) = 0, src(k) = k - 1), so with H

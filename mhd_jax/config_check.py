@@ -151,8 +151,10 @@ FIELDS = {
     'optimizer.warmup_steps': (_INT, _NONNEG, '>= 0'),
     'optimizer.grad_clip': (_NUM, lambda v: not v < 0, '>= 0 (0 = off)'),
 }
-# Keys of one `groups.NAME` entry, and the model fields it may override.
-GROUP_KEYS = ('num_clients', 'model')
+
+
+# The model fields a group may override: {name: ((is_type, type name), range check, meaning)}.
+_MODEL_FIELDS = {k[len('model.'):]: v for k, v in FIELDS.items() if k.startswith('model.')}
 
 
 def _field_problems(config) -> tuple[list[str], list[str]]:
@@ -215,7 +217,7 @@ def _name_problems(config) -> list[str]:
     problems.append(dataset)
   group_models = [(f'groups.{name}.model.name', model.name)
                   for name, _, model in groups_lib.group_configs(config)
-                  ] if config.groups and not _group_problems(config) else []
+                  ] if config.groups and not groups_lib.problems(config, _MODEL_FIELDS) else []
   for field, value, known in [
       ('model.name', config.model.name, tuple(models.BACKBONES)),
       *[(f, v, tuple(models.BACKBONES)) for f, v in group_models],
@@ -251,45 +253,13 @@ def check_device_split(config, num_devices: int) -> list[str]:
   return problems
 
 
-def _group_problems(config) -> list[str]:
-  """Group entries with unknown keys or model fields, bad sizes, or sizes not adding up."""
-  problems = []
-  for name, group in (config.get('groups') or {}).items():
-    if not hasattr(group, 'keys'):
-      problems.append(f'groups.{name} must be a dict with {" and ".join(GROUP_KEYS)}.')
-      continue
-    for key in group.keys():
-      if key not in GROUP_KEYS:
-        problems.append(f'unknown key groups.{name}.{key}: a group holds only '
-                        f'{", ".join(GROUP_KEYS)}.')
-    if not (_is_int(group.get('num_clients')) and group.get('num_clients') >= 1):
-      problems.append(f'groups.{name}.num_clients must be an integer >= 1, '
-                      f'got {group.get("num_clients")!r}.')
-    model = group.get('model', {})
-    for key, value in (model.items() if hasattr(model, 'items') else []):
-      (is_type, type_name), ok, meaning = FIELDS.get(f'model.{key}', ((None, ''), None, ''))
-      if is_type is None:
-        problems.append(f'unknown field groups.{name}.model.{key}: a group overrides only '
-                        f'model fields ({", ".join(config.model.keys())}).')
-      elif not is_type(value) or (ok is not None and not ok(value)):
-        problems.append(f'groups.{name}.model.{key} must be {type_name} {meaning}, '
-                        f'got {value!r}.'.replace('  ', ' '))
-  if problems:
-    return problems
-  try:
-    groups_lib.group_configs(config)
-  except ValueError as e:
-    return [str(e)]
-  return []
-
-
 def problems(config, num_devices: int | None = None) -> list[str]:
   """Every problem found without loading data, one line each (empty: the config is fine)."""
   shape, found = _field_problems(config)
   if shape:
     return shape + found  # the checks below need every field present and well typed
   derived = found == []  # checks of several fields, made once each field is in range
-  found += (_range_problems(config) if derived else []) + _group_problems(config) + (
+  found += (_range_problems(config) if derived else []) + groups_lib.problems(config, _MODEL_FIELDS) + (
       _name_problems(config))
   if derived:
     try:

@@ -1,8 +1,14 @@
-"""The population's groups (architectures) from a config."""
+"""The population's groups (architectures) from a config, and the checks of `config.groups`."""
+
+import numpy as np
 
 from mhd_jax import models
 from mhd_jax import optim
 from mhd_jax import state as state_lib
+
+
+# Keys of one `groups.NAME` entry (`group_configs` reads them; `problems` checks them).
+GROUP_KEYS = ('num_clients', 'model')
 
 
 def group_configs(config) -> list[tuple[str, int, object]]:
@@ -38,3 +44,40 @@ def make_specs(config, num_classes: int) -> tuple[state_lib.GroupSpec, ...]:
   tx = optim.make_optimizer(config.optimizer, config.num_steps)
   return tuple(state_lib.GroupSpec(models.make_model(model, config.num_heads, num_classes), tx, n)
                for _, n, model in group_configs(config))
+
+
+def problems(config, model_fields: dict) -> list[str]:
+  """Group entries with unknown keys or model fields, bad sizes, or sizes not adding up.
+
+  `model_fields` maps each model field a group may override to `config_check.FIELDS`'s
+  ((is_type, type name), range check, meaning).
+  """
+  problems = []
+  for name, group in (config.get('groups') or {}).items():
+    if not hasattr(group, 'keys'):
+      problems.append(f'groups.{name} must be a dict with {" and ".join(GROUP_KEYS)}.')
+      continue
+    for key in group.keys():
+      if key not in GROUP_KEYS:
+        problems.append(f'unknown key groups.{name}.{key}: a group holds only '
+                        f'{", ".join(GROUP_KEYS)}.')
+    size = group.get('num_clients')
+    if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 1):
+      problems.append(f'groups.{name}.num_clients must be an integer >= 1, '
+                      f'got {group.get("num_clients")!r}.')
+    model = group.get('model', {})
+    for key, value in (model.items() if hasattr(model, 'items') else []):
+      (is_type, type_name), ok, meaning = model_fields.get(key, ((None, ''), None, ''))
+      if is_type is None:
+        problems.append(f'unknown field groups.{name}.model.{key}: a group overrides only '
+                        f'model fields ({", ".join(config.model.keys())}).')
+      elif not is_type(value) or (ok is not None and not ok(value)):
+        problems.append(f'groups.{name}.model.{key} must be {type_name} {meaning}, '
+                        f'got {value!r}.'.replace('  ', ' '))
+  if problems:
+    return problems
+  try:
+    group_configs(config)
+  except ValueError as e:
+    return [str(e)]
+  return []

@@ -1,4 +1,4 @@
-"""Loss terms and distillation-target selection (DESIGN §2).
+"""Loss terms and distillation-target selection (docs/algorithm.md, "Loss" and "Targets").
 
 Shapes: N clients, H heads, B examples, C classes, D embedding units. Targets
 are always wrapped in `stop_gradient` by the caller's construction: they are

@@ -1,6 +1,6 @@
 """Splitting a labelled training set into a public set and N private client sets.
 
-DESIGN §3. A `public_fraction` of the examples is set aside first (their labels
+See docs/algorithm.md ("Choices that are ours"). A `public_fraction` of the examples is set aside first (their labels
 are dropped by the input pipeline); the rest go to the clients either by class
 skew (each client owns a block of primary classes) or by a Dirichlet(alpha)
 label distribution. Everything is deterministic given the seed, and every
@@ -20,7 +20,7 @@ class Partition:
     client_indices: per client, sorted indices into the training set.
     public_indices: sorted indices of the public (unlabelled) examples.
     primary_classes: per client, the sorted class ids it owns. Private
-      accuracy (DESIGN §2) is measured on the test examples of these classes.
+      accuracy (docs/algorithm.md, "Evaluation") is measured on the test examples of these classes.
     num_classes: C.
   """
   client_indices: tuple[np.ndarray, ...]

@@ -217,7 +217,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   Resumes from the latest checkpoint in `workdir` if there is one. Writes
   `metrics.jsonl` (one JSON record per log/eval step), `tensorboard/`,
   `checkpoints/` and their metadata, and at the end `summary.json`
-  (DESIGN §5), `per_class.npz` (final correct predictions per client, head and
+  (README, "Outputs"), `per_class.npz` (final correct predictions per client, head and
   class; examples per class; primary classes) and `report/`. Returns the summary.
   On several processes (`distributed.initialize`), each saves its part of the
   checkpoints and process 0 alone writes the other files.

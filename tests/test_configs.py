@@ -110,7 +110,7 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   new_state, metrics = jax.eval_shape(step, state, batch, jax.random.PRNGKey(0))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert jax.tree.leaves(state.groups[0].batch_stats)  # ResNets carry batch statistics
-  assert all(m.shape == (n,) for m in metrics.values())
+  assert all(m.shape == (n,) for m in jax.tree.leaves(metrics))
 
 
 def test_one_tfds_config_runs_end_to_end_under_mock_data(tmp_path):
