@@ -71,8 +71,9 @@ def load_trace(path: str, num_clients: int, num_steps: int) -> np.ndarray:
                      f'num_clients={num_clients} rows and at least num_steps={num_steps} columns '
                      '(column s - 1 is step s).')
   if trace.dtype != bool and not np.isin(trace, (0, 1)).all():
-    bad = trace[~np.isin(trace, (0, 1))].flat[0]
-    raise ValueError(f'dynamics.trace_file {path!r} holds {bad!r}; every entry must be 0 or 1.')
+    i, s = np.argwhere(~np.isin(trace, (0, 1)))[0]
+    raise ValueError(f'dynamics.trace_file {path!r} holds {trace[i, s].item():g} for client {i} '
+                     f'at column {s} (step {s + 1}); every entry must be 0 or 1.')
   return trace.astype(bool)
 
 
