@@ -2,13 +2,13 @@
 file or a straggler cadence, with one compile for every step."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default
 from mhd_jax import config_check
 from mhd_jax import participation as part_lib
+from tests.test_schedules import assert_traced_step_matches_eager_and_compiles_once
 
 _jitted = jax.jit(part_lib.active_at)
 
@@ -181,13 +181,4 @@ def test_traced_step_matches_eager_and_compiles_once(mode, tmp_path):
   trace = _write_trace(tmp_path, np.random.default_rng(1).integers(0, 2, (6, 20)))
   c = _config(participation=mode, availability=0.5, trace_file=trace, straggler_fraction=0.5,
               straggler_every=2)
-  p, traces = part_lib.build(c), []
-
-  def counted(p, step):
-    traces.append(step)
-    return part_lib.active_at(p, step)
-
-  jitted = jax.jit(counted)
-  for t in range(1, 9):
-    np.testing.assert_array_equal(jitted(p, jnp.int32(t)), part_lib.active_at(p, t))
-  assert len(traces) == 1
+  assert_traced_step_matches_eager_and_compiles_once(part_lib.active_at, part_lib.build(c))

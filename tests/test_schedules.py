@@ -178,16 +178,21 @@ def test_unknown_schedule_is_one_line_listing_the_choices():
 # -------------------------------------------------------------------- jit, compiles
 
 
+def assert_traced_step_matches_eager_and_compiles_once(fn, tree, steps=range(1, 9)):
+  """`jit(fn)(tree, step)` with step a traced int32 equals `fn(tree, step)`, traced once."""
+  traces = []
+
+  def counted(tree, step):
+    traces.append(step)
+    return fn(tree, step)
+
+  jitted = jax.jit(counted)
+  for t in steps:
+    np.testing.assert_array_equal(jitted(tree, jnp.int32(t)), fn(tree, t))
+  assert len(traces) == 1
+
+
 @pytest.mark.parametrize('kind', gs.SCHEDULES)
 def test_traced_step_matches_eager_and_compiles_once(kind):
   c = _config(8, schedule=kind, failure_p=0.4, cycle_graphs='ring | chain', cycle_every=2)
-  schedule, traces = gs.build(c), []
-
-  def counted(s, step):
-    traces.append(step)
-    return gs.adjacency_at(s, step)
-
-  jitted = jax.jit(counted)
-  for t in range(1, 9):
-    np.testing.assert_array_equal(jitted(schedule, jnp.int32(t)), gs.adjacency_at(schedule, t))
-  assert len(traces) == 1
+  assert_traced_step_matches_eager_and_compiles_once(gs.adjacency_at, gs.build(c))
