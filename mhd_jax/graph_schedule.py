@@ -135,29 +135,39 @@ def surviving_links(key: jax.Array, n: int, failure_p) -> jax.Array:
   return up | up.T
 
 
-def pair_ranks(key: jax.Array, n: int) -> jax.Array:
-  """[N, N] int32, symmetric: a uniformly random order of the unordered pairs (distinct ranks)."""
-  rank = jax.random.permutation(key, n * n).reshape(n, n).astype(jnp.int32)
+def pair_bits(key: jax.Array, n: int) -> jax.Array:
+  """[N, N] uint32, symmetric: random bits per unordered pair, the order greedy matching uses."""
+  bits = jax.random.bits(key, (n, n), jnp.uint32)
   i = jnp.arange(n)
-  return jnp.where(i[:, None] < i[None, :], rank, rank.T)
+  return jnp.where(i[:, None] < i[None, :], bits, bits.T)
 
 
-def greedy_matching(link_NxN: jax.Array, rank_NxN: jax.Array) -> jax.Array:
-  """[N, N] bool, symmetric: the maximal matching that greedy picks in increasing rank order.
+def greedy_matching(link_NxN: jax.Array, bits_NxN: jax.Array) -> jax.Array:
+  """[N, N] bool, symmetric: the maximal matching greedy picks in increasing (bits, pair) order.
 
-  Computed in parallel: each round takes every free link that is the lowest-
-  ranked free link at both its ends (these share no client, and greedy would
-  take each of them), then drops the links of matched clients; the lowest free
-  link is always taken, so it ends within N / 2 rounds with no free link left.
+  Ties of the random bits (about E^2 / 2^33 pairs per step for E links) are
+  broken by the pair's index min(i, j) * N + max(i, j), so the order is total.
+  Computed in parallel rather than link by link: each round takes every free
+  link that is the first free link at both its ends (these share no client, and
+  greedy would take each of them), then drops the links of matched clients;
+  the first free link is always taken, so it ends, with no free link left.
+  (A random permutation of the N^2 pairs would give distinct ranks, but its
+  sort costs 20 ms per step at N = 256 on 2 CPU cores against 1.5 ms for the
+  rounds: see docs/dynamics.md.)
   """
   n = link_NxN.shape[0]
-  none = jnp.int32(n * n)
+  i = jnp.arange(n)
+  pair = jnp.minimum(i[:, None], i[None, :]) * n + jnp.maximum(i[:, None], i[None, :])
+  top_bits, top_pair = jnp.uint32(0xFFFFFFFF), jnp.int32(n * n)
 
   def round_(carry):
     matched, free = carry
-    r = jnp.where(free, rank_NxN, none)
-    lowest = r.min(axis=1)
-    take = free & (r == lowest[:, None]) & (r == lowest[None, :])
+    b = jnp.where(free, bits_NxN, top_bits)
+    low_bits = b.min(axis=1)
+    tied = free & (b == low_bits[:, None])
+    low_pair = jnp.where(tied, pair, top_pair).min(axis=1)
+    first = tied & (pair == low_pair[:, None])   # the first free link at row i's end
+    take = first & first.T                         # ... and at column j's end
     busy = take.any(axis=1)
     return matched | take, free & ~busy[:, None] & ~busy[None, :]
 
@@ -177,7 +187,7 @@ def adjacency_at(schedule: Schedule, step) -> jax.Array:
     return base
   key = step_key(schedule.seed, _STREAM, step)
   if schedule.kind == 'matching':
-    keep = greedy_matching(links(base), pair_ranks(key, n))
+    keep = greedy_matching(links(base), pair_bits(key, n))
   elif schedule.kind == 'edge_failure':
     keep = surviving_links(key, n, schedule.failure_p)
   else:

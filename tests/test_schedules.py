@@ -69,17 +69,27 @@ def test_matching_is_a_maximal_matching_on_base_links(base):
     assert not (linked & free[:, None] & free[None, :]).any()  # maximal: no free link left
 
 
-def test_matching_is_greedy_over_the_random_link_order():
-  # The parallel rounds pick exactly what sequential greedy picks in increasing rank order.
+def _greedy(base, bits):
+  """Sequential greedy matching over the links in increasing (bits, pair index) order."""
+  n = len(base)
+  want, busy = np.zeros((n, n), bool), np.zeros(n, bool)
+  for i, j in sorted(zip(*np.nonzero(np.triu(base, 1))), key=lambda e: (bits[e], e[0] * n + e[1])):
+    if not busy[i] and not busy[j]:
+      want[i, j] = want[j, i] = busy[i] = busy[j] = True
+  return want
+
+
+@pytest.mark.parametrize('tied', [False, True], ids=['random_bits', 'many_ties'])
+def test_matching_is_greedy_over_the_random_link_order(tied):
+  # The parallel rounds pick exactly what sequential greedy picks, ties broken by pair index.
   base = topology.random_regular(12, 5, 0)
+  matching = jax.jit(gs.greedy_matching)
   for seed in range(20):
-    rank = np.asarray(gs.pair_ranks(jax.random.PRNGKey(seed), 12))
-    want, busy = np.zeros((12, 12), bool), np.zeros(12, bool)
-    for i, j in sorted(zip(*np.nonzero(np.triu(base, 1))), key=lambda e: rank[e]):
-      if not busy[i] and not busy[j]:
-        want[i, j] = want[j, i] = busy[i] = busy[j] = True
-    got = gs.greedy_matching(jnp.asarray(base > 0), jnp.asarray(rank))
-    np.testing.assert_array_equal(got, want)
+    bits = gs.pair_bits(jax.random.PRNGKey(seed), 12)
+    if tied:
+      bits = bits % 3
+    got = matching(jnp.asarray(base > 0), bits)
+    np.testing.assert_array_equal(got, _greedy(base, np.asarray(bits)))
 
 
 def test_matching_changes_with_the_step_and_uses_every_link():
