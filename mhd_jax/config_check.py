@@ -183,6 +183,17 @@ def _field_problems(config) -> tuple[list[str], list[str]]:
   return shape, ranges
 
 
+# (field, the mode field, the mode that uses it, the value that means unused)
+_DYNAMICS_MODES = (
+    ('dynamics.failure_p', 'dynamics.schedule', 'edge_failure', 0.0),
+    ('dynamics.cycle_graphs', 'dynamics.schedule', 'cycle', ''),
+    ('dynamics.availability', 'dynamics.participation', 'bernoulli', 1.0),
+    ('dynamics.trace_file', 'dynamics.participation', 'trace', ''),
+    ('dynamics.straggler_fraction', 'dynamics.participation', 'stragglers', 0.0),
+    ('dynamics.straggler_every', 'dynamics.participation', 'stragglers', 1),
+)
+
+
 def warnings(config) -> list[str]:
   """Settings that run but are probably not meant, one line each (printed, not refused)."""
   flat = dotted(config.to_dict())
@@ -193,6 +204,10 @@ def warnings(config) -> list[str]:
   nu = [flat.get(k) for k in ('nu_main', 'nu_aux', 'nu_emb')]
   if all(_is_num(v) and v == 0 for v in nu) and flat.get('topology') != 'none':
     out.append('nu_main = nu_aux = nu_emb = 0: no distillation, so the topology has no effect.')
+  for field, mode, needed, unused in _DYNAMICS_MODES:  # set, but its mode is another
+    if flat.get(field, unused) != unused and flat.get(mode) != needed:
+      out.append(f'config.{field}={flat[field]!r} has no effect unless config.{mode}='
+                 f'{needed!r} (it is {flat.get(mode)!r}).')
   if _is_int(flat.get('optimizer.warmup_steps')) and _is_int(flat.get('num_steps')) and (
       flat['optimizer.warmup_steps'] >= flat['num_steps']):
     out.append(f'optimizer.warmup_steps={flat["optimizer.warmup_steps"]} is not below '

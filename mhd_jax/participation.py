@@ -118,3 +118,14 @@ def active_at(participation: Participation, step) -> jax.Array:
   if p.mode == 'stragglers':
     return (step - 1) % p.every_N == p.phase_N
   raise ValueError(f'unknown participation {p.mode!r}; choose one of {", ".join(MODES)}.')
+
+
+def steps_taken(participation: Participation, first_step: int, last_step: int) -> np.ndarray:
+  """[N] int: how many of the steps first_step .. last_step each client took part in.
+
+  A pure function of the participation, so the end-of-run report needs no
+  counter in the checkpoint (a resumed run counts what the whole run did).
+  """
+  steps = jnp.arange(first_step, last_step + 1, dtype=jnp.int32)
+  active = jax.jit(jax.vmap(active_at, in_axes=(None, 0)))(participation, steps)
+  return np.asarray(active.sum(axis=0, dtype=jnp.int32))

@@ -154,6 +154,18 @@ def test_stragglers_are_drawn_from_the_seed():
   assert len(part_lib.stragglers(20, 0.0, 0)) == 0 and len(part_lib.stragglers(20, 1.0, 0)) == 20
 
 
+@pytest.mark.parametrize('mode', ['all', 'bernoulli', 'stragglers'])
+def test_steps_taken_counts_each_clients_active_steps(mode):
+  c = _config(6, 30, participation=mode, availability=0.4, straggler_fraction=0.5,
+              straggler_every=4)
+  p = part_lib.build(c)
+  np.testing.assert_array_equal(part_lib.steps_taken(p, 3, 30), _active(p, range(3, 31)).sum(0))
+  if mode == 'stragglers':  # steps 1 .. 30: phases 0, 1 take 8 steps, phase 2 takes 7
+    counts = part_lib.steps_taken(p, 1, 30)
+    ids = part_lib.stragglers(6, 0.5, c.seed)
+    assert counts[ids].tolist() == [8, 8, 7] and (np.delete(counts, ids) == 30).all()
+
+
 # ----------------------------------------------------------------- config, jit
 
 
@@ -169,6 +181,17 @@ def test_stragglers_are_drawn_from_the_seed():
 def test_bad_dynamics_field_is_one_line(field, value, message):
   found = config_check.problems(_config(**{field: value}), num_devices=1)
   assert len(found) == 1 and message in found[0], found
+
+
+def test_a_field_its_mode_does_not_use_is_warned_about():
+  assert config_check.warnings(_config()) == []
+  found = config_check.warnings(_config(availability=0.5, schedule='matching', failure_p=0.2))
+  assert found == [
+      "config.dynamics.failure_p=0.2 has no effect unless config.dynamics.schedule="
+      "'edge_failure' (it is 'matching').",
+      "config.dynamics.availability=0.5 has no effect unless config.dynamics.participation="
+      "'bernoulli' (it is 'all')."]
+  assert config_check.warnings(_config(participation='bernoulli', availability=0.5)) == []
 
 
 def test_the_defaults_are_the_static_full_setting():
