@@ -45,7 +45,7 @@ class Schedule:
   """What `adjacency_at` needs; `kind` is static, the arrays are traced."""
   kind: str = flax.struct.field(pytree_node=False)
   graphs_GxNxN: jax.Array  # the base graph (G = 1), or the cycle's graphs in order
-  seed: jax.Array          # int32 scalar, config.seed
+  key: jax.Array           # stream_key(seed, 2): the step's draws fold the step in
   failure_p: jax.Array     # float32 scalar
   every: jax.Array         # int32 scalar, steps per graph of a cycle
 
@@ -114,14 +114,14 @@ def build(config) -> Schedule:
   """The schedule a config asks for; raises ValueError (one line) on a bad one."""
   return Schedule(kind=config.dynamics.schedule,
                   graphs_GxNxN=jnp.asarray(base_graphs(config)),
-                  seed=jnp.asarray(config.seed, jnp.int32),
+                  key=stream_key(config.seed, _STREAM),
                   failure_p=jnp.asarray(config.dynamics.failure_p, jnp.float32),
                   every=jnp.asarray(config.dynamics.cycle_every, jnp.int32))
 
 
-def step_key(seed, stream: int, step) -> jax.Array:
-  """The key of one step's draws in `stream`: fold_in(fold_in(PRNGKey(seed), stream), step)."""
-  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), step)
+def stream_key(seed: int, stream: int) -> jax.Array:
+  """fold_in(PRNGKey(seed), stream), made on the host once; a step's draws fold in the step."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
 
 
 def links(a_NxN: jax.Array) -> jax.Array:
@@ -185,7 +185,7 @@ def adjacency_at(schedule: Schedule, step) -> jax.Array:
   base, n = graphs[0], graphs.shape[1]
   if schedule.kind == 'static':
     return base
-  key = step_key(schedule.seed, _STREAM, step)
+  key = jax.random.fold_in(schedule.key, step)
   if schedule.kind == 'matching':
     keep = greedy_matching(links(base), pair_bits(key, n))
   elif schedule.kind == 'edge_failure':

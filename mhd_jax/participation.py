@@ -40,7 +40,7 @@ _STREAM = 3  # graph_schedule draws from stream 2
 class Participation:
   """What `active_at` needs; `mode` is static, the arrays are traced."""
   mode: str = flax.struct.field(pytree_node=False)
-  seed: jax.Array           # int32 scalar, config.seed
+  key: jax.Array            # graph_schedule.stream_key(seed, 3)
   availability: jax.Array   # float32 scalar
   trace_NxT: jax.Array      # bool; [N, 1] of ones unless mode = 'trace'
   every_N: jax.Array        # int32: take part every every_N[i] steps (1 = always)
@@ -80,7 +80,7 @@ def load_trace(path: str, num_clients: int, num_steps: int) -> np.ndarray:
 def stragglers(num_clients: int, fraction: float, seed: int) -> np.ndarray:
   """The ids of the straggling clients, sorted: round(fraction * N) of them drawn from seed."""
   count = int(round(fraction * num_clients))
-  rng = np.random.default_rng([seed, _STREAM])
+  rng = np.random.default_rng([seed % 2**32, _STREAM])  # numpy takes no negative seed
   return np.sort(rng.choice(num_clients, count, replace=False))
 
 
@@ -98,7 +98,7 @@ def build(config) -> Participation:
     ids = stragglers(n, d.straggler_fraction, config.seed)
     every[ids] = d.straggler_every
     phase[ids] = np.arange(len(ids)) % d.straggler_every
-  return Participation(mode=d.participation, seed=jnp.asarray(config.seed, jnp.int32),
+  return Participation(mode=d.participation, key=graph_schedule.stream_key(config.seed, _STREAM),
                        availability=jnp.asarray(d.availability, jnp.float32),
                        trace_NxT=jnp.asarray(trace), every_N=jnp.asarray(every),
                        phase_N=jnp.asarray(phase))
@@ -111,8 +111,7 @@ def active_at(participation: Participation, step) -> jax.Array:
   if p.mode == 'all':
     return jnp.ones(n, bool)
   if p.mode == 'bernoulli':
-    key = graph_schedule.step_key(p.seed, _STREAM, step)
-    return jax.random.uniform(key, (n,)) < p.availability
+    return jax.random.uniform(jax.random.fold_in(p.key, step), (n,)) < p.availability
   if p.mode == 'trace':
     return jax.lax.dynamic_index_in_dim(p.trace_NxT, step - 1, axis=1, keepdims=False)
   if p.mode == 'stragglers':

@@ -60,6 +60,7 @@ def test_bernoulli_depends_only_on_seed_and_step():
   first = _active(part_lib.build(c), range(1, 21))
   np.testing.assert_array_equal(first, _active(part_lib.build(c), range(1, 21)))
   np.testing.assert_array_equal(first[::-1], _active(part_lib.build(c), range(20, 0, -1)))
+  assert len({a.tobytes() for a in first}) > 10  # the step matters
   c.seed = 1
   assert not np.array_equal(first, _active(part_lib.build(c), range(1, 21)))
 

@@ -35,7 +35,7 @@ def _weighted_directed(n=7, seed=0):
 
 
 def _schedule(kind, base, **kw):
-  return gs.Schedule(kind=kind, graphs_GxNxN=jnp.asarray(base)[None], seed=jnp.int32(3),
+  return gs.Schedule(kind=kind, graphs_GxNxN=jnp.asarray(base)[None], key=gs.stream_key(3, 2),
                      failure_p=jnp.float32(kw.get('failure_p', 0.0)), every=jnp.int32(1))
 
 
