@@ -76,11 +76,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dirichlet_alpha = 0.5    # partition = 'dirichlet': concentration of the label partition
   c.public_fraction = 0.3    # fraction of the training set made public (unlabelled)
 
-  c.topology = 'complete'    # none | complete | ring | chain | star | islands | random_regular | explicit
-  c.num_islands = 2          # topology = 'islands': number of disconnected cliques
-  c.degree = 2               # topology = 'random_regular': neighbours per client
-  c.adjacency = ''           # topology = 'explicit': rows separated by ';', e.g. '0 1; 1 0';
-                             # A[i, j] > 0: client i learns from client j
+  # none | complete | ring | chain | star | islands | random_regular | explicit | erdos_renyi |
+  # small_world | torus | random_geometric (the random ones are drawn from seed)
+  c.topology = 'complete'
+  c.num_islands = 2          # topology = 'islands'
+  c.degree = 2               # topology = 'random_regular'; 'small_world': lattice neighbours (even)
+  c.adjacency = ''           # topology = 'explicit': rows separated by ';', e.g. '0 1; 1 0'
+  c.edge_prob = 0.5          # topology = 'erdos_renyi': probability of each link
+  c.rewire_prob = 0.1        # topology = 'small_world': probability that a link is rewired
+  c.grid_rows = 0            # topology = 'torus': grid rows, dividing num_clients (0 = squarest)
+  c.radius = 0.5             # topology = 'random_geometric': link length in the unit square
+
+  # A network that changes with the step (mhd_jax/graph_schedule.py, participation.py, lag.py,
+  # docs/dynamics.md). Every draw depends only on (seed, step): a resume is exact. The defaults
+  # are the paper's setting: the fixed graph, every client every step, no lag.
+  c.dynamics = ml_collections.ConfigDict()
+  c.dynamics.schedule = 'static'   # static | matching | edge_failure | cycle (graph_schedule.py)
+  c.dynamics.failure_p = 0.0       # schedule = 'edge_failure': probability a link fails at a step
+  c.dynamics.cycle_graphs = ''     # schedule = 'cycle': graphs separated by '|', each a topology
+                                   # name with overrides of its fields, e.g.
+                                   # 'ring | islands:num_islands=3 | erdos_renyi:edge_prob=0.3'
+                                   # (graph i's seed is seed + i unless it sets seed=)
+  c.dynamics.cycle_every = 1       # schedule = 'cycle': steps on each graph before the next
+  c.dynamics.participation = 'all'  # all | bernoulli | trace | stragglers (participation.py)
+  c.dynamics.availability = 1.0    # participation = 'bernoulli': probability a client takes part
+  c.dynamics.trace_file = ''       # participation = 'trace': .npy or text (.csv/.txt) of 0/1,
+                                   # num_clients rows, >= num_steps columns; column s-1 = step s
+  c.dynamics.straggler_fraction = 0.0  # participation = 'stragglers': share of clients that
+                                   # straggle (round(fraction * num_clients), drawn from seed)
+  c.dynamics.straggler_every = 1   # participation = 'stragglers': a straggler takes part every
+                                   # N steps, the i-th one at steps s with (s - 1) % N == i % N
+  c.dynamics.staleness = 0         # tau: targets from neighbours' tau-steps-old models (0 = live)
 
   c.nu_main = 1.0            # weight of head-0 distillation
   c.nu_aux = 1.0             # weight of the auxiliary heads' distillation

@@ -13,13 +13,15 @@ from absl import logging
 import jax
 import numpy as np
 
+from mhd_jax import clients
 from mhd_jax import data as data_lib
+from mhd_jax import graph_schedule
+from mhd_jax import groups as groups_lib
 from mhd_jax import losses
 from mhd_jax import models
-from mhd_jax import partition as partition_lib
-from mhd_jax import clients
-from mhd_jax import groups as groups_lib
 from mhd_jax import optim
+from mhd_jax import participation
+from mhd_jax import partition as partition_lib
 from mhd_jax import topology
 from mhd_jax.data import digits as digits_lib
 
@@ -129,6 +131,20 @@ FIELDS = {
     'num_islands': (_INT, _POS, '>= 1'),
     'degree': (_INT, _NONNEG, '>= 0'),
     'adjacency': (_STR, None, ''),
+    'edge_prob': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
+    'rewire_prob': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
+    'grid_rows': (_INT, _NONNEG, '>= 0 (0 = the squarest grid)'),
+    'radius': (_NUM, lambda v: not v < 0, '>= 0'),
+    'dynamics.schedule': (_STR, None, ''),
+    'dynamics.failure_p': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
+    'dynamics.cycle_graphs': (_STR, None, ''),
+    'dynamics.cycle_every': (_INT, _POS, '>= 1'),
+    'dynamics.participation': (_STR, None, ''),
+    'dynamics.availability': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
+    'dynamics.trace_file': (_STR, None, ''),
+    'dynamics.straggler_fraction': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
+    'dynamics.straggler_every': (_INT, _POS, '>= 1'),
+    'dynamics.staleness': (_INT, _NONNEG, '>= 0 (0 = live targets)'),
     'nu_main': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
     'nu_aux': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
     'nu_emb': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
@@ -173,6 +189,17 @@ def _field_problems(config) -> tuple[list[str], list[str]]:
   return shape, ranges
 
 
+# (field, the mode field, the mode that uses it, the value that means unused)
+_DYNAMICS_MODES = (
+    ('dynamics.failure_p', 'dynamics.schedule', 'edge_failure', 0.0),
+    ('dynamics.cycle_graphs', 'dynamics.schedule', 'cycle', ''),
+    ('dynamics.availability', 'dynamics.participation', 'bernoulli', 1.0),
+    ('dynamics.trace_file', 'dynamics.participation', 'trace', ''),
+    ('dynamics.straggler_fraction', 'dynamics.participation', 'stragglers', 0.0),
+    ('dynamics.straggler_every', 'dynamics.participation', 'stragglers', 1),
+)
+
+
 def warnings(config) -> list[str]:
   """Settings that run but are probably not meant, one line each (printed, not refused)."""
   flat = dotted(config.to_dict())
@@ -183,6 +210,10 @@ def warnings(config) -> list[str]:
   nu = [flat.get(k) for k in ('nu_main', 'nu_aux', 'nu_emb')]
   if all(_is_num(v) and v == 0 for v in nu) and flat.get('topology') != 'none':
     out.append('nu_main = nu_aux = nu_emb = 0: no distillation, so the topology has no effect.')
+  for field, mode, needed, unused in _DYNAMICS_MODES:  # set, but its mode is another
+    if flat.get(field, unused) != unused and flat.get(mode) != needed:
+      out.append(f'config.{field}={flat[field]!r} has no effect unless config.{mode}='
+                 f'{needed!r} (it is {flat.get(mode)!r}).')
   if _is_int(flat.get('optimizer.warmup_steps')) and _is_int(flat.get('num_steps')) and (
       flat['optimizer.warmup_steps'] >= flat['num_steps']):
     out.append(f'optimizer.warmup_steps={flat["optimizer.warmup_steps"]} is not below '
@@ -206,6 +237,10 @@ def _range_problems(config) -> list[str]:
     problems.append(f'profile window of {count} steps from step {first} lies outside the run '
                     f'(steps 1 to {config.num_steps}); set profile.start_step >= 1 and '
                     'profile.num_steps >= 0 (0 = off) within num_steps.')
+  staleness = config.dynamics.staleness
+  if _is_int(staleness) and _is_int(config.num_steps) and staleness >= config.num_steps:
+    problems.append(f'dynamics.staleness={staleness} must be below num_steps={config.num_steps}: '
+                    'every target of the run would come from the initial models.')
   return problems
 
 
@@ -227,12 +262,35 @@ def _name_problems(config) -> list[str]:
       ('optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
       ('optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES),
       ('model.dtype', config.model.dtype, models.DTYPES),
-      ('data.augment', config.data.augment, data_lib.AUGMENTS)]:
+      ('data.augment', config.data.augment, data_lib.AUGMENTS),
+      ('dynamics.schedule', config.dynamics.schedule, graph_schedule.SCHEDULES),
+      ('dynamics.participation', config.dynamics.participation, participation.MODES)]:
     if value not in known:
-      what = 'model' if field.endswith('model.name') else field
+      what = 'model' if field.endswith('model.name') else field.removeprefix('dynamics.')
       problems.append(f'unknown {what} {value!r}: config.{field} must be one of '
                       f'{", ".join(known)}.')
   return problems
+
+
+def _network_problems(config) -> list[str]:
+  """The graph, the schedule's graphs and the availability trace (host only, no compile)."""
+  found = []
+  try:
+    topology.build(config)
+  except ValueError as e:
+    found.append(str(e))
+  d = config.dynamics
+  if d.schedule == 'cycle':
+    try:
+      graph_schedule.base_graphs(config)
+    except ValueError as e:
+      found.append(str(e))
+  if d.participation == 'trace':
+    try:
+      participation.load_trace(d.trace_file, config.num_clients, config.num_steps)
+    except ValueError as e:
+      found.append(str(e))
+  return found
 
 
 def check_device_split(config, num_devices: int) -> list[str]:
@@ -262,10 +320,7 @@ def problems(config, num_devices: int | None = None) -> list[str]:
   found += (_range_problems(config) if derived else []) + groups_lib.problems(config, _MODEL_FIELDS) + (
       _name_problems(config))
   if derived:
-    try:
-      topology.build(config)
-    except ValueError as e:
-      found.append(str(e))
+    found += _network_problems(config)
   if config.num_devices > jax.device_count():
     found.append(f'num_devices={config.num_devices} but {jax.device_count()} device(s) are '
                  'available; use 0 (all) or at most that many.')

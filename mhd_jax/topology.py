@@ -8,6 +8,7 @@ a client's own heads is `include_self`, not a diagonal entry).
 
 from typing import Sequence
 
+import networkx as nx
 import numpy as np
 
 
@@ -89,6 +90,61 @@ def random_regular(n: int, degree: int, seed: int) -> np.ndarray:
   return a
 
 
+def _from_networkx(g: nx.Graph, n: int) -> np.ndarray:
+  """An undirected networkx graph on nodes 0..n-1 as a 0/1 float32 adjacency."""
+  return nx.to_numpy_array(g, nodelist=range(n), dtype=np.float32, weight=None)
+
+
+def erdos_renyi(n: int, edge_prob: float, seed: int) -> np.ndarray:
+  """Each of the n (n - 1) / 2 links present independently with probability `edge_prob`."""
+  if not 0 <= edge_prob <= 1:
+    raise ValueError(f'erdos_renyi: edge_prob must be in [0, 1], got {edge_prob}.')
+  return _from_networkx(nx.gnp_random_graph(n, edge_prob, seed=seed), n)
+
+
+def small_world(n: int, degree: int, rewire_prob: float, seed: int) -> np.ndarray:
+  """Watts-Strogatz: a ring lattice of `degree` nearest neighbours (degree / 2 on each
+  side), each link rewired to a random client with probability `rewire_prob`.
+
+  Needs an even degree in [2, n - 1], so that the lattice is what `degree` says
+  (networkx silently uses degree - 1 for an odd one).
+  """
+  if degree % 2 or not 2 <= degree < n:
+    raise ValueError(f'small_world: degree must be even and in [2, num_clients - 1], got '
+                     f'degree={degree} for num_clients={n}.')
+  if not 0 <= rewire_prob <= 1:
+    raise ValueError(f'small_world: rewire_prob must be in [0, 1], got {rewire_prob}.')
+  return _from_networkx(nx.watts_strogatz_graph(n, degree, rewire_prob, seed=seed), n)
+
+
+def torus_shape(n: int, rows: int = 0) -> tuple[int, int]:
+  """(rows, cols) of a torus of n clients; rows = 0 picks the squarest grid."""
+  if rows == 0:
+    rows = max(r for r in range(1, int(np.sqrt(n)) + 1) if n % r == 0)
+  if not 1 <= rows <= n or n % rows:
+    raise ValueError(f'torus: grid_rows={rows} must divide num_clients={n} (0 = the squarest '
+                     'grid).')
+  return rows, n // rows
+
+
+def torus(n: int, rows: int = 0) -> np.ndarray:
+  """A rows x cols grid with wraparound, client r * cols + c at (r, c); links both ways.
+
+  Each client has 4 neighbours when rows, cols >= 3; a side of 2 gives one link
+  that way (its two wraparound neighbours are the same client), a side of 1 none.
+  """
+  rows, cols = torus_shape(n, rows)
+  g = nx.grid_2d_graph(rows, cols, periodic=True)
+  return _from_networkx(nx.relabel_nodes(g, {(r, c): r * cols + c for r, c in g.nodes}), n)
+
+
+def random_geometric(n: int, radius: float, seed: int) -> np.ndarray:
+  """Clients at uniform random points of the unit square, linked when closer than `radius`."""
+  if not radius >= 0:
+    raise ValueError(f'random_geometric: radius must be >= 0, got {radius}.')
+  return _from_networkx(nx.random_geometric_graph(n, radius, seed=seed), n)
+
+
 def parse_matrix(spec: str | Sequence[Sequence[float]]) -> np.ndarray:
   """A matrix from nested sequences or a string like '0 1 0; 1 0 1; 0 1 0'."""
   if isinstance(spec, str):
@@ -135,7 +191,14 @@ def validate(a: np.ndarray, num_clients: int, distilling: bool) -> np.ndarray:
   return a
 
 
-BUILDERS = ('none', 'complete', 'ring', 'chain', 'star', 'islands', 'random_regular', 'explicit')
+BUILDERS = ('none', 'complete', 'ring', 'chain', 'star', 'islands', 'random_regular', 'explicit',
+            'erdos_renyi', 'small_world', 'torus', 'random_geometric')
+
+
+# Random families that can leave a client isolated, and what to change when a draw does
+# (small_world cannot: each client keeps the degree / 2 links it rewires).
+RANDOM_FAMILIES = {'erdos_renyi': 'raise edge_prob or change seed',
+                   'random_geometric': 'raise radius or change seed'}
 
 
 def build(config) -> np.ndarray:
@@ -159,7 +222,20 @@ def build(config) -> np.ndarray:
     if not config.adjacency:
       raise ValueError("topology='explicit' needs config.adjacency, e.g. '0 1; 1 0'.")
     a = parse_matrix(config.adjacency)
+  elif name == 'erdos_renyi':
+    a = erdos_renyi(n, config.edge_prob, config.seed)
+  elif name == 'small_world':
+    a = small_world(n, config.degree, config.rewire_prob, config.seed)
+  elif name == 'torus':
+    a = torus(n, config.grid_rows)
+  elif name == 'random_geometric':
+    a = random_geometric(n, config.radius, config.seed)
   else:
     raise ValueError(f'unknown topology {name!r}; choose one of {", ".join(BUILDERS)}.')
   distilling = any(v != 0 for v in (config.nu_main, config.nu_aux, config.nu_emb))
-  return validate(a, n, distilling)
+  try:
+    return validate(a, n, distilling)
+  except ValueError as e:
+    if name not in RANDOM_FAMILIES:
+      raise
+    raise ValueError(f'{e} ({name} draws its graph from seed: {RANDOM_FAMILIES[name]})') from None

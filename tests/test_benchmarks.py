@@ -129,3 +129,11 @@ def test_peak_by_device_kind():
   peak = _accelerator().peak_tflops
   assert peak('NVIDIA H100 80GB HBM3') == 989.4 and peak('NVIDIA H100 PCIe') == 756.0
   assert peak('TPU v5 lite') == 197.0 and peak('TPU v5') == 459.0 and peak('cpu') is None
+
+
+def test_dynamics_draws_quick():
+  from mhd_jax import graph_schedule  # pylint: disable=g-import-not-at-top
+  rows = run_benchmark('dynamics_draws.py')
+  assert [r['draw'] for r in rows] == [f'schedule={k}' for k in graph_schedule.SCHEDULES] + [
+      'participation=bernoulli']
+  assert all(r['n_clients'] == 8 and r['us_per_step'] > 0 for r in rows)

@@ -28,8 +28,13 @@ OVERRIDES = [
     'optimizer.name=rmsprop', 'optimizer.schedule=linear', 'optimizer.learning_rate=-1',
     'optimizer.momentum=1.5', 'optimizer.weight_decay=-1', 'optimizer.warmup_steps=-5',
     'optimizer.grad_clip=-1', 'nu_main=-5', 'nu_aux=-1', 'nu_emb=-0.1', 'target=loudest',
-    'strategy=fast', 'partition=zipf', 'topology=torus', 'num_devices=3', 'num_devices=-1',
+    'strategy=fast', 'partition=zipf', 'topology=hypercube', 'num_devices=3', 'num_devices=-1',
     'data.augment=fancy', 'data.name=nosuchdataset', 'include_self=maybe', 'seed=x',
+    'edge_prob=1.5', 'rewire_prob=-0.1', 'grid_rows=-1', 'radius=-1',
+    'dynamics.schedule=gossip', 'dynamics.failure_p=1.5', 'dynamics.failure_p=-0.1',
+    'dynamics.cycle_every=0', 'dynamics.participation=sometimes', 'dynamics.availability=-0.5',
+    'dynamics.availability=2', 'dynamics.straggler_fraction=1.1', 'dynamics.straggler_every=0',
+    'dynamics.staleness=-1', 'dynamics.staleness=1500', 'dynamics.participation=trace',
 ]
 
 
@@ -78,6 +83,13 @@ FAULTS = {
     'positional argument': lambda t: ['extra'],
     'explicit topology without a matrix': lambda t: ['--config.topology=explicit'],
     'islands of zero': lambda t: ['--config.topology=islands', '--config.num_islands=0'],
+    'torus that does not divide': lambda t: ['--config.topology=torus', '--config.grid_rows=2'],
+    'cycle without graphs': lambda t: ['--config.dynamics.schedule=cycle'],
+    'cycle with a bad graph': lambda t: ['--config.dynamics.schedule=cycle',
+                                         '--config.dynamics.cycle_graphs=ring | islands:num_islands=9'],
+    'trace of the wrong shape': lambda t: [
+        '--config.dynamics.participation=trace',
+        f'--config.dynamics.trace_file={_config_file(t, "1 0 1\n0 1 1\n")}'],
 }
 
 

@@ -117,6 +117,82 @@ def test_random_regular_bad_degree_raises(n, degree):
     topology.random_regular(n, degree, seed=0)
 
 
+# ------------------------------------------------------- random families (networkx)
+
+
+def _assert_undirected(a, n):
+  _assert_adjacency(a, n)
+  np.testing.assert_array_equal(a, a.T)
+
+
+def _differs_by_seed(make):
+  """Each seed gives one graph, and other seeds give other graphs."""
+  np.testing.assert_array_equal(make(1), make(1))
+  assert any(not np.array_equal(make(1), make(s)) for s in range(2, 6))
+
+
+def test_erdos_renyi_density_and_extremes():
+  # 60 clients: 1770 pairs, each a link with probability 0.3; the observed density has standard
+  # deviation sqrt(0.3 * 0.7 / 1770) = 0.011, and we allow 5 of them.
+  a = topology.erdos_renyi(60, 0.3, seed=0)
+  _assert_undirected(a, 60)
+  assert abs(a[np.triu_indices(60, 1)].mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 1770)
+  assert not topology.erdos_renyi(6, 0.0, seed=0).any()
+  np.testing.assert_array_equal(topology.erdos_renyi(6, 1.0, seed=0), topology.complete(6))
+  _differs_by_seed(lambda s: topology.erdos_renyi(12, 0.5, s))
+  with pytest.raises(ValueError, match=r'erdos_renyi: edge_prob must be in \[0, 1\]'):
+    topology.erdos_renyi(6, 1.5, seed=0)
+
+
+def _ring_lattice(n, k):
+  """Each client linked to the k / 2 nearest on each side."""
+  a = topology.empty(n)
+  for s in range(1, k // 2 + 1):
+    for i in range(n):
+      a[i, (i + s) % n] = a[(i + s) % n, i] = 1
+  return a
+
+
+def test_small_world_is_a_rewired_ring_lattice():
+  np.testing.assert_array_equal(topology.small_world(10, 4, 0.0, seed=0), _ring_lattice(10, 4))
+  for seed in range(5):
+    a = topology.small_world(20, 4, 0.3, seed)
+    _assert_undirected(a, 20)
+    assert a.sum() == 20 * 4  # rewiring moves links, it does not add or drop them
+    assert (a.sum(1) >= 2).all()  # each client keeps the degree / 2 links it rewires
+    assert not np.array_equal(a, _ring_lattice(20, 4))
+  _differs_by_seed(lambda s: topology.small_world(20, 4, 0.3, s))
+
+
+@pytest.mark.parametrize('n, degree, p', [(10, 3, 0.1), (10, 0, 0.1), (4, 4, 0.1), (6, 2, -0.1)])
+def test_small_world_bad_parameters_raise(n, degree, p):
+  with pytest.raises(ValueError, match='small_world: '):
+    topology.small_world(n, degree, p, seed=0)
+
+
+def test_torus_links_grid_neighbours_with_wraparound():
+  a = topology.torus(12, 3)  # 3 rows x 4 columns, client r * 4 + c
+  _assert_undirected(a, 12)
+  np.testing.assert_array_equal(a.sum(1), np.full(12, 4))
+  assert np.flatnonzero(a[0]).tolist() == [1, 3, 4, 8]     # right, left (wrap), down, up (wrap)
+  assert np.flatnonzero(a[6]).tolist() == [2, 5, 7, 10]
+  np.testing.assert_array_equal(topology.torus(5, 1), topology.ring(5))  # one row: a ring
+  assert topology.torus_shape(12) == (3, 4) and topology.torus_shape(7) == (1, 7)
+  np.testing.assert_array_equal(topology.torus(6, 2).sum(1), np.full(6, 3))  # 2 rows: one up/down
+  with pytest.raises(ValueError, match='torus: grid_rows=5 must divide num_clients=12'):
+    topology.torus(12, 5)
+
+
+def test_random_geometric_links_close_clients():
+  for seed in range(3):
+    a = topology.random_geometric(30, 0.3, seed)
+    _assert_undirected(a, 30)
+    assert 0 < a.sum() < 30 * 29  # neither empty nor complete at this radius
+  assert not topology.random_geometric(8, 0.0, seed=0).any()
+  np.testing.assert_array_equal(topology.random_geometric(8, 1.5, seed=0), topology.complete(8))
+  _differs_by_seed(lambda s: topology.random_geometric(12, 0.4, s))
+
+
 # ------------------------------------------------------------------- parsing
 
 
@@ -197,7 +273,8 @@ def test_validate_isolated_nodes_allowed_when_not_distilling():
 
 def _config(**overrides):
   c = ml_collections.ConfigDict(dict(num_clients=6, topology='complete', num_islands=2,
-                                     degree=3, seed=0, adjacency='',
+                                     degree=3, seed=0, adjacency='', edge_prob=0.5,
+                                     rewire_prob=0.1, grid_rows=0, radius=0.5,
                                      nu_main=1.0, nu_aux=1.0, nu_emb=0.0))
   c.update(overrides)
   return c
@@ -211,6 +288,9 @@ def _config(**overrides):
     ('star', topology.star(6)),
     ('islands', topology.islands(6, 2)),
     ('random_regular', topology.random_regular(6, 3, seed=0)),
+    ('erdos_renyi', topology.erdos_renyi(6, 0.5, seed=0)),
+    ('torus', topology.torus(6, 0)),
+    ('random_geometric', topology.random_geometric(6, 0.5, seed=0)),
 ])
 def test_build_each_name(name, expected):
   a = topology.build(_config(topology=name))
@@ -237,8 +317,24 @@ def test_build_explicit_without_adjacency_raises():
 
 
 def test_build_unknown_name_raises():
-  with pytest.raises(ValueError, match="unknown topology 'torus'; choose one of none, complete"):
-    topology.build(_config(topology='torus'))
+  with pytest.raises(ValueError, match="unknown topology 'hypercube'; choose one of none, complete"):
+    topology.build(_config(topology='hypercube'))
+
+
+def test_build_reads_the_family_fields():
+  np.testing.assert_array_equal(topology.build(_config(topology='small_world', degree=2)),
+                                topology.small_world(6, 2, 0.1, seed=0))
+  np.testing.assert_array_equal(topology.build(_config(topology='torus', grid_rows=1)),
+                                topology.ring(6))
+  np.testing.assert_array_equal(topology.build(_config(topology='erdos_renyi', edge_prob=1.0)),
+                                topology.complete(6))
+  assert topology.build(_config(topology='random_geometric', radius=2.0, seed=5)).sum() == 30
+
+
+def test_a_random_draw_that_isolates_a_client_says_what_to_change():
+  with pytest.raises(ValueError, match=r'no in-neighbours.*erdos_renyi draws its graph from seed: '
+                                       'raise edge_prob or change seed'):
+    topology.build(_config(topology='erdos_renyi', edge_prob=0.0))
 
 
 def test_build_validates():

@@ -151,6 +151,39 @@ BUGS = (
         '  bad = np.where((bad == 0) & ~np.asarray(jax.device_get(state_finite_N)), step, bad)',
         '  bad = bad',
         ('tests/test_nonfinite.py',), 'a NaN update saved as the last good checkpoint'),
+    # The network over time (issue 15).
+    Bug('matching_not_a_matching', 'mhd_jax/graph_schedule.py',
+        "    take = first & first.T                         # ... and at column j's end",
+        '    take = first', ('tests/test_schedules.py', '-k', 'matching'),
+        'a client matched to two partners in one gossip step'),
+    Bug('matching_one_round', 'mhd_jax/graph_schedule.py',
+        '  matched, _ = jax.lax.while_loop(lambda c: c[1].any(), round_,\n'
+        '                                  (jnp.zeros_like(link_NxN), link_NxN))',
+        '  matched, _ = round_((jnp.zeros_like(link_NxN), link_NxN))',
+        ('tests/test_schedules.py', '-k', 'matching'), 'a matching that is not maximal'),
+    Bug('edge_failure_one_way', 'mhd_jax/graph_schedule.py',
+        '  up = jnp.triu(jax.random.uniform(key, (n, n)) >= failure_p, 1)\n  return up | up.T',
+        '  return jax.random.uniform(key, (n, n)) >= failure_p',
+        ('tests/test_schedules.py', '-k', 'edge_failure'), 'a failed link still carries one way'),
+    Bug('draws_ignore_step', 'mhd_jax/graph_schedule.py',
+        '  key = jax.random.fold_in(schedule.key, step)\n', '  key = schedule.key\n',
+        ('tests/test_schedules.py', '-k', 'seed_and_step'), 'the same graph at every step'),
+    Bug('cycle_off_by_one', 'mhd_jax/graph_schedule.py',
+        '    return graphs[((step - 1) // schedule.every)',
+        '    return graphs[(step // schedule.every)',
+        ('tests/test_schedules.py', '-k', 'cycle'), 'a cycle that switches one step early'),
+    Bug('trace_column_off_by_one', 'mhd_jax/participation.py',
+        'p.trace_NxT, step - 1, axis=1', 'p.trace_NxT, step, axis=1',
+        ('tests/test_participation.py', '-k', 'trace'), 'step s reads the trace of step s + 1'),
+    Bug('stragglers_in_phase', 'mhd_jax/participation.py',
+        '    phase[ids] = np.arange(len(ids)) % d.straggler_every', '    phase[ids] = 0',
+        ('tests/test_participation.py', '-k', 'stragglers'), 'every straggler arrives at once'),
+    Bug('lag_push_before_read', 'mhd_jax/lag.py',
+        '  sent_N, outputs = read(buffer, step)\n'
+        '  return sent_N, outputs, push(buffer, step + staleness(buffer), ahead, active_N)',
+        '  buffer = push(buffer, step + staleness(buffer), ahead, active_N)\n'
+        '  sent_N, outputs = read(buffer, step)\n  return sent_N, outputs, buffer',
+        ('tests/test_lag.py',), 'the lagged slot overwritten before it is read'),
 )
 
 
