@@ -170,10 +170,9 @@ class Bench:
   def make_step(self, specs, adjacency, config, layout):
     """The run's step program (`programs.train_step`) as `(state, batch, rng) -> (state, metrics)`."""
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from mhd_jax import distill  # pylint: disable=g-import-not-at-top
     from mhd_jax import programs  # pylint: disable=g-import-not-at-top
     step = programs.train_step(layout, specs, config, self.strategy)
-    net, first_bad = distill.Network.static(adjacency), np.zeros(len(adjacency), np.int32)
+    net, first_bad = programs.static_dynamics(adjacency), np.zeros(len(adjacency), np.int32)
     return self.jax.jit(lambda state, batch, rng: step(state, batch, rng, first_bad, net)[:2],
                         donate_argnums=0)
 

@@ -12,8 +12,36 @@ import jax.numpy as jnp
 from mhd_jax import clients
 from mhd_jax import distill
 from mhd_jax import evaluate
+from mhd_jax import graph_schedule
 from mhd_jax import layout as layout_lib
+from mhd_jax import participation
 from mhd_jax import step as step_lib
+
+
+def static_dynamics(adjacency_NxN):
+  """The dynamics of a fixed graph where every client takes part every step (the paper's)."""
+  n = len(adjacency_NxN)
+  key = jax.random.PRNGKey(0)  # drawn from by neither
+  schedule = graph_schedule.Schedule(
+      kind='static', graphs_GxNxN=jnp.asarray(adjacency_NxN, jnp.float32)[None], key=key,
+      failure_p=jnp.zeros((), jnp.float32), every=jnp.ones((), jnp.int32))
+  part = participation.Participation(
+      mode='all', key=key, availability=jnp.ones((), jnp.float32), trace_NxT=jnp.ones((n, 1), bool),
+      every_N=jnp.ones(n, jnp.int32), phase_N=jnp.zeros(n, jnp.int32))
+  return schedule, part
+
+
+def network_at(dynamics, step) -> distill.Network:
+  """The `distill.Network` of training step `step` (1-based, traced) over the real clients.
+
+  `dynamics` is `(graph_schedule.Schedule, participation.Participation)`: the
+  graph and who takes part are drawn from (seed, step) inside the program, so
+  a graph that changes every step compiles once and a resume is exact.
+  """
+  schedule, part = dynamics
+  active_N = participation.active_at(part, step)
+  return distill.Network(graph_schedule.adjacency_at(schedule, step), active_N,
+                         jnp.arange(active_N.shape[0], dtype=jnp.int32))
 
 
 def watch_nonfinite(metrics: distill.Metrics, step, first_bad_N):
@@ -28,17 +56,18 @@ def watch_nonfinite(metrics: distill.Metrics, step, first_bad_N):
 
 
 def train_step(layout: layout_lib.Layout, specs, config, strategy: str):
-  """Jitted `(state, batch, rng, first_bad_N, net) -> (state, metrics_N, first_bad_N)`.
+  """Jitted `(state, batch, rng, first_bad_N, dynamics) -> (state, metrics_N, first_bad_N)`.
 
   `state` comes from `layout.pad_state`, `batch` from `layout.place_batch`;
-  `net` is this step's `distill.Network` over the real clients.
+  `dynamics` gives each step's network (`network_at`).
   """
   padded = layout.padded_specs(specs)
   for_each = lambda fn, in_axes: clients.for_each_client(fn, strategy, layout.mesh, in_axes)
 
-  def run(state, batch, rng, first_bad_N, net):
-    state, metrics = step_lib.train_step(state, batch, rng, layout.network(net), specs=padded,
-                                         config=config, for_each=for_each)
+  def run(state, batch, rng, first_bad_N, dynamics):
+    net = layout.network(network_at(dynamics, state.step + 1))
+    state, metrics = step_lib.train_step(state, batch, rng, net, specs=padded, config=config,
+                                         for_each=for_each)
     metrics = layout.real(metrics)
     return state, metrics, watch_nonfinite(metrics, state.step, first_bad_N)
 

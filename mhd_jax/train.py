@@ -33,8 +33,10 @@ from mhd_jax import evaluate
 from mhd_jax import logs
 from mhd_jax import clients
 from mhd_jax import distill
+from mhd_jax import graph_schedule
 from mhd_jax import groups as groups_lib
 from mhd_jax import layout as layout_lib
+from mhd_jax import participation
 from mhd_jax import programs
 from mhd_jax import report
 from mhd_jax import safety
@@ -277,13 +279,13 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     checkpoint.write_metadata(workdir, config, data)
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   first_bad = jnp.zeros(config.num_clients, jnp.int32)
-  net = distill.Network.static(adjacency)
+  dynamics = (graph_schedule.build(config), participation.build(config))
   batches = map(layout.place_batch, data.train_batches(start_step))
   if start_step < config.num_steps:
     first = next(batches)
     batches = itertools.chain([first], batches)
     strategy, train_step = _compile_train_step(config, specs, layout, data.image_shape,
-                                               (state, first, step_rng, first_bad, net),
+                                               (state, first, step_rng, first_bad, dynamics),
                                                config.num_steps - start_step)
   else:  # resumed from the final checkpoint: nothing to compile but the evaluation
     strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
@@ -317,7 +319,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
       for step in range(start_step + 1, config.num_steps + 1):
         with profiler.step(step):
           timer.begin_step()
-          state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad, net)
+          state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad, dynamics)
           sums = _add_metrics(sums, metrics)
           count += 1
           if config.average_every and step % config.average_every == 0:

@@ -25,7 +25,6 @@ from mhd_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import
 from mhd_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import layout as layout_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import distill  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import programs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -60,7 +59,7 @@ def sharded_run(specs, adjacency, config, batches, strategy, num_devices=0):
                                   layout_lib.make_mesh(num_devices))
   state = layout.pad_state(state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)))
   step = programs.train_step(layout, specs, config, strategy)
-  net, first_bad = distill.Network.static(adjacency), np.zeros(len(adjacency), np.int32)
+  net, first_bad = programs.static_dynamics(adjacency), np.zeros(len(adjacency), np.int32)
   for batch in batches:
     state, metrics, first_bad = step(state, layout.place_batch(batch), jax.random.PRNGKey(7),
                                      first_bad, net)
@@ -118,7 +117,7 @@ def test_each_device_holds_and_runs_only_its_clients():
     assert {s.data.shape[0] for s in leaf.addressable_shards} == {2}
   step = programs.train_step(layout, specs, config, strategy)
   hlo = step.lower(state, layout.place_batch(ts.make_batch(0, n=n)), jax.random.PRNGKey(7),
-                   np.zeros(n, np.int32), distill.Network.static(complete(n))).compile().as_text()
+                   np.zeros(n, np.int32), programs.static_dynamics(complete(n))).compile().as_text()
   specs2 = ts.make_specs('cnn', n=2)
   single = jax.jit(step_lib.make_train_step(specs2, complete(2), config, strategy)).lower(
       state_lib.init_state(specs2, ts.IMAGE, jax.random.PRNGKey(0)), ts.make_batch(0, n=2),

@@ -1,0 +1,99 @@
+"""The step under a changing network: schedules and participation drawn inside the program."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import default
+from mhd_jax import graph_schedule
+from mhd_jax import layout as layout_lib
+from mhd_jax import participation
+from mhd_jax import programs
+from mhd_jax import state as state_lib
+from mhd_jax import step as step_lib
+from tests import test_step as ts
+
+
+def _program_steps(specs, config, dynamics, batches, strategy='vmap'):
+  """(state, metrics) after `batches` through the run's program (`programs.train_step`)."""
+  n = sum(s.num_clients for s in specs)
+  layout = layout_lib.Layout.create([s.num_clients for s in specs], layout_lib.make_mesh(1))
+  step = programs.train_step(layout, specs, config, strategy)
+  state = layout.pad_state(state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)))
+  first_bad = np.zeros(n, np.int32)
+  for batch in batches:
+    state, metrics, first_bad = step(state, layout.place_batch(batch), jax.random.PRNGKey(7),
+                                     first_bad, dynamics)
+  return state, metrics
+
+
+def _trace(active_NxT):
+  """A participation that follows `active_NxT` (column s-1 = step s)."""
+  a = np.asarray(active_NxT, bool)
+  n = a.shape[0]
+  return participation.Participation(
+      mode='trace', key=jax.random.PRNGKey(0), availability=jnp.ones((), jnp.float32),
+      trace_NxT=jnp.asarray(a), every_N=jnp.ones(n, jnp.int32), phase_N=jnp.zeros(n, jnp.int32))
+
+
+def _config(**dynamics):
+  config = default.get_config()
+  config.num_clients = ts.N
+  config.dynamics.update(dynamics)
+  return config
+
+
+def test_default_dynamics_are_bit_identical_to_the_fixed_graph_step():
+  """Static schedule, everyone every step, no lag: the program computes what the plain step does."""
+  config, specs = ts.distill_config('random'), ts.make_specs('convbn')
+  batches = [ts.make_batch(s) for s in range(3)]
+  adjacency = np.asarray(ts.ADJ, np.float32)
+  run = _config()
+  run.topology, run.adjacency = 'explicit', '; '.join(' '.join(map(str, r)) for r in ts.ADJ)
+  dynamics = (graph_schedule.build(run), participation.build(run))
+  state, metrics = _program_steps(specs, config, dynamics, batches)
+  ref, ref_metrics = ts.run_steps(specs, adjacency, config, batches)
+  jax.tree.map(np.testing.assert_array_equal, state, ref)
+  jax.tree.map(np.testing.assert_array_equal, metrics, ref_metrics)
+
+
+def test_unavailable_client_keeps_its_state_and_teaches_nobody():
+  """Client 1 sits out step 2: its state is bit-identical across that step, and the others
+  learn as in a per-client reference over the graph without client 1."""
+  config, specs = ts.distill_config('mean', include_self=True), ts.make_specs('convbn')
+  batches = [ts.make_batch(s) for s in range(2)]
+  adjacency = np.asarray(ts.ADJ, np.float32)
+  dynamics = (programs.static_dynamics(adjacency)[0], _trace([[1, 1], [1, 0], [1, 1]]))
+  after_one, _ = _program_steps(specs, config, dynamics, batches[:1])
+  after_two, metrics = _program_steps(specs, config, dynamics, batches)
+  client = lambda s, i: jax.tree.map(lambda x: x[i], s.groups[0])
+  jax.tree.map(np.testing.assert_array_equal, client(after_two, 1), client(after_one, 1))
+  without = adjacency.copy()
+  without[:, 1] = without[1, :] = 0
+  ref, ref_metrics = ts.reference_step(specs[0], after_one.groups[0], batches[1], without, config,
+                                       jax.random.PRNGKey(7), 1)
+  for i in (0, 2):
+    ts.assert_trees_close(client(after_two, i), jax.tree.map(lambda x, i=i: x[i], ref),
+                          rtol=2e-5, atol=2e-6)
+    ts.assert_trees_close(metrics.kd_main[i], ref_metrics.kd_main[i], rtol=2e-5, atol=2e-6)
+
+
+def test_failed_links_carry_nothing():
+  """Under edge failure the step is the fixed-graph step on that step's surviving links."""
+  config, specs = ts.distill_config('most_confident'), ts.make_specs('mlp')
+  run = _config(schedule='edge_failure', failure_p=0.5)
+  run.topology = 'complete'
+  full = np.ones((ts.N, ts.N), np.float32) - np.eye(ts.N, dtype=np.float32)
+  for run.seed in range(20):  # the first seed whose step-1 draw fails some links, keeps some
+    schedule = graph_schedule.build(run)
+    a_1 = np.asarray(graph_schedule.adjacency_at(schedule, 1))
+    if 0 < a_1.sum() < full.sum():
+      break
+  assert 0 < a_1.sum() < full.sum()
+  dynamics = (schedule, participation.build(run))
+  batch = ts.make_batch(0)
+  state, metrics = _program_steps(specs, config, dynamics, [batch])
+  ref, ref_metrics = ts.run_steps(specs, a_1, config, [batch])
+  jax.tree.map(np.testing.assert_array_equal, state, ref)
+  jax.tree.map(np.testing.assert_array_equal, metrics, ref_metrics)
