@@ -96,7 +96,8 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
     new_p, new_opt = jax.vmap(functools.partial(_update, spec.tx))(
         params[g], grads[g], state.groups[g].opt_state)
     new = state_lib.Group(params=new_p, batch_stats=new_stats[g], opt_state=new_opt)
-    groups.append(_keep_inactive(new, state.groups[g], net.active_S[first:first + spec.num_clients]))
+    active_n = net.active_S[first:first + spec.num_clients]
+    groups.append(_keep_inactive(new, state.groups[g], active_n))
   return state_lib.TrainState(step=state.step + 1, groups=tuple(groups)), metrics
 
 
