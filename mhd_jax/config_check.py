@@ -13,6 +13,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from mhd_jax import config_dict
 from mhd_jax import input_pipeline
 from mhd_jax import losses
 from mhd_jax import models
@@ -27,17 +28,6 @@ class ConfigError(ValueError):
   def __init__(self, problems: Sequence[str]):
     self.problems = list(problems)
     super().__init__('\n'.join(self.problems))
-
-
-def dotted(tree: dict, prefix: str = '') -> dict:
-  """A nested dict (a config's `to_dict()`) as {'section.field': value}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(dotted(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 def _dataset_problem(name: str, data_dir: str = '') -> str | None:
@@ -153,7 +143,7 @@ _DIGITS_EXAMPLES = 1797  # sklearn's load_digits, split by data.test_fraction
 
 def _field_problems(config) -> tuple[list[str], list[str]]:
   """(unknown, missing or mistyped fields; values out of range), one line each."""
-  flat = dotted(config.to_dict())
+  flat = config_dict.dotted(config.to_dict())
   shape = [f'unknown field {k!r}: it is not a config field (see configs/default.py).'
            for k in flat if k not in FIELDS and not k.startswith('groups.')]
   ranges = []
@@ -169,7 +159,7 @@ def _field_problems(config) -> tuple[list[str], list[str]]:
 
 def warnings(config) -> list[str]:
   """Settings that run but are probably not meant, one line each (printed, not refused)."""
-  flat = dotted(config.to_dict())
+  flat = config_dict.dotted(config.to_dict())
   out = [f'config.{k} is {v!r}: where the run uses it, its parameters turn non-finite and it '
          'stops (exit 1).' for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
   if _is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:
