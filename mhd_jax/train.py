@@ -244,9 +244,9 @@ def _log_train(step, sums, count, timed, sent_N, config, writer):
                rate * examples_per_step, (config.num_steps - step) / rate,
                ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
   writer.write_record({'step': step, 'steps_per_sec': rate,
-             'client_steps_per_sec': rate * config.num_clients,
-             'examples_per_sec': rate * examples_per_step, 'window_steps': count, **means,
-             'clients': {k: metrics[k].tolist() for k in TERMS}})
+                       'client_steps_per_sec': rate * config.num_clients,
+                       'examples_per_sec': rate * examples_per_step, 'window_steps': count,
+                       **means, 'clients': {k: metrics[k].tolist() for k in TERMS}})
   scalars = {'mean/steps_per_sec': rate, **writers.per_client('bytes_sent', sent_N * step)}
   for k in TERMS:
     scalars.update(writers.per_client(k, metrics[k]))
