@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from absl import logging
 
-from mhd_jax import config_check
+from mhd_jax import config_base
 from mhd_jax import population as pop
 
 SKIPPED = 'skipped_checkpoints'
@@ -149,7 +149,7 @@ def restore_newest_verified(mngr: ocp.CheckpointManager, abstract, lead: bool = 
   afresh; the manager is reloaded. The caller syncs processes after this.
 
   Raises:
-    config_check.ConfigError: checkpoints exist and none verifies.
+    config_base.ConfigError: checkpoints exist and none verifies.
   """
   directory = str(mngr.directory)
   skipped = []
@@ -174,7 +174,7 @@ def restore_newest_verified(mngr: ocp.CheckpointManager, abstract, lead: bool = 
       os.makedirs(os.path.dirname(aside), exist_ok=True)
       os.replace(os.path.join(directory, str(step)), aside)
   if skipped:
-    raise config_check.ConfigError([
+    raise config_base.ConfigError([
         f'no checkpoint in {directory} verifies (steps {sorted(skipped)} moved to '
         f'{SKIPPED}/); pass --overwrite to start afresh.'])
   return None

@@ -7,13 +7,12 @@ line per problem; `launch.py` prints those lines and exits with status 2.
 """
 
 import logging as std_logging
-from typing import Sequence
 
 from absl import logging
 import jax
 import numpy as np
 
-from mhd_jax import config_dict
+from mhd_jax import config_base
 from mhd_jax import input_pipeline
 from mhd_jax import losses
 from mhd_jax import models
@@ -22,12 +21,7 @@ from mhd_jax import population as pop
 from mhd_jax import topology
 
 
-class ConfigError(ValueError):
-  """A config (or workdir) the run refuses; `problems` holds one line each."""
-
-  def __init__(self, problems: Sequence[str]):
-    self.problems = list(problems)
-    super().__init__('\n'.join(self.problems))
+ConfigError = config_base.ConfigError  # raised here and by the workdir checks
 
 
 def _dataset_problem(name: str, data_dir: str = '') -> str | None:
@@ -143,7 +137,7 @@ _DIGITS_EXAMPLES = 1797  # sklearn's load_digits, split by data.test_fraction
 
 def _field_problems(config) -> tuple[list[str], list[str]]:
   """(unknown, missing or mistyped fields; values out of range), one line each."""
-  flat = config_dict.dotted(config.to_dict())
+  flat = config_base.dotted(config.to_dict())
   shape = [f'unknown field {k!r}: it is not a config field (see configs/default.py).'
            for k in flat if k not in FIELDS and not k.startswith('groups.')]
   ranges = []
@@ -159,7 +153,7 @@ def _field_problems(config) -> tuple[list[str], list[str]]:
 
 def warnings(config) -> list[str]:
   """Settings that run but are probably not meant, one line each (printed, not refused)."""
-  flat = config_dict.dotted(config.to_dict())
+  flat = config_base.dotted(config.to_dict())
   out = [f'config.{k} is {v!r}: where the run uses it, its parameters turn non-finite and it '
          'stops (exit 1).' for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
   if _is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:

@@ -39,8 +39,7 @@ import ml_collections
 import numpy as np
 
 from mhd_jax import checkpoint
-from mhd_jax import config_check
-from mhd_jax import config_dict
+from mhd_jax import config_base
 
 CONFIG = 'config.json'
 PARTITION = 'partition.json'
@@ -225,7 +224,7 @@ def checkpoint_manager(workdir: str, config=None, lead: bool = True):
 
 def config_differences(saved: dict, config) -> list[str]:
   """'field: saved -> new' for every field that may not change when resuming."""
-  old, new = config_dict.dotted(saved), config_dict.dotted(json.loads(config.to_json()))
+  old, new = config_base.dotted(saved), config_base.dotted(json.loads(config.to_json()))
   allowed = set(RESUMABLE)
   if new.get('optimizer.schedule') == 'cosine':
     allowed.discard('num_steps')
@@ -262,12 +261,12 @@ def check_workdir(workdir: str, config, overwrite: bool) -> None:
       `RESUMABLE`, and `overwrite` is False.
   """
   if '://' in workdir:
-    raise config_check.ConfigError([
+    raise config_base.ConfigError([
         f'workdir {workdir} is a URL; the logs and report are written with plain file I/O: '
         'use a local path (a bucket mounted with GCS-FUSE, NFS, ...).'])
   problem = _writable_problem(workdir)
   if problem:
-    raise config_check.ConfigError([problem])
+    raise config_base.ConfigError([problem])
   file = path(workdir, CONFIG)
   if overwrite or not os.path.exists(file):
     return
@@ -275,13 +274,13 @@ def check_workdir(workdir: str, config, overwrite: bool) -> None:
     with open(file) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
-    raise config_check.ConfigError([
+    raise config_base.ConfigError([
         f'workdir {workdir}: config.json is unreadable ({e}); choose another --workdir, or '
         'pass --overwrite to replace that run.']) from None
   diffs = config_differences(saved, config)
   if diffs:
     more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
-    raise config_check.ConfigError([
+    raise config_base.ConfigError([
         f'workdir {workdir} holds a run with a different config ({"; ".join(diffs[:3])}{more}); '
         'choose another --workdir, or pass --overwrite to replace that run.'])
 
@@ -321,7 +320,7 @@ class WorkdirLock:
       holder = os.read(fd, 200).decode(errors='replace').strip() or 'another process'
       os.close(fd)
       if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise config_check.ConfigError([
+        raise config_base.ConfigError([
             f'workdir {os.path.dirname(self.path)} is in use by a running run ({holder}); '
             'wait for it to end or choose another --workdir.']) from None
       if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. some FUSE mounts

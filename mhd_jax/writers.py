@@ -38,7 +38,7 @@ from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 from tensorboard.summary.writer import record_writer
 
-from mhd_jax import config_dict
+from mhd_jax import config_base
 from mhd_jax import workdir as wd
 
 
@@ -174,7 +174,7 @@ class TensorBoardWriter(MetricWriter):
 def flat_hparams(config) -> dict:
   """The config as TensorBoard hyperparameters: dotted names, bool/number/str values."""
   return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
-          for k, v in config_dict.dotted(config.to_dict()).items()}
+          for k, v in config_base.dotted(config.to_dict()).items()}
 
 
 def per_client(metric: str, values_N) -> dict:

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import launch
+from mhd_jax import checkpoint
 from mhd_jax import workdir as wd
 from tests.conftest import ROOT
 
@@ -120,7 +121,7 @@ def test_nan_value_does_not_make_its_own_workdir_unresumable(tmp_path):
 def test_disk_full_is_one_line(tmp_path, capfd, monkeypatch):
   def full(path, write):
     raise OSError(errno.ENOSPC, 'No space left on device', path)
-  monkeypatch.setattr(checkpoint, '_write_atomic', full)
+  monkeypatch.setattr(checkpoint, 'write_atomic', full)
   workdir = tmp_path / 'run'
   status = launch.main(['launch.py', f'--workdir={workdir}'])
   err = capfd.readouterr().err

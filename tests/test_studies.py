@@ -113,7 +113,7 @@ def test_parallel_runs_match_serial_runs_and_finished_runs_are_reused(tmp_path):
   s1 = study_runs.execute(serial, jobs=1, progress=lambda _: None)
   s2 = study_runs.execute(parallel, jobs=2, progress=lambda _: None)
   for a, b, ra, rb in zip(s1, s2, serial, parallel):
-    assert a['mean_shared_acc'] == b['mean_shared_acc'] and a['clients'] == b['clients']
+    assert a.mean_shared_acc == b.mean_shared_acc and a.clients == b.clients
     with np.load(os.path.join(ra.workdir, 'per_class.npz')) as za, \
          np.load(os.path.join(rb.workdir, 'per_class.npz')) as zb:
       np.testing.assert_array_equal(za['correct_NxHxC'], zb['correct_NxHxC'])
