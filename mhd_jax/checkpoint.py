@@ -1,62 +1,35 @@
-"""Orbax checkpoints of the population, and the run's metadata beside them.
+"""The checkpoint format: orbax items of the population, with checksums, verified on restore.
 
-A workdir holds:
-
-    config.json             the run's config; a later run on the workdir is compared to it
-    partition.json          dataset facts and the partition: num_classes, image_shape,
-                            num_public, and per client its primary classes, size and
-                            label counts
-    partition_indices.npz   indices into the training split: `client_<i>` and `public`
-    checkpoints/<step>/     orbax items `state` (the TrainState: every client's params,
-                            batch statistics and optimizer state, and the step) and
-                            `meta` (JSON: step, wall_seconds), and `checksums.json`
-                            (sha256 and size of every file of both items)
-    skipped_checkpoints/    checkpoints that failed verification, moved aside on resume
-    .lock                   held (flock) by the run using the workdir: host and pid
+A checkpoint folder `<step>/` (under WORKDIR/checkpoints, see `workdir.py`) holds
+the orbax items `state` (the TrainState: every client's params, batch
+statistics and optimizer state, and the step) and `meta` (JSON: step,
+wall_seconds), and `checksums.json` (sha256 and size of every file of both
+items).
 
 `checksums.json` is written on orbax's background thread, after the items are
 written and before the step folder is renamed into place, so a finished
 checkpoint always has one and the loop never waits for the hashing. A run on
 a workdir resumes from the newest checkpoint that verifies (`verify`): newer
 ones that do not are named in one line each and moved to
-`skipped_checkpoints/`, and the run resumes exactly from the older one. Its
-config must equal the saved one except for the fields in `RESUMABLE` (how
-long, how often to log and save, where the data lives, how clients are run and
-on how many devices and hosts: none changes what a step computes, though `strategy` and
-`model.fused_passes` may change the last bits
-of the floats). `num_steps` stays fixed under a cosine schedule, whose shape
-depends on it.
+`skipped_checkpoints/` beside the checkpoints, and the run resumes exactly
+from the older one (docs/durable_runs.md).
 """
 
-import errno
 import glob
 import hashlib
 import json
-import math
 import os
 import shutil
 
 import jax
-import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from absl import logging
 
-from mhd_jax import config_check
+from mhd_jax import config_base
 from mhd_jax import state as state_lib
 
-RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkpoint.keep',
-             'data.data_dir', 'strategy', 'model.fused_passes', 'num_devices',
-             'distributed.initialize',
-             'distributed.coordinator_address', 'distributed.num_processes',
-             'distributed.process_id', 'strategy_measure_steps', 'profile.start_step',
-             'profile.num_steps')
 SKIPPED = 'skipped_checkpoints'
-# What a run writes into its workdir; `--overwrite` removes exactly these.
-OUTPUTS = ('checkpoints', 'config.json', 'partition.json', 'partition_indices.npz',
-           'metrics.jsonl', 'summary.json', 'per_class.npz', 'report', 'tensorboard', 'profile',
-           SKIPPED)
 _ITEMS = ('state', 'meta')
 CHECKSUMS = 'checksums.json'
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's name for a step folder being written
@@ -87,7 +60,7 @@ def _write_checksums(directory: str) -> None:
   for step_dir in glob.glob(os.path.join(directory, '*' + _TMP_SUFFIX)):
     path = os.path.join(step_dir, CHECKSUMS)
     if not os.path.exists(path):
-      _write_atomic(path, lambda f, d=step_dir: f.write(json.dumps(_file_digests(d)).encode()))
+      write_atomic(path, lambda f, d=step_dir: f.write(json.dumps(_file_digests(d)).encode()))
 
 
 def verify(step_dir: str) -> str | None:
@@ -113,12 +86,12 @@ def verify(step_dir: str) -> str | None:
   return None
 
 
-def manager(workdir: str, config=None, lead: bool = True) -> ocp.CheckpointManager:
-  """The workdir's checkpoint manager; without a config, one to restore from (notebooks).
+def manager(directory: str, config=None, lead: bool = True) -> ocp.CheckpointManager:
+  """The checkpoint manager of `directory` (absolute); without a config, one to restore from.
 
   With a config, `lead` (process 0) writes each checkpoint's checksums.json.
+  Callers get it from `workdir.checkpoint_manager`, which knows where it lives.
   """
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if config is None:
     options = ocp.CheckpointManagerOptions(create=False)
   else:
@@ -176,7 +149,7 @@ def restore_newest_verified(mngr: ocp.CheckpointManager, abstract, lead: bool = 
   afresh; the manager is reloaded. The caller syncs processes after this.
 
   Raises:
-    config_check.ConfigError: checkpoints exist and none verifies.
+    config_base.ConfigError: checkpoints exist and none verifies.
   """
   directory = str(mngr.directory)
   skipped = []
@@ -201,162 +174,15 @@ def restore_newest_verified(mngr: ocp.CheckpointManager, abstract, lead: bool = 
       os.makedirs(os.path.dirname(aside), exist_ok=True)
       os.replace(os.path.join(directory, str(step)), aside)
   if skipped:
-    raise config_check.ConfigError([
+    raise config_base.ConfigError([
         f'no checkpoint in {directory} verifies (steps {sorted(skipped)} moved to '
         f'{SKIPPED}/); pass --overwrite to start afresh.'])
   return None
 
 
-def _write_atomic(path: str, write) -> None:
+def write_atomic(path: str, write) -> None:
   """`write(file)` to a temporary file, then renames it: a kill never leaves half a file."""
   tmp = path + '.tmp'
   with open(tmp, 'wb') as f:
     write(f)
   os.replace(tmp, path)
-
-
-def write_metadata(workdir: str, config, data) -> None:
-  """Writes config.json, partition.json and partition_indices.npz (see the module doc)."""
-  part = data.partition
-  facts = {
-      'num_classes': int(data.num_classes),
-      'image_shape': [int(d) for d in data.image_shape],
-      'num_public': len(part.public_indices),
-      'primary_classes': [c.tolist() for c in part.primary_classes],
-      'client_sizes': [len(idx) for idx in part.client_indices],
-      'label_counts': part.label_counts(data.train_labels).tolist(),
-  }
-  _write_atomic(os.path.join(workdir, 'config.json'),
-                lambda f: f.write(config.to_json(indent=1, sort_keys=True).encode()))
-  text = '{\n' + ',\n'.join(f' {json.dumps(k)}: {json.dumps(v)}' for k, v in facts.items())
-  _write_atomic(os.path.join(workdir, 'partition.json'),
-                lambda f: f.write((text + '\n}\n').encode()))
-  indices = {f'client_{i}': idx for i, idx in enumerate(part.client_indices)}
-  _write_atomic(os.path.join(workdir, 'partition_indices.npz'),
-                lambda f: np.savez_compressed(f, public=part.public_indices, **indices))
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, 'config.json')) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def read_partition(workdir: str) -> dict:
-  with open(os.path.join(workdir, 'partition.json')) as f:
-    return json.load(f)
-
-
-def config_differences(saved: dict, config) -> list[str]:
-  """'field: saved -> new' for every field that may not change when resuming."""
-  old, new = config_check.dotted(saved), config_check.dotted(json.loads(config.to_json()))
-  allowed = set(RESUMABLE)
-  if new.get('optimizer.schedule') == 'cosine':
-    allowed.discard('num_steps')
-  absent = '<absent>'
-  return [f'{k}: {old.get(k, absent)!r} -> {new.get(k, absent)!r}'
-          for k in sorted(old.keys() | new.keys())
-          if k not in allowed and not _same(old.get(k, absent), new.get(k, absent))]
-
-
-def _same(a, b) -> bool:
-  """Equal, counting NaN equal to NaN (JSON keeps a NaN field as NaN; NaN != NaN)."""
-  nan = lambda x: isinstance(x, float) and math.isnan(x)
-  return a == b or (nan(a) and nan(b))
-
-
-def _writable_problem(workdir: str) -> str | None:
-  """Why `workdir` cannot be written to (it, or its nearest existing parent), or None."""
-  path = os.path.abspath(workdir)
-  while not os.path.exists(path):
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    return (f'workdir {workdir}: {path} is a file, not a directory; choose another --workdir.')
-  if not os.access(path, os.W_OK | os.X_OK):
-    return f'workdir {workdir}: {path} is not writable; choose another --workdir.'
-  return None
-
-
-def check_workdir(workdir: str, config, overwrite: bool) -> None:
-  """Refuses a workdir that holds a run of another config, unless `overwrite`.
-
-  Raises:
-    ConfigError: the workdir is a URL (gs://...), a file or not writable, or
-      its config.json is unreadable or differs from `config` in a field not in
-      `RESUMABLE`, and `overwrite` is False.
-  """
-  if '://' in workdir:
-    raise config_check.ConfigError([
-        f'workdir {workdir} is a URL; the logs and report are written with plain file I/O: '
-        'use a local path (a bucket mounted with GCS-FUSE, NFS, ...).'])
-  problem = _writable_problem(workdir)
-  if problem:
-    raise config_check.ConfigError([problem])
-  path = os.path.join(workdir, 'config.json')
-  if overwrite or not os.path.exists(path):
-    return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise config_check.ConfigError([
-        f'workdir {workdir}: config.json is unreadable ({e}); choose another --workdir, or '
-        'pass --overwrite to replace that run.']) from None
-  diffs = config_differences(saved, config)
-  if diffs:
-    more = f' and {len(diffs) - 3} more' if len(diffs) > 3 else ''
-    raise config_check.ConfigError([
-        f'workdir {workdir} holds a run with a different config ({"; ".join(diffs[:3])}{more}); '
-        'choose another --workdir, or pass --overwrite to replace that run.'])
-
-
-def clear_workdir(workdir: str) -> None:
-  """Deletes what a run writes into `workdir` (`OUTPUTS`); other files stay."""
-  for name in OUTPUTS:
-    path = os.path.join(workdir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
-
-
-class WorkdirLock:
-  """An exclusive lock on WORKDIR/.lock (fcntl.flock), held while a run uses the workdir.
-
-  The kernel drops a flock when its process dies, so a lock left by a killed
-  run (SIGKILL, OOM) never blocks the resume; the file keeps the holder's host
-  and pid only to name it. On a shared filesystem, flock is as good as the
-  filesystem's lock support (NFSv4: yes, across hosts; some FUSE mounts: only
-  on one host); only process 0 takes it (see docs/durable_runs.md).
-  """
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, '.lock')
-    self._fd = None
-
-  def acquire(self) -> None:
-    """Takes the lock, or raises ConfigError naming the run that holds it."""
-    import fcntl  # pylint: disable=g-import-not-at-top  # POSIX only
-    import socket  # pylint: disable=g-import-not-at-top
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      holder = os.read(fd, 200).decode(errors='replace').strip() or 'another process'
-      os.close(fd)
-      if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise config_check.ConfigError([
-            f'workdir {os.path.dirname(self.path)} is in use by a running run ({holder}); '
-            'wait for it to end or choose another --workdir.']) from None
-      if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # e.g. some FUSE mounts
-        logging.warning('the filesystem of %s cannot lock (%s): nothing keeps a second run off '
-                        'this workdir.', self.path, e.strerror)
-        return
-      raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f'host {socket.gethostname()} pid {os.getpid()}\n'.encode())
-    self._fd = fd
-
-  def release(self) -> None:
-    if self._fd is not None:
-      os.close(self._fd)  # closing drops the flock; the file stays (harmless)
-      self._fd = None

@@ -7,13 +7,13 @@ line per problem; `launch.py` prints those lines and exits with status 2.
 """
 
 import logging as std_logging
-from typing import Sequence
 
 from absl import logging
 import jax
 import numpy as np
 
 from mhd_jax import clients
+from mhd_jax import config_base
 from mhd_jax import data as data_lib
 from mhd_jax import graph_schedule
 from mhd_jax import groups as groups_lib
@@ -26,23 +26,7 @@ from mhd_jax import topology
 from mhd_jax.data import digits as digits_lib
 
 
-class ConfigError(ValueError):
-  """A config (or workdir) the run refuses; `problems` holds one line each."""
-
-  def __init__(self, problems: Sequence[str]):
-    self.problems = list(problems)
-    super().__init__('\n'.join(self.problems))
-
-
-def dotted(tree: dict, prefix: str = '') -> dict:
-  """A nested dict (a config's `to_dict()`) as {'section.field': value}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(dotted(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
+ConfigError = config_base.ConfigError  # raised here and by the workdir checks
 
 
 def _dataset_problem(name: str, data_dir: str = '') -> str | None:
@@ -175,7 +159,7 @@ _MODEL_FIELDS = {k[len('model.'):]: v for k, v in FIELDS.items() if k.startswith
 
 def _field_problems(config) -> tuple[list[str], list[str]]:
   """(unknown, missing or mistyped fields; values out of range), one line each."""
-  flat = dotted(config.to_dict())
+  flat = config_base.dotted(config.to_dict())
   shape = [f'unknown field {k!r}: it is not a config field (see configs/default.py).'
            for k in flat if k not in FIELDS and not k.startswith('groups.')]
   ranges = []
@@ -202,7 +186,7 @@ _DYNAMICS_MODES = (
 
 def warnings(config) -> list[str]:
   """Settings that run but are probably not meant, one line each (printed, not refused)."""
-  flat = dotted(config.to_dict())
+  flat = config_base.dotted(config.to_dict())
   out = [f'config.{k} is {v!r}: where the run uses it, its parameters turn non-finite and it '
          'stops (exit 1).' for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
   if _is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:

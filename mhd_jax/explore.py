@@ -7,7 +7,7 @@
     acc = run.accuracies()                     # evaluate.Accuracies on the eval split
     acc.private_NxH, acc.shared_NxH, acc.per_class()   # [N, H], [N, H], [N, H, C]
     run.client_accuracy(2)                     # {'private': [H], 'shared': [H]}
-    run.metrics(), run.summary()               # metrics.jsonl records, summary.json
+    run.metrics(), run.summary()               # metrics.jsonl records, workdir.Summary
 
 Everything comes from the workdir: the config and dataset facts written
 beside the checkpoints, and the checkpoint itself. Nothing is re-stated.
@@ -15,8 +15,6 @@ beside the checkpoints, and the checkpoint itself. Nothing is re-stated.
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any
 
 import jax
@@ -25,10 +23,10 @@ import numpy as np
 from mhd_jax import checkpoint
 from mhd_jax import data as data_lib
 from mhd_jax import evaluate
-from mhd_jax import logs
 from mhd_jax import groups as groups_lib
 from mhd_jax import state as state_lib
 from mhd_jax import topology
+from mhd_jax import workdir as wd
 
 
 @dataclasses.dataclass
@@ -103,23 +101,22 @@ class Run:
 
   def metrics(self) -> list[dict]:
     """The records of metrics.jsonl (training every log_every steps, and evaluations)."""
-    return logs.read_jsonl(os.path.join(self.workdir, 'metrics.jsonl'))
+    return wd.read_metrics(self.workdir)
 
-  def summary(self) -> dict | None:
+  def summary(self) -> wd.Summary | None:
     """summary.json, or None if the run has not finished."""
-    path = os.path.join(self.workdir, 'summary.json')
-    if not os.path.exists(path):
+    try:
+      return wd.read_summary(self.workdir)
+    except FileNotFoundError:
       return None
-    with open(path) as f:
-      return json.load(f)
 
 
 def load(workdir: str, step: int | None = None) -> Run:
   """Loads the checkpoint of `step` (default: the latest) of the run in `workdir`."""
-  config = checkpoint.read_config(workdir)
-  facts = checkpoint.read_partition(workdir)
+  config = wd.read_config(workdir)
+  facts = wd.read_partition(workdir)
   specs = groups_lib.make_specs(config, facts['num_classes'])
-  mngr = checkpoint.manager(workdir)
+  mngr = wd.checkpoint_manager(workdir)
   try:
     state, meta = checkpoint.restore(
         mngr, checkpoint.abstract_state(specs, tuple(facts['image_shape'])), step)

@@ -8,14 +8,12 @@ are over seeds (std with ddof=1); a difference is marked as beyond the noise
 by `study_metrics.exceeds_noise` (more than two standard errors).
 """
 
-import json
-import os
 
 import numpy as np
 
-from mhd_jax import logs
 from mhd_jax import study_metrics as sm
 from mhd_jax import topology
+from mhd_jax import workdir as wd
 
 # One model trained with labels on the union of the private data.
 SUPERVISED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1, 'num_clients': 1,
@@ -145,7 +143,7 @@ EFFICIENCY_KEYS = ('final', 'auc', 'steps_90_own', 'steps_95_own', 'steps_90_bou
 def _efficiency_per_seed(runs, bound_final) -> dict[str, list]:
   figures = []
   for r in runs:
-    steps, acc = sm.accuracy_curve(logs.read_jsonl(os.path.join(r.workdir, 'metrics.jsonl')))
+    steps, acc = sm.accuracy_curve(wd.read_metrics(r.workdir))
     figures.append(sm.efficiency(steps, acc, bound_final) | {'curve': acc.tolist(),
                                                              'steps': steps.tolist()})
   return {k: [f[k] for f in figures] for k in figures[0]}
@@ -249,22 +247,21 @@ RECIPE_KEYS = ('shared_last', 'shared_best', 'private', 'far_last', 'far_best', 
 def _recipe_figures(run) -> dict:
   """One run's figures (%): shared acc of the last and best head, private acc of head 0,
   accuracy on classes >= FAR_HOPS hops away (last and best head; None if no such pair), AUC."""
-  with np.load(os.path.join(run.workdir, 'per_class.npz')) as z:
-    pair_HxNxN = sm.pair_accuracies(z['correct_NxHxC'], z['count_C'], z['primary_NxC'])
+  z = wd.read_per_class(run.workdir)
+  pair_HxNxN = sm.pair_accuracies(z.correct_NxHxC, z.count_C, z.primary_NxC)
   far = sm.hop_distances(topology.build(run.config)) >= FAR_HOPS
   far_H = [100 * float(p[far].mean()) for p in pair_HxNxN] if far.any() else None
-  with open(os.path.join(run.workdir, 'summary.json')) as f:
-    s = json.load(f)
-  shared_H = 100 * np.asarray(s['mean_shared_acc'])
+  s = wd.read_summary(run.workdir)
+  shared_H = 100 * np.asarray(s.mean_shared_acc)
   return {'shared_last': float(shared_H[-1]), 'shared_best': float(shared_H.max()),
-          'private': 100 * s['mean_private_acc'][0],
+          'private': 100 * s.mean_private_acc[0],
           'far_last': far_H and far_H[-1], 'far_best': far_H and max(far_H),
           'auc': run_auc(run)}
 
 
 def run_auc(run) -> float:
   """A run's AUC (%): `study_metrics.efficiency` of its last head's shared accuracy."""
-  curve = sm.accuracy_curve(logs.read_jsonl(os.path.join(run.workdir, 'metrics.jsonl')))
+  curve = sm.accuracy_curve(wd.read_metrics(run.workdir))
   return sm.efficiency(*curve)['auc']
 
 

@@ -1,4 +1,4 @@
-"""End-of-run report: PNG plots and a markdown table in `workdir/report/`.
+"""End-of-run report: PNG plots and a markdown table in WORKDIR/report/.
 
     accuracy_over_steps.png  private (top row) and shared (bottom row) accuracy of
                              every head (columns) at each evaluation: a thin line
@@ -20,6 +20,7 @@ from matplotlib import figure
 import numpy as np
 
 from mhd_jax import evaluate
+from mhd_jax import workdir as wd
 
 
 def eval_history(records: list[dict]):
@@ -114,12 +115,13 @@ def markdown_table(acc: evaluate.Accuracies) -> str:
   return '\n'.join(rows)
 
 
-def write(report_dir: str, records: list[dict], acc: evaluate.Accuracies, adjacency_NxN,
-          summary: dict) -> list[str]:
-  """Writes the plots and report.md into `report_dir`; returns the paths written."""
+def write(workdir: str, acc: evaluate.Accuracies, adjacency_NxN, summary: wd.Summary) -> list[str]:
+  """Writes the plots and report.md into WORKDIR/report (from its metrics.jsonl, the final
+  accuracies and the summary); returns the paths written."""
+  report_dir = wd.path(workdir, wd.REPORT)
   os.makedirs(report_dir, exist_ok=True)
   figures = {
-      'accuracy_over_steps.png': plot_accuracy_over_steps(*eval_history(records)),
+      'accuracy_over_steps.png': plot_accuracy_over_steps(*eval_history(wd.read_metrics(workdir))),
       'private_vs_shared.png': plot_private_vs_shared(acc),
       'graph.png': plot_graph(adjacency_NxN, acc.shared_NxH[:, 0]),
   }
@@ -128,16 +130,16 @@ def write(report_dir: str, records: list[dict], acc: evaluate.Accuracies, adjace
     paths.append(os.path.join(report_dir, name))
     fig.savefig(paths[-1], dpi=110)
   lines = [
-      f'# Run report: {summary["num_clients"]} clients, {summary["num_heads"]} heads, '
-      f'{summary["steps"]} steps',
+      f'# Run report: {summary.num_clients} clients, {summary.num_heads} heads, '
+      f'{summary.steps} steps',
       '',
       'Final accuracy (%) of every client and head; *private*: on the test examples of '
       'the client\'s primary classes, *shared*: on the whole test set.',
       '',
       markdown_table(acc),
       '',
-      f'Bytes sent per step, all clients: {summary["bytes_sent_per_step"]:,} '
-      f'(FedAvg, per round: {summary.get("fedavg_bytes_per_round", 0):,}).',
+      f'Bytes sent per step, all clients: {summary.bytes_sent_per_step:,} '
+      f'(FedAvg, per round: {summary.fedavg_bytes_per_round:,}).',
       '',
   ] + [f'![{name[:-4]}]({name})' for name in figures]
   paths.append(os.path.join(report_dir, 'report.md'))

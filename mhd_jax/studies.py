@@ -30,6 +30,7 @@ from mhd_jax import head_studies
 from mhd_jax import study_metrics
 from mhd_jax import study_runs
 from mhd_jax import topology as topology_lib
+from mhd_jax import workdir as wd
 
 ISOLATED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1,
             'topology': 'none'}
@@ -46,14 +47,14 @@ SMALL = {'name': 'mlp', 'width': 32, 'depth': 1}
 LARGE = {'name': 'mlp', 'width': 256, 'depth': 3}
 
 
-def headline(summaries: list[dict], clients=None) -> dict:
+def headline(summaries: list[wd.Summary], clients=None) -> dict:
   """Mean ± std over seeds of the main-head private and last-head shared accuracy (%).
 
   `clients`: the client ids to average over (default: all).
   """
   def mean(s, key, head):
-    ids = range(s['num_clients']) if clients is None else clients
-    return 100 * float(np.mean([s['clients'][i][key][head] for i in ids]))
+    ids = range(s.num_clients) if clients is None else clients
+    return 100 * float(np.mean([getattr(s.clients[i], key)[head] for i in ids]))
   private = [mean(s, 'private_acc', 0) for s in summaries]
   shared = [mean(s, 'shared_acc', -1) for s in summaries]
   return {'private_mean': float(np.mean(private)), 'private_std': float(np.std(private)),
@@ -66,7 +67,7 @@ def grid_variants(rows: dict[str, dict], cols: dict[str, dict]) -> dict[str, dic
   return {f'{r}__{c}': {**ro, **co} for r, ro in rows.items() for c, co in cols.items()}
 
 
-def grid_results(rows, cols, summaries: dict[str, list[dict]]) -> dict:
+def grid_results(rows, cols, summaries: dict[str, list[wd.Summary]]) -> dict:
   """{row: {col: headline}} from the summaries of `grid_variants(rows, cols)`."""
   return {r: {c: headline(summaries[f'{r}__{c}']) for c in cols} for r in rows}
 
@@ -175,14 +176,13 @@ def heads(base, opts):
   return _grid(rows, cols, 'heads')
 
 
-def chain_hops(summary_dir: str, last_head: bool = True) -> np.ndarray:
+def chain_hops(run_dir: str, last_head: bool = True) -> np.ndarray:
   """[N-1] accuracy (%) of client i on the primary classes of clients d hops away, d = 1..N-1.
 
   Averaged over the ordered pairs (i, j) with |i - j| = d on the chain 0 - 1 - ... - (N-1).
   """
-  with np.load(os.path.join(summary_dir, 'per_class.npz')) as z:
-    n = len(z['primary_NxC'])
-    curves = study_metrics.hop_curves(dict(z), topology_lib.chain(n))
+  per_class = wd.read_per_class(run_dir)
+  curves = study_metrics.hop_curves(per_class, topology_lib.chain(len(per_class.primary_NxC)))
   return curves['acc_HxD'][-1 if last_head else 0]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from mhd_jax import losses
 from mhd_jax import report
+from mhd_jax import workdir as wd
 
 
 def hop_distances(adjacency_NxN) -> np.ndarray:
@@ -35,15 +36,15 @@ def pair_accuracies(correct_NxHxC, count_C, primary_NxC) -> np.ndarray:
   return hits_HxNxN / np.maximum(count_N, 1)[None, None, :]
 
 
-def hop_curves(per_class: dict, adjacency_NxN) -> dict:
+def hop_curves(per_class: wd.PerClass, adjacency_NxN) -> dict:
   """Every head's accuracy (%) against hop distance d = 1..max in the run's graph.
 
   acc_HxD[k, d-1] = mean over the ordered pairs (i, j) with D[i, j] = d of the
   accuracy of client i's head k on client j's primary classes; pairs_D[d-1]
-  counts those pairs. `per_class`: the arrays of a run's per_class.npz.
+  counts those pairs.
   """
-  pair_HxNxN = pair_accuracies(per_class['correct_NxHxC'], per_class['count_C'],
-                               per_class['primary_NxC'])
+  pair_HxNxN = pair_accuracies(per_class.correct_NxHxC, per_class.count_C,
+                               per_class.primary_NxC)
   dist = hop_distances(adjacency_NxN)
   ds = list(range(1, int(dist.max()) + 1))
   acc = np.array([[100 * pair_HxNxN[k][dist == d].mean() for d in ds]
@@ -52,8 +53,7 @@ def hop_curves(per_class: dict, adjacency_NxN) -> dict:
 
 
 def load_hop_curves(run_dir: str, adjacency_NxN) -> dict:
-  with np.load(f'{run_dir}/per_class.npz') as z:
-    return hop_curves(dict(z), adjacency_NxN)
+  return hop_curves(wd.read_per_class(run_dir), adjacency_NxN)
 
 
 def reachability(adjacency_NxN, num_heads: int, nu_main: float, include_self: bool,

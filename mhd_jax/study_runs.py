@@ -4,22 +4,20 @@ Every run trains in a spawned worker process (never forked: JAX holds
 threads) whose XLA is limited to one thread, whatever `jobs` is, so a study
 gives the same numbers with `--jobs 1` and `--jobs K`: the runs are
 deterministic on the CPU and only the scheduling changes. A run whose
-workdir already holds `summary.json` and `per_class.npz` of the same config
+workdir already holds its final outputs (`workdir.finished`) of the same config
 is reused, so a stopped study restarts where it was.
 """
 
 import concurrent.futures
-import json
 import multiprocessing
 import os
 from typing import NamedTuple, Sequence
 
-from mhd_jax import checkpoint
 from mhd_jax import config_check
+from mhd_jax import workdir as wd
 
 # One XLA thread per worker: K workers use K cores, and results do not depend on K.
 WORKER_XLA_FLAGS = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
-FINAL_FILES = ('summary.json', 'per_class.npz', 'metrics.jsonl')
 
 
 class Options(NamedTuple):
@@ -53,19 +51,14 @@ def check(runs: Sequence[Run]) -> None:
   for run in runs:
     try:
       config_check.validate(run.config)
-      checkpoint.check_workdir(run.workdir, run.config, overwrite=False)
+      wd.check_workdir(run.workdir, run.config, overwrite=False)
     except config_check.ConfigError as e:
       raise config_check.ConfigError([f'{run.workdir}: {p}' for p in e.problems]) from None
 
 
 def finished(run: Run) -> bool:
   """The run's workdir holds its final outputs (and `check` accepted its config there)."""
-  return all(os.path.exists(os.path.join(run.workdir, f)) for f in FINAL_FILES)
-
-
-def load_summary(workdir: str) -> dict:
-  with open(os.path.join(workdir, 'summary.json')) as f:
-    return json.load(f)
+  return wd.finished(run.workdir)
 
 
 def _train(run: Run) -> float:
@@ -76,7 +69,7 @@ def _train(run: Run) -> float:
   return train.train_and_evaluate(run.config, run.workdir)['wall_seconds']
 
 
-def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[dict]:
+def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[wd.Summary]:
   """Trains the unfinished runs on `jobs` worker processes; returns every run's summary."""
   todo = [r for r in runs if not finished(r)]
   if todo:
@@ -91,4 +84,4 @@ def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[dict]:
           progress(f'[{n}/{len(todo)}] {futures[future].workdir}: {future.result():.0f} s')
     finally:
       os.environ['XLA_FLAGS'] = flags
-  return [load_summary(r.workdir) for r in runs]
+  return [wd.read_summary(r.workdir) for r in runs]

@@ -1,6 +1,6 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Durability (see `checkpoint.py`, `safety.py` and docs/durable_runs.md):
+Durability (see `checkpoint.py`, `safety.py`, `writers.py` and docs/durable_runs.md):
 - the population is checkpointed every `checkpoint.every` steps and at the
   end; a run on a workdir that holds checkpoints resumes from the latest one
   and ends exactly as an uninterrupted run would, since the batch of step s
@@ -13,7 +13,6 @@ Durability (see `checkpoint.py`, `safety.py` and docs/durable_runs.md):
 """
 
 import itertools
-import json
 import os
 import time
 
@@ -29,10 +28,9 @@ from mhd_jax import checkpoint
 from mhd_jax import communication
 from mhd_jax import config_check
 from mhd_jax import data as data_lib
-from mhd_jax import evaluate
-from mhd_jax import logs
 from mhd_jax import clients
 from mhd_jax import distill
+from mhd_jax import evaluate
 from mhd_jax import graph_schedule
 from mhd_jax import groups as groups_lib
 from mhd_jax import layout as layout_lib
@@ -40,8 +38,10 @@ from mhd_jax import participation
 from mhd_jax import programs
 from mhd_jax import report
 from mhd_jax import safety
-from mhd_jax import state as state_lib
+from mhd_jax import timing
 from mhd_jax import topology
+from mhd_jax import workdir as wd
+from mhd_jax import writers
 
 TERMS = distill.TERMS
 
@@ -114,12 +114,12 @@ def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
   return layout.pad_state(state), step, float(meta['wall_seconds']), meta.get('log_window')
 
 
-def _log_train(step, sums, count, timed, sent_N, config, log, board):
+def _log_train(step, sums, count, timed, sent_N, config, writer):
   """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
 
   `sums` holds each metric summed over the window's `count` steps (on device,
   pulled here once), so the logged metrics are window means; `timed` is
-  (steps, seconds spent in them) from `logs.StepTimer`, so steps/s leaves out
+  (steps, seconds spent in them) from `timing.StepTimer`, so steps/s leaves out
   compiling, restoring, evaluation and checkpoints (after a resume inside a
   window, `count` counts the steps before it too, `timed` only this session's).
   """
@@ -134,14 +134,14 @@ def _log_train(step, sums, count, timed, sent_N, config, log, board):
                ' | %s', step, config.num_steps, rate, rate * config.num_clients,
                rate * examples_per_step, (config.num_steps - step) / rate,
                ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
-  log.write({'step': step, 'steps_per_sec': rate,
-             'client_steps_per_sec': rate * config.num_clients,
-             'examples_per_sec': rate * examples_per_step, 'window_steps': count, **means,
-             'clients': {k: metrics[k].tolist() for k in TERMS}})
-  scalars = {'mean/steps_per_sec': rate, **logs.per_client('bytes_sent', sent_N * step)}
+  writer.write_record({'step': step, 'steps_per_sec': rate,
+                       'client_steps_per_sec': rate * config.num_clients,
+                       'examples_per_sec': rate * examples_per_step, 'window_steps': count,
+                       **means, 'clients': {k: metrics[k].tolist() for k in TERMS}})
+  scalars = {'mean/steps_per_sec': rate, **writers.per_client('bytes_sent', sent_N * step)}
   for k in TERMS:
-    scalars.update(logs.per_client(k, metrics[k]))
-  board.write(step, scalars)
+    scalars.update(writers.per_client(k, metrics[k]))
+  writer.write_scalars(step, scalars)
 
 
 def _window_record(sums, count) -> dict | None:
@@ -185,32 +185,17 @@ def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
   return strategy, step
 
 
-def _log_eval(step, acc, log, board) -> None:
+def _log_eval(step, acc, writer) -> None:
   rec = _eval_record(acc)
   logging.info('eval step %d | mean private acc %s | mean shared acc %s', step,
                np.round(rec['mean_private_acc'], 4).tolist(),
                np.round(rec['mean_shared_acc'], 4).tolist())
-  log.write({'step': step, 'eval': rec})
+  writer.write_record({'step': step, 'eval': rec})
   scalars = {}
   for k in range(acc.private_NxH.shape[1]):
-    scalars.update(logs.per_client(f'private_acc_head{k}', acc.private_NxH[:, k]))
-    scalars.update(logs.per_client(f'shared_acc_head{k}', acc.shared_NxH[:, k]))
-  board.write(step, scalars)
-
-
-def _summary(config, acc, sent, fedavg, wall_seconds) -> dict:
-  return {
-      'num_clients': config.num_clients, 'num_heads': config.num_heads,
-      'steps': config.num_steps, 'wall_seconds': wall_seconds,
-      'mean_private_acc': acc.private_NxH.mean(0).tolist(),
-      'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
-      'clients': [{'id': i, 'private_acc': acc.private_NxH[i].tolist(),
-                   'shared_acc': acc.shared_NxH[i].tolist(),
-                   'bytes_sent_per_step': int(round(sent[i]))}
-                  for i in range(config.num_clients)],
-      'bytes_sent_per_step': int(round(sent.sum())),
-      'fedavg_bytes_per_round': int(fedavg.sum()),
-  }
+    scalars.update(writers.per_client(f'private_acc_head{k}', acc.private_NxH[:, k]))
+    scalars.update(writers.per_client(f'shared_acc_head{k}', acc.shared_NxH[:, k]))
+  writer.write_scalars(step, scalars)
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
@@ -218,9 +203,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
 
   Resumes from the latest checkpoint in `workdir` if there is one. Writes
   `metrics.jsonl` (one JSON record per log/eval step), `tensorboard/`,
-  `checkpoints/` and their metadata, and at the end `summary.json`
-  (README, "Outputs"), `per_class.npz` (final correct predictions per client, head and
-  class; examples per class; primary classes) and `report/`. Returns the summary.
+  `checkpoints/` and their metadata, and at the end `summary.json`,
+  `per_class.npz` and `report/` (`workdir.py` says what each holds). Returns
+  the summary (`workdir.Summary.to_json()`).
   On several processes (`distributed.initialize`), each saves its part of the
   checkpoints and process 0 alone writes the other files.
 
@@ -240,14 +225,14 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   config_check.validate(config)
   for warning in config_check.warnings(config):  # unusual but runnable: one line each
     logging.warning('config: %s', warning)
-  checkpoint.check_workdir(workdir, config, overwrite)
+  wd.check_workdir(workdir, config, overwrite)
   adjacency = topology.build(config)
   layout = layout_lib.Layout.create(groups_lib.group_sizes(config),
                                     layout_lib.make_mesh(config.num_devices))
   data = data_lib.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
-  lock = checkpoint.WorkdirLock(workdir)
+  lock = wd.WorkdirLock(workdir)
   if lead:  # refuses a workdir in use before anything in it changes
     try:
       os.makedirs(workdir, exist_ok=True)
@@ -269,14 +254,14 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   evaluation or report, raises `Preempted` of the final (saved) step.
   """
   if overwrite and lead:
-    checkpoint.clear_workdir(workdir)
+    wd.clear_workdir(workdir)
   _sync('workdir ready')
   specs = groups_lib.make_specs(config, data.num_classes)
-  mngr = checkpoint.manager(workdir, config, lead)
+  mngr = wd.checkpoint_manager(workdir, config, lead)
   state, start_step, wall_before, window = _initial_state(mngr, specs, data.image_shape, config,
                                                           layout, lead)
   if lead:
-    checkpoint.write_metadata(workdir, config, data)
+    wd.write_metadata(workdir, config, data)
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   first_bad = jnp.zeros(config.num_clients, jnp.int32)
   dynamics = (graph_schedule.build(config), participation.build(config))
@@ -303,17 +288,14 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
                strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
                layout.num_padding)
 
-  log, board = logs.Discard(), logs.Discard()
-  if lead:
-    log = logs.JsonlLog(os.path.join(workdir, 'metrics.jsonl'), start_step)
-    board = logs.TensorBoardLog(os.path.join(workdir, 'tensorboard'), start_step, config)
+  writer = writers.create(workdir, lead, config, start_step)
   wall = lambda: wall_before + time.time() - start
   every, acc = config.checkpoint.every, None
   sums, count = _window_from_record(window)  # the log window's metric sums, on device
-  timer = logs.StepTimer()  # steps/s over training steps only
+  timer = timing.StepTimer()  # steps/s over training steps only
   profile = config.get('profile') or {}
-  profiler = logs.ProfileWindow(os.path.join(workdir, 'profile'), profile.get('start_step', 0),
-                                profile.get('num_steps', 0))
+  profiler = timing.ProfileWindow(wd.path(workdir, wd.PROFILE), profile.get('start_step', 0),
+                                  profile.get('num_steps', 0))
   try:
     with safety.SigtermWatch(mngr, start_step, early) as sigterm:
       for step in range(start_step + 1, config.num_steps + 1):
@@ -329,12 +311,12 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
         if step % config.log_every == 0 or last:
           timer.pause(state)
           safety.check_finite(first_bad, mngr, finite_state(state), step)
-          _log_train(step, sums, count, timer.take(), sent, config, log, board)
+          _log_train(step, sums, count, timer.take(), sent, config, writer)
           sums, count = None, 0
         if step % config.eval_every == 0 or last:
           timer.pause(state)
           acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
-          _log_eval(step, acc, log, board)
+          _log_eval(step, acc, writer)
         stop = sigterm.stop_at(step)
         if (every and step % every == 0) or last or stop:
           timer.pause(state)
@@ -349,21 +331,17 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     profiler.close()
     mngr.wait_until_finished()
     mngr.close()
-    log.close()
-    board.close()
+    writer.close()
 
   safety.stop_if_terminated(early, config.num_steps)
   if acc is None:  # resumed from the final checkpoint: nothing left to train
     acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
   logging.info('final accuracies (%%):\n%s', client_table(acc))
-  summary = _summary(config, acc, sent, fedavg, wall())
+  summary = wd.Summary.create(config, acc, sent, fedavg, wall())
   if lead:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=1)
-    np.savez(os.path.join(workdir, 'per_class.npz'), correct_NxHxC=acc.correct_NxHxC,
-             count_C=acc.count_C, primary_NxC=primary)
-    report.write(os.path.join(workdir, 'report'),
-                 logs.read_jsonl(os.path.join(workdir, 'metrics.jsonl')), acc, adjacency, summary)
+    wd.write_summary(workdir, summary)
+    wd.write_per_class(workdir, wd.PerClass(acc.correct_NxHxC, acc.count_C, primary))
+    report.write(workdir, acc, adjacency, summary)
   safety.stop_if_terminated(early, config.num_steps)
   _sync('outputs written')  # no process returns before the workdir is complete
-  return summary
+  return summary.to_json()

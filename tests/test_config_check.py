@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from configs import default
-from mhd_jax import checkpoint
 from mhd_jax import config_check
 from mhd_jax import train
+from mhd_jax import workdir as wd
 from tests.conftest import ROOT, short_config
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
@@ -104,7 +104,7 @@ def test_overwrite_replaces_the_other_run(tmp_path):
   workdir = _workdir_of_another_run(tmp_path / 'overwrite')
   train.train_and_evaluate(short_config(num_steps=5, log_every=5, eval_every=5), workdir,
                            overwrite=True)
-  assert checkpoint.read_config(workdir).skew == 0.9
+  assert wd.read_config(workdir).skew == 0.9
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     assert [json.loads(line)['step'] for line in f] == [5, 5]  # the old record is gone
 
@@ -138,14 +138,14 @@ def test_overwrite_removes_only_what_a_run_writes(tmp_path):
   os.makedirs(os.path.join(workdir, 'checkpoints', '10'))
   (tmp_path / 'w' / 'notes.txt').write_text('mine')
   with pytest.raises(config_check.ConfigError):
-    checkpoint.check_workdir(workdir, default.get_config(), overwrite=False)
-  checkpoint.check_workdir(workdir, default.get_config(), overwrite=True)
-  checkpoint.clear_workdir(workdir)
+    wd.check_workdir(workdir, default.get_config(), overwrite=False)
+  wd.check_workdir(workdir, default.get_config(), overwrite=True)
+  wd.clear_workdir(workdir)
   assert os.listdir(workdir) == ['notes.txt']
 
 
 def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(config_check.ConfigError, match='gs://b/run is a URL.*local path'):
-    checkpoint.check_workdir('gs://b/run', default.get_config(), overwrite=False)
+    wd.check_workdir('gs://b/run', default.get_config(), overwrite=False)
   assert os.listdir(tmp_path) == []  # no local 'gs:' folder

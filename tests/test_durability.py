@@ -14,12 +14,12 @@ from tensorboard.util import tensor_util
 import pytest
 
 import mhd_jax
-from mhd_jax import checkpoint
 from mhd_jax import config_check
 from mhd_jax import data as data_lib
-from mhd_jax import logs
 from mhd_jax import safety
 from mhd_jax import train
+from mhd_jax import workdir as wd
+from mhd_jax import writers
 from tests.conftest import ROOT, read_records, short_config
 
 # Long enough (seconds of training) to be interrupted midway, after its first checkpoint.
@@ -68,7 +68,7 @@ def interrupted(tmp_path_factory):
   try:
     _wait_for(lambda: _checkpoint_steps(killed), procs[1])
     os.kill(procs[1].pid, signal.SIGKILL)
-    _wait_for(lambda: logs.read_jsonl(str(termed / 'metrics.jsonl')), procs[2])  # training is on
+    _wait_for(lambda: wd.read_jsonl(str(termed / 'metrics.jsonl')), procs[2])  # training is on
     procs[2].send_signal(signal.SIGTERM)
     out = {'term_stderr': _finish(procs[2], returncode=143)}
     procs[1].wait()
@@ -169,23 +169,23 @@ def test_jsonl_log_keeps_records_up_to_the_resumed_step_and_drops_a_torn_line(tm
   path = str(tmp_path / 'metrics.jsonl')
   with open(path, 'w') as f:
     f.write(''.join(json.dumps({'step': s}) + '\n' for s in (10, 20, 20, 30)) + '{"step": 4')
-  log = logs.JsonlLog(path, start_step=20)
-  log.write({'step': 21})
+  log = writers.JsonlWriter(path, start_step=20)
+  log.write_record({'step': 21})
   log.close()
-  assert [r['step'] for r in logs.read_jsonl(path)] == [10, 20, 20, 21]
-  logs.JsonlLog(path, start_step=0).close()  # a fresh start empties it
-  assert logs.read_jsonl(path) == []
+  assert [r['step'] for r in wd.read_jsonl(path)] == [10, 20, 20, 21]
+  writers.JsonlWriter(path, start_step=0).close()  # a fresh start empties it
+  assert wd.read_jsonl(path) == []
 
 
 def test_config_differences_allow_only_resumable_fields():
   saved = json.loads(short_config().to_json())
-  assert checkpoint.config_differences(saved, short_config(
+  assert wd.config_differences(saved, short_config(
       num_steps=99, log_every=3, eval_every=7, strategy='loop',
       **{'checkpoint.every': 1, 'checkpoint.keep': 9})) == []
-  assert checkpoint.config_differences(saved, short_config(skew=0.5, num_heads=2)) == [
+  assert wd.config_differences(saved, short_config(skew=0.5, num_heads=2)) == [
       'num_heads: 3 -> 2', 'skew: 0.9 -> 0.5']
   cosine = json.loads(short_config(**{'optimizer.schedule': 'cosine'}).to_json())
-  assert checkpoint.config_differences(cosine, short_config(
+  assert wd.config_differences(cosine, short_config(
       num_steps=99, **{'optimizer.schedule': 'cosine'})) == ['num_steps: 40 -> 99']
 
 

@@ -14,6 +14,7 @@ from tensorboard.util import tensor_util
 import mhd_jax
 from mhd_jax import checkpoint
 from mhd_jax import data as data_lib
+from mhd_jax import workdir as wd
 from tests.conftest import ROOT, hand_accuracies, read_records
 
 
@@ -64,7 +65,7 @@ def test_load_an_earlier_checkpoint(short_run):
 
 def test_metadata_beside_the_checkpoints(short_run):
   workdir, _ = short_run
-  facts = checkpoint.read_partition(workdir)
+  facts = wd.read_partition(workdir)
   assert facts['num_classes'] == 10 and facts['image_shape'] == [8, 8, 1]
   counts = np.array(facts['label_counts'])
   assert counts.shape == (5, 10) and counts.sum(1).tolist() == facts['client_sizes']
@@ -72,7 +73,7 @@ def test_metadata_beside_the_checkpoints(short_run):
   assert sorted(indices) == ['client_0', 'client_1', 'client_2', 'client_3', 'client_4',
                              'public']
   assert [len(indices[f'client_{i}']) for i in range(5)] == facts['client_sizes']
-  assert checkpoint.read_config(workdir).num_steps == 40
+  assert wd.read_config(workdir).num_steps == 40
 
 
 def _kernel_spec(tmp_path, monkeypatch) -> str:

@@ -14,12 +14,12 @@ import optax
 import pytest
 
 from configs import default
-from mhd_jax import checkpoint
 from mhd_jax import models
 from mhd_jax import groups as groups_lib
 from mhd_jax import state as state_lib
 from mhd_jax import resnet
 from mhd_jax import step as step_lib
+from mhd_jax import workdir as wd
 from tests import test_step as ts
 
 # float32 throughout; the two paths differ only in reduction and fusion order.
@@ -153,6 +153,6 @@ def test_config_field_reaches_the_model_and_may_change_on_resume():
   assert groups_lib.make_specs(config, 10)[0].model.fused_passes
   # Same results either way: a workdir saved without the field (or with False) resumes.
   saved = default.get_config().to_dict()
-  assert checkpoint.config_differences(saved, config) == []
+  assert wd.config_differences(saved, config) == []
   del saved['model']['fused_passes']
-  assert checkpoint.config_differences(saved, config) == []
+  assert wd.config_differences(saved, config) == []

@@ -13,6 +13,7 @@ import pytest
 
 import launch
 from mhd_jax import checkpoint
+from mhd_jax import workdir as wd
 from tests.conftest import ROOT
 
 # --config.FIELD=VALUE overrides, each alone malformed.
@@ -126,13 +127,13 @@ def test_nan_value_does_not_make_its_own_workdir_unresumable(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   config = short_config(**{'optimizer.weight_decay': float('nan')})
   saved = json.loads(config.to_json())
-  assert checkpoint.config_differences(saved, config) == []  # nan -> nan is no change
+  assert wd.config_differences(saved, config) == []  # nan -> nan is no change
 
 
 def test_disk_full_is_one_line(tmp_path, capfd, monkeypatch):
   def full(path, write):
     raise OSError(errno.ENOSPC, 'No space left on device', path)
-  monkeypatch.setattr(checkpoint, '_write_atomic', full)
+  monkeypatch.setattr(checkpoint, 'write_atomic', full)
   workdir = tmp_path / 'run'
   status = launch.main(['launch.py', f'--workdir={workdir}'])
   err = capfd.readouterr().err

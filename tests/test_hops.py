@@ -1,9 +1,12 @@
 """Hop curves, reachability and efficiency figures of finished runs, by hand."""
 
+import dataclasses
+
 import numpy as np
 
 from mhd_jax import study_metrics as sm
 from mhd_jax import topology
+from mhd_jax import workdir as wd
 
 
 def _matrix_power_reach(a, k):
@@ -25,8 +28,8 @@ def _per_class(correct_head_NxN, heads=2):
   """N clients owning class i each, 10 test examples per class; head k = correct / (k + 1)."""
   n = len(correct_head_NxN)
   correct = np.stack([np.asarray(correct_head_NxN, float) / (k + 1) for k in range(heads)], 1)
-  return {'correct_NxHxC': correct, 'count_C': np.full(n, 10),
-          'primary_NxC': np.eye(n, dtype=bool)}
+  return wd.PerClass(correct_NxHxC=correct, count_C=np.full(n, 10),
+                     primary_NxC=np.eye(n, dtype=bool))
 
 
 def test_hop_curves_on_a_chain_by_hand():
@@ -36,7 +39,7 @@ def test_hop_curves_on_a_chain_by_hand():
   # d=1: (0,1) (1,0) (1,2) (2,1) -> 50, 40, 60, 80; d=2: (0,2) (2,0) -> 20, 0.
   np.testing.assert_allclose(out['acc_HxD'], [[57.5, 10.0], [28.75, 5.0]])
   # Class 1 with 20 test examples: pairs (0,1) (2,1) -> 25, 40; d=1 mean (25+40+60+40)/4.
-  pc['count_C'] = np.array([10, 20, 10])
+  pc = dataclasses.replace(pc, count_C=np.array([10, 20, 10]))
   np.testing.assert_allclose(sm.hop_curves(pc, topology.chain(3))['acc_HxD'][0], [41.25, 10.0])
 
 

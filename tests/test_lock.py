@@ -9,12 +9,12 @@ import time
 import pytest
 
 import launch
-from mhd_jax import checkpoint
 from mhd_jax import config_check
+from mhd_jax import workdir as wd
 from tests.conftest import ROOT
 
-_HOLD = ('import sys, time; sys.path.insert(0, {root!r}); from mhd_jax import checkpoint; '
-         'checkpoint.WorkdirLock({workdir!r}).acquire(); print("locked", flush=True); '
+_HOLD = ('import sys, time; sys.path.insert(0, {root!r}); from mhd_jax import workdir; '
+         'workdir.WorkdirLock({workdir!r}).acquire(); print("locked", flush=True); '
          'time.sleep(600)')
 
 
@@ -31,13 +31,13 @@ def _listing(workdir) -> dict:
 
 
 def test_second_lock_is_refused_and_release_frees_it(tmp_path):
-  first = checkpoint.WorkdirLock(str(tmp_path))
+  first = wd.WorkdirLock(str(tmp_path))
   first.acquire()
   with pytest.raises(config_check.ConfigError, match=rf'in use by a running run \(host .* pid '
                                                      rf'{os.getpid()}\)'):
-    checkpoint.WorkdirLock(str(tmp_path)).acquire()
+    wd.WorkdirLock(str(tmp_path)).acquire()
   first.release()
-  second = checkpoint.WorkdirLock(str(tmp_path))
+  second = wd.WorkdirLock(str(tmp_path))
   second.acquire()
   second.release()
 
@@ -63,7 +63,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
   os.kill(holder.pid, signal.SIGKILL)
   holder.wait()
   assert os.path.exists(os.path.join(tmp_path, '.lock'))  # the file stays; the flock went
-  lock = checkpoint.WorkdirLock(str(tmp_path))
+  lock = wd.WorkdirLock(str(tmp_path))
   lock.acquire()
   with open(os.path.join(tmp_path, '.lock')) as f:
     assert f'pid {os.getpid()}' in f.read()

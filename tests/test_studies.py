@@ -11,6 +11,7 @@ import pytest
 from mhd_jax import config_check
 from mhd_jax import studies
 from mhd_jax import study_runs
+from mhd_jax import workdir as wd
 from tests.conftest import ROOT
 
 
@@ -26,9 +27,11 @@ def test_chain_hops_averages_pairs_at_each_distance(tmp_path):
 
 
 def test_headline_takes_head0_private_and_last_head_shared():
-  summary = {'num_clients': 2, 'clients': [
-      {'private_acc': [0.9, 0.1], 'shared_acc': [0.2, 0.6]},
-      {'private_acc': [0.7, 0.0], 'shared_acc': [0.4, 0.8]}]}
+  client = lambda i, private, shared: wd.ClientSummary(i, private, shared, 0)
+  summary = wd.Summary(num_clients=2, num_heads=2, steps=1, wall_seconds=0.0,
+                       mean_private_acc=[0.8, 0.05], mean_shared_acc=[0.3, 0.7],
+                       clients=[client(0, [0.9, 0.1], [0.2, 0.6]),
+                                client(1, [0.7, 0.0], [0.4, 0.8])], bytes_sent_per_step=0)
   h = studies.headline([summary, summary])
   assert np.isclose(h['private_mean'], 80.0) and np.isclose(h['shared_mean'], 70.0)
   assert h['private_std'] == 0.0
@@ -110,7 +113,7 @@ def test_parallel_runs_match_serial_runs_and_finished_runs_are_reused(tmp_path):
   s1 = study_runs.execute(serial, jobs=1, progress=lambda _: None)
   s2 = study_runs.execute(parallel, jobs=2, progress=lambda _: None)
   for a, b, ra, rb in zip(s1, s2, serial, parallel):
-    assert a['mean_shared_acc'] == b['mean_shared_acc'] and a['clients'] == b['clients']
+    assert a.mean_shared_acc == b.mean_shared_acc and a.clients == b.clients
     with np.load(os.path.join(ra.workdir, 'per_class.npz')) as za, \
          np.load(os.path.join(rb.workdir, 'per_class.npz')) as zb:
       np.testing.assert_array_equal(za['correct_NxHxC'], zb['correct_NxHxC'])

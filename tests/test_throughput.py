@@ -6,8 +6,8 @@ import pytest
 from mhd_jax import autotune
 from mhd_jax import checkpoint
 from mhd_jax import evaluate
-from mhd_jax import logs
 from mhd_jax import safety
+from mhd_jax import timing
 from mhd_jax import train
 from tests.conftest import read_records, short_config
 
@@ -15,8 +15,8 @@ SLOW = 1000.0  # fake seconds that evaluation, checkpoints, restoring and compil
 
 
 def test_steps_per_sec_leaves_out_compile_restore_eval_and_checkpoints(tmp_path, monkeypatch):
-  real_now, offset = logs._now, [0.0]
-  monkeypatch.setattr(logs, '_now', lambda: real_now() + offset[0])
+  real_now, offset = timing._now, [0.0]
+  monkeypatch.setattr(timing, '_now', lambda: real_now() + offset[0])
   def slow(fn):
     def wrapped(*args, **kwargs):
       offset[0] += SLOW  # the clock jumps while `fn` runs

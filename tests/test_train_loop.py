@@ -15,6 +15,7 @@ from mhd_jax import models
 from mhd_jax import state as state_lib
 from mhd_jax import step as step_lib
 from mhd_jax import train
+from mhd_jax import workdir as wd
 from tests import test_step as ts
 from tests.conftest import ConvBN, read_records, short_config
 
@@ -60,7 +61,7 @@ def test_checkpoint_round_trip_keeps_batch_stats_and_optimizer_state(tmp_path):
       state, ts.make_batch(0), jax.random.PRNGKey(1))
   group = state.groups[0]
   assert all(np.any(x != 0) for x in jax.tree.leaves(group.batch_stats['backbone']['BatchNorm_0']))
-  mngr = checkpoint.manager(str(tmp_path), _config())
+  mngr = wd.checkpoint_manager(str(tmp_path), _config())
   checkpoint.save(mngr, 1, state, 1.5, force=True)
   mngr.wait_until_finished()
   restored, meta = checkpoint.restore(mngr, checkpoint.abstract_state(specs, ts.IMAGE))

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mhd_jax import config_check
+from mhd_jax import config_base
 from mhd_jax import partition as partition_lib
 from mhd_jax.data import contract
 
@@ -107,7 +107,7 @@ def open_source(builder, split: str, data_dir: str) -> CountingSource:
   except Exception as e:  # pylint: disable=broad-except
     with _quiet_absl():  # tfds warns of the missing files: the error below says it in one line
       full = _not_ready_message(builder, split, data_dir, e)
-    error = config_check.ConfigError([' '.join(' '.join(full.split('\n')[:3]).split())])
+    error = config_base.ConfigError([' '.join(' '.join(full.split('\n')[:3]).split())])
     error.args = (full,)  # launch.py prints the one line; str() keeps the manual instructions
     raise error from None
   return CountingSource(source)
