@@ -84,3 +84,22 @@ def param_bytes(params) -> int:
 def fedavg_bytes_per_round(params) -> int:
   """FedAvg traffic of one client per round: its parameters up and the average down."""
   return 2 * param_bytes(params)
+
+
+def costs(specs, state, adjacency, image_shape, config):
+  """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models).
+
+  Only what another client's loss reads (`read_probabilities`);
+  under target='random', the expected value per step.
+  """
+  heads, embs, dims, fedavg = [], [], [], []
+  for spec, group in zip(specs, state.groups):
+    one = jax.tree.map(lambda x: x[0], group)
+    head, emb, dim = public_output_sizes(
+        spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size)
+    heads += [head] * spec.num_clients
+    embs += [emb] * spec.num_clients
+    dims += [dim] * spec.num_clients
+    fedavg += [fedavg_bytes_per_round(one.params)] * spec.num_clients
+  read, emb_read = read_probabilities(adjacency, config.num_heads, config, dims)
+  return bytes_sent_per_step(read, emb_read, heads, embs), np.array(fedavg)

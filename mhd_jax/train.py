@@ -12,6 +12,7 @@ Durability (see `checkpoint.py`, `safety.py`, `writers.py` and docs/durable_runs
   clients, and no checkpoint of a bad state is ever written.
 """
 
+import dataclasses
 import itertools
 import os
 import time
@@ -29,60 +30,19 @@ from mhd_jax import communication
 from mhd_jax import config_check
 from mhd_jax import data as data_lib
 from mhd_jax import clients
-from mhd_jax import distill
 from mhd_jax import evaluate
 from mhd_jax import graph_schedule
 from mhd_jax import groups as groups_lib
 from mhd_jax import layout as layout_lib
 from mhd_jax import participation
 from mhd_jax import programs
+from mhd_jax import progress
 from mhd_jax import report
 from mhd_jax import safety
 from mhd_jax import timing
 from mhd_jax import topology
 from mhd_jax import workdir as wd
 from mhd_jax import writers
-
-TERMS = distill.TERMS
-
-
-def communication_costs(specs, state, adjacency, image_shape, config):
-  """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models).
-
-  Only what another client's loss reads (`communication.read_probabilities`);
-  under target='random', the expected value per step.
-  """
-  heads, embs, dims, fedavg = [], [], [], []
-  for spec, group in zip(specs, state.groups):
-    one = jax.tree.map(lambda x: x[0], group)
-    head, emb, dim = communication.public_output_sizes(
-        spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size)
-    heads += [head] * spec.num_clients
-    embs += [emb] * spec.num_clients
-    dims += [dim] * spec.num_clients
-    fedavg += [communication.fedavg_bytes_per_round(one.params)] * spec.num_clients
-  read, emb_read = communication.read_probabilities(adjacency, config.num_heads, config, dims)
-  return communication.bytes_sent_per_step(read, emb_read, heads, embs), np.array(fedavg)
-
-
-def _eval_record(acc: evaluate.Accuracies) -> dict:
-  return {'mean_private_acc': acc.private_NxH.mean(0).tolist(),
-          'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
-          'private_acc': acc.private_NxH.tolist(),
-          'shared_acc': acc.shared_NxH.tolist()}
-
-
-def client_table(acc: evaluate.Accuracies) -> str:
-  """Per-client private / shared accuracy (%) of every head, plus the mean."""
-  n, h = acc.private_NxH.shape
-  head = 'client ' + ' '.join(f'priv{k:<2d} shared{k:<2d}' for k in range(h))
-  rows = [head]
-  for name, p, s in [(str(i), acc.private_NxH[i], acc.shared_NxH[i]) for i in range(n)] + [
-      ('mean', acc.private_NxH.mean(0), acc.shared_NxH.mean(0))]:
-    rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
-                                         for k in range(h)))
-  return '\n'.join(rows)
-
 
 def _sync(name: str) -> None:
   """Waits for every process (nothing to wait for on one)."""
@@ -92,7 +52,7 @@ def _sync(name: str) -> None:
 
 def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
   """(state, step, wall seconds so far, log window) from the newest checkpoint that verifies,
-  or a fresh population. The window (`_window_record`) is None at a log step.
+  or a fresh population. The window (`progress.Window.record`) is None at a log step.
 
   Checkpoints hold the real clients only (no padding), so any device count
   can restore them; the state comes back padded and placed on the mesh.
@@ -114,62 +74,6 @@ def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
   return layout.pad_state(state), step, float(meta['wall_seconds']), meta.get('log_window')
 
 
-def _log_train(step, sums, count, timed, sent_N, config, writer):
-  """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
-
-  `sums` holds each metric summed over the window's `count` steps (on device,
-  pulled here once), so the logged metrics are window means; `timed` is
-  (steps, seconds spent in them) from `timing.StepTimer`, so steps/s leaves out
-  compiling, restoring, evaluation and checkpoints (after a resume inside a
-  window, `count` counts the steps before it too, `timed` only this session's).
-  """
-  steps, seconds = timed
-  metrics = {k: np.asarray(v, np.float64) / count
-             for k, v in jax.device_get(sums).as_dict().items()}
-  rate = steps / max(seconds, 1e-9)
-  examples_per_step = config.num_clients * (config.data.batch_size
-                                            + config.data.public_batch_size)
-  means = {k: float(np.mean(metrics[k])) for k in TERMS}
-  logging.info('step %d/%d | %.1f steps/s, %.0f client-steps/s, %.0f examples/s | ETA %.0fs'
-               ' | %s', step, config.num_steps, rate, rate * config.num_clients,
-               rate * examples_per_step, (config.num_steps - step) / rate,
-               ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
-  writer.write_record({'step': step, 'steps_per_sec': rate,
-                       'client_steps_per_sec': rate * config.num_clients,
-                       'examples_per_sec': rate * examples_per_step, 'window_steps': count,
-                       **means, 'clients': {k: metrics[k].tolist() for k in TERMS}})
-  scalars = {'mean/steps_per_sec': rate, **writers.per_client('bytes_sent', sent_N * step)}
-  for k in TERMS:
-    scalars.update(writers.per_client(k, metrics[k]))
-  writer.write_scalars(step, scalars)
-
-
-def _window_record(sums, count) -> dict | None:
-  """A log window cut by a checkpoint, as JSON for its `meta` (float32 sums round-trip exactly)."""
-  if not count:
-    return None
-  return {'count': count, 'sums': {k: np.asarray(v).tolist()
-                                   for k, v in jax.device_get(sums).as_dict().items()}}
-
-
-def _window_from_record(record):
-  """(sums, count) of a restored window (None, 0 when the checkpoint is at a log step)."""
-  if not record:
-    return None, 0
-  return distill.Metrics(**{k: jnp.asarray(v, jnp.float32) for k, v in record['sums'].items()}
-                         ), record['count']
-
-
-@jax.jit
-def _add_metrics(sums, metrics):
-  """The window's running float32 sums of the per-client metrics, on device (no host sync per
-  step); `sums` None starts a window (float32 whatever the model's dtype, as a restored one)."""
-  f32 = lambda x: x.astype(jnp.float32)
-  if sums is None:
-    return jax.tree.map(f32, metrics)
-  return jax.tree.map(lambda a, b: a + f32(b), sums, metrics)
-
-
 def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
   """(strategy, compiled train step); 'auto' on a model with convolutions measures
   (`autotune`). Compiled here, before the first step, so no step's time holds it."""
@@ -183,19 +87,6 @@ def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
       config.get('strategy_measure_steps', 0))
   logging.info('train step compiled in %.1f s.', time.time() - t)
   return strategy, step
-
-
-def _log_eval(step, acc, writer) -> None:
-  rec = _eval_record(acc)
-  logging.info('eval step %d | mean private acc %s | mean shared acc %s', step,
-               np.round(rec['mean_private_acc'], 4).tolist(),
-               np.round(rec['mean_shared_acc'], 4).tolist())
-  writer.write_record({'step': step, 'eval': rec})
-  scalars = {}
-  for k in range(acc.private_NxH.shape[1]):
-    scalars.update(writers.per_client(f'private_acc_head{k}', acc.private_NxH[:, k]))
-    scalars.update(writers.per_client(f'shared_acc_head{k}', acc.shared_NxH[:, k]))
-  writer.write_scalars(step, scalars)
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
@@ -246,6 +137,114 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     lock.release()
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the loop needs, built once by `_prepare` (the state changes as it trains)."""
+  specs: tuple
+  mngr: object
+  state: object
+  start_step: int
+  wall_before: float
+  window: progress.Window
+  train_step: object
+  predict: object
+  average: object
+  finite_state: object
+  dynamics: tuple
+  sent: np.ndarray
+  fedavg: np.ndarray
+
+
+def _prepare(config, workdir, adjacency, layout, data, lead):
+  """(`_Run`, batches): the state restored or initialised, the programs compiled."""
+  specs = groups_lib.make_specs(config, data.num_classes)
+  mngr = wd.checkpoint_manager(workdir, config, lead)
+  state, start_step, wall_before, window = _initial_state(mngr, specs, data.image_shape, config,
+                                                          layout, lead)
+  if lead:
+    wd.write_metadata(workdir, config, data)
+  dynamics = (graph_schedule.build(config), participation.build(config))
+  batches = map(layout.place_batch, data.train_batches(start_step))
+  train_step = None
+  if start_step < config.num_steps:
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    strategy, train_step = _compile_train_step(
+        config, specs, layout, data.image_shape,
+        (state, first, _step_rng(config), jnp.zeros(config.num_clients, jnp.int32), dynamics),
+        config.num_steps - start_step)
+  else:  # resumed from the final checkpoint: nothing to compile but the evaluation
+    strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
+  average_real = baselines.make_average(specs, adjacency)  # over the real clients only
+  sent, fedavg = communication.costs(specs, state, adjacency, data.image_shape, config)
+  logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
+               '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
+               config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
+               fedavg.mean())
+  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s).',
+               strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
+               layout.num_padding)
+  return _Run(
+      specs, mngr, state, start_step, wall_before, progress.Window.restore(window), train_step,
+      programs.predict(layout, specs, strategy),
+      jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state)))),
+      safety.make_state_check(layout), dynamics, sent, fedavg), batches
+
+
+def _step_rng(config):
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+
+
+def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall):
+  """The training loop from `run.start_step`; returns the last evaluation (None if no step)."""
+  writer = writers.create(workdir, lead, config, run.start_step)
+  step_rng, first_bad = _step_rng(config), jnp.zeros(config.num_clients, jnp.int32)
+  every, acc, state, window = config.checkpoint.every, None, run.state, run.window
+  primary, mngr = data.partition.primary_mask(), run.mngr
+  timer = timing.StepTimer()  # steps/s over training steps only
+  profile = config.get('profile') or {}
+  profiler = timing.ProfileWindow(wd.path(workdir, wd.PROFILE), profile.get('start_step', 0),
+                                  profile.get('num_steps', 0))
+  try:
+    with safety.SigtermWatch(mngr, run.start_step, early) as sigterm:
+      for step in range(run.start_step + 1, config.num_steps + 1):
+        with profiler.step(step):
+          timer.begin_step()
+          state, metrics, first_bad = run.train_step(state, next(batches), step_rng, first_bad,
+                                                     run.dynamics)
+          window.add(metrics)
+          if config.average_every and step % config.average_every == 0:
+            state = run.average(state)  # FedAvg / gossip baseline
+        profiler.after(step, state)
+        last = step == config.num_steps
+        if step % config.log_every == 0 or last:
+          timer.pause(state)
+          safety.check_finite(first_bad, mngr, run.finite_state(state), step)
+          progress.log_train(step, window, timer.take(), run.sent, config, writer)
+          window = progress.Window()
+        if step % config.eval_every == 0 or last:
+          timer.pause(state)
+          acc = evaluate.accuracies(run.predict, state, data.eval_batches(), primary)
+          progress.log_eval(step, acc, writer)
+        stop = sigterm.stop_at(step)
+        if (every and step % every == 0) or last or stop:
+          timer.pause(state)
+          safety.check_finite(first_bad, mngr, run.finite_state(state), step)  # never save a bad state
+          record = window.record()
+          checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True,
+                          extra=record and {'log_window': record})
+        if stop and not last:
+          mngr.wait_until_finished()
+          raise safety.Preempted(step)
+  finally:
+    profiler.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  run.state = state
+  return acc
+
+
 def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early) -> dict:
   """`train_and_evaluate` once the config is checked and the workdir locked.
 
@@ -256,88 +255,15 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   if overwrite and lead:
     wd.clear_workdir(workdir)
   _sync('workdir ready')
-  specs = groups_lib.make_specs(config, data.num_classes)
-  mngr = wd.checkpoint_manager(workdir, config, lead)
-  state, start_step, wall_before, window = _initial_state(mngr, specs, data.image_shape, config,
-                                                          layout, lead)
-  if lead:
-    wd.write_metadata(workdir, config, data)
-  step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  first_bad = jnp.zeros(config.num_clients, jnp.int32)
-  dynamics = (graph_schedule.build(config), participation.build(config))
-  batches = map(layout.place_batch, data.train_batches(start_step))
-  if start_step < config.num_steps:
-    first = next(batches)
-    batches = itertools.chain([first], batches)
-    strategy, train_step = _compile_train_step(config, specs, layout, data.image_shape,
-                                               (state, first, step_rng, first_bad, dynamics),
-                                               config.num_steps - start_step)
-  else:  # resumed from the final checkpoint: nothing to compile but the evaluation
-    strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
-  finite_state = safety.make_state_check(layout)
-  predict = programs.predict(layout, specs, strategy)
-  average_real = baselines.make_average(specs, adjacency)  # over the real clients only
-  average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
-  primary = data.partition.primary_mask()
-  sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
-  logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
-               '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
-               config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
-               fedavg.mean())
-  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s).',
-               strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
-               layout.num_padding)
-
-  writer = writers.create(workdir, lead, config, start_step)
-  wall = lambda: wall_before + time.time() - start
-  every, acc = config.checkpoint.every, None
-  sums, count = _window_from_record(window)  # the log window's metric sums, on device
-  timer = timing.StepTimer()  # steps/s over training steps only
-  profile = config.get('profile') or {}
-  profiler = timing.ProfileWindow(wd.path(workdir, wd.PROFILE), profile.get('start_step', 0),
-                                  profile.get('num_steps', 0))
-  try:
-    with safety.SigtermWatch(mngr, start_step, early) as sigterm:
-      for step in range(start_step + 1, config.num_steps + 1):
-        with profiler.step(step):
-          timer.begin_step()
-          state, metrics, first_bad = train_step(state, next(batches), step_rng, first_bad, dynamics)
-          sums = _add_metrics(sums, metrics)
-          count += 1
-          if config.average_every and step % config.average_every == 0:
-            state = average(state)  # FedAvg / gossip baseline
-        profiler.after(step, state)
-        last = step == config.num_steps
-        if step % config.log_every == 0 or last:
-          timer.pause(state)
-          safety.check_finite(first_bad, mngr, finite_state(state), step)
-          _log_train(step, sums, count, timer.take(), sent, config, writer)
-          sums, count = None, 0
-        if step % config.eval_every == 0 or last:
-          timer.pause(state)
-          acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
-          _log_eval(step, acc, writer)
-        stop = sigterm.stop_at(step)
-        if (every and step % every == 0) or last or stop:
-          timer.pause(state)
-          safety.check_finite(first_bad, mngr, finite_state(state), step)  # never save a bad state
-          window = _window_record(sums, count)
-          checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True,
-                          extra=window and {'log_window': window})
-        if stop and not last:
-          mngr.wait_until_finished()
-          raise safety.Preempted(step)
-  finally:
-    profiler.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-
+  run, batches = _prepare(config, workdir, adjacency, layout, data, lead)
+  wall = lambda: run.wall_before + time.time() - start
+  acc = _train(config, workdir, run, batches, layout, data, lead, early, wall)
   safety.stop_if_terminated(early, config.num_steps)
+  primary = data.partition.primary_mask()
   if acc is None:  # resumed from the final checkpoint: nothing left to train
-    acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
-  logging.info('final accuracies (%%):\n%s', client_table(acc))
-  summary = wd.Summary.create(config, acc, sent, fedavg, wall())
+    acc = evaluate.accuracies(run.predict, run.state, data.eval_batches(), primary)
+  logging.info('final accuracies (%%):\n%s', progress.client_table(acc))
+  summary = wd.Summary.create(config, acc, run.sent, run.fedavg, wall())
   if lead:
     wd.write_summary(workdir, summary)
     wd.write_per_class(workdir, wd.PerClass(acc.correct_NxHxC, acc.count_C, primary))

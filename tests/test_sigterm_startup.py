@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from mhd_jax import communication
 from mhd_jax import report
 from mhd_jax import safety
 from mhd_jax import train
@@ -25,7 +26,7 @@ def _sigterm_then(fn):
 
 
 def test_sigterm_during_start_up_saves_step_1_and_stops(tmp_path, monkeypatch):
-  monkeypatch.setattr(train, 'communication_costs', _sigterm_then(train.communication_costs))
+  monkeypatch.setattr(communication, 'costs', _sigterm_then(communication.costs))
   with pytest.raises(safety.Preempted, match='at step 1;'):
     train.train_and_evaluate(short_config(num_steps=4), str(tmp_path))
   assert _steps(str(tmp_path)) == [1]

@@ -5,6 +5,7 @@ import pytest
 
 from mhd_jax import autotune
 from mhd_jax import checkpoint
+from mhd_jax import distill
 from mhd_jax import evaluate
 from mhd_jax import safety
 from mhd_jax import timing
@@ -49,7 +50,7 @@ def test_logged_metrics_are_means_over_the_window(tmp_path):
     runs[every] = {r['step']: r for r in read_records(workdir) if 'clients' in r}
   per_step = runs[1]  # a window of one step: that step's metrics
   for end in (4, 8):
-    for term in train.TERMS:
+    for term in distill.TERMS:
       mean_N = np.mean([per_step[s]['clients'][term] for s in range(end - 3, end + 1)], axis=0)
       np.testing.assert_allclose(runs[4][end]['clients'][term], mean_N, rtol=2e-6, atol=1e-7,
                                  err_msg=f'{term} at step {end}')

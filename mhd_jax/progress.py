@@ -1,0 +1,121 @@
+"""What a run reports as it trains: the log window, progress lines, records and tables.
+
+Training metrics are summed on device over a log window (`Window`) and pulled
+to the host once per window, so the logged values are window means. A window
+cut by a checkpoint is saved in the checkpoint's metadata and restored on
+resume (`Window.record`/`Window.restore`).
+"""
+
+import dataclasses
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mhd_jax import distill
+from mhd_jax import evaluate
+from mhd_jax import writers
+
+TERMS = distill.TERMS
+
+
+@jax.jit
+def _add(sums, metrics):
+  """Running float32 sums of the per-client metrics, on device (no host sync per step); `sums`
+  None starts a window (float32 whatever the model's dtype, as a restored one)."""
+  f32 = lambda x: x.astype(jnp.float32)
+  if sums is None:
+    return jax.tree.map(f32, metrics)
+  return jax.tree.map(lambda a, b: a + f32(b), sums, metrics)
+
+
+@dataclasses.dataclass
+class Window:
+  """The metrics of the steps since the last log step: on-device sums and their count."""
+  sums: distill.Metrics | None = None
+  count: int = 0
+
+  def add(self, metrics: distill.Metrics) -> None:
+    self.sums, self.count = _add(self.sums, metrics), self.count + 1
+
+  def means(self) -> dict:
+    """{term: [N] float64 window mean}, pulled from the device once."""
+    return {k: np.asarray(v, np.float64) / self.count
+            for k, v in jax.device_get(self.sums).as_dict().items()}
+
+  def record(self) -> dict | None:
+    """The window as JSON for a checkpoint's meta (float32 sums round-trip exactly); None when
+    empty (a checkpoint at a log step)."""
+    if not self.count:
+      return None
+    return {'count': self.count, 'sums': {k: np.asarray(v).tolist()
+                                          for k, v in jax.device_get(self.sums).as_dict().items()}}
+
+  @classmethod
+  def restore(cls, record) -> 'Window':
+    if not record:
+      return cls()
+    return cls(distill.Metrics(**{k: jnp.asarray(v, jnp.float32)
+                                  for k, v in record['sums'].items()}), record['count'])
+
+
+def eval_record(acc: evaluate.Accuracies) -> dict:
+  return {'mean_private_acc': acc.private_NxH.mean(0).tolist(),
+          'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
+          'private_acc': acc.private_NxH.tolist(),
+          'shared_acc': acc.shared_NxH.tolist()}
+
+
+def client_table(acc: evaluate.Accuracies) -> str:
+  """Per-client private / shared accuracy (%) of every head, plus the mean."""
+  n, h = acc.private_NxH.shape
+  head = 'client ' + ' '.join(f'priv{k:<2d} shared{k:<2d}' for k in range(h))
+  rows = [head]
+  for name, p, s in [(str(i), acc.private_NxH[i], acc.shared_NxH[i]) for i in range(n)] + [
+      ('mean', acc.private_NxH.mean(0), acc.shared_NxH.mean(0))]:
+    rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
+                                         for k in range(h)))
+  return '\n'.join(rows)
+
+
+def log_train(step, window: Window, timed, sent_N, config, writer):
+  """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
+
+  `window` holds each metric summed over its steps (on device, pulled here
+  once), so the logged metrics are window means; `timed` is
+  (steps, seconds spent in them) from `timing.StepTimer`, so steps/s leaves out
+  compiling, restoring, evaluation and checkpoints (after a resume inside a
+  window, `count` counts the steps before it too, `timed` only this session's).
+  """
+  steps, seconds = timed
+  metrics, count = window.means(), window.count
+  rate = steps / max(seconds, 1e-9)
+  examples_per_step = config.num_clients * (config.data.batch_size
+                                            + config.data.public_batch_size)
+  means = {k: float(np.mean(metrics[k])) for k in TERMS}
+  logging.info('step %d/%d | %.1f steps/s, %.0f client-steps/s, %.0f examples/s | ETA %.0fs'
+               ' | %s', step, config.num_steps, rate, rate * config.num_clients,
+               rate * examples_per_step, (config.num_steps - step) / rate,
+               ' '.join(f'{k} {v:.4f}' for k, v in means.items()))
+  writer.write_record({'step': step, 'steps_per_sec': rate,
+                       'client_steps_per_sec': rate * config.num_clients,
+                       'examples_per_sec': rate * examples_per_step, 'window_steps': count,
+                       **means, 'clients': {k: metrics[k].tolist() for k in TERMS}})
+  scalars = {'mean/steps_per_sec': rate, **writers.per_client('bytes_sent', sent_N * step)}
+  for k in TERMS:
+    scalars.update(writers.per_client(k, metrics[k]))
+  writer.write_scalars(step, scalars)
+
+
+def log_eval(step, acc, writer) -> None:
+  rec = eval_record(acc)
+  logging.info('eval step %d | mean private acc %s | mean shared acc %s', step,
+               np.round(rec['mean_private_acc'], 4).tolist(),
+               np.round(rec['mean_shared_acc'], 4).tolist())
+  writer.write_record({'step': step, 'eval': rec})
+  scalars = {}
+  for k in range(acc.private_NxH.shape[1]):
+    scalars.update(writers.per_client(f'private_acc_head{k}', acc.private_NxH[:, k]))
+    scalars.update(writers.per_client(f'shared_acc_head{k}', acc.shared_NxH[:, k]))
+  writer.write_scalars(step, scalars)
