@@ -80,18 +80,23 @@ class Encoded(NamedTuple):
   scales: jax.Array | None
 
 
-def config_problems(config, num_classes: int | None = None) -> list[str]:
-  """One line per bad `config.wire` choice (k against C only when C is known)."""
-  w, out = config.wire, []
-  if w.bits not in BITS:
-    out.append(f'config.wire.bits must be one of {", ".join(map(str, BITS))}, got {w.bits!r}.')
-  if num_classes is not None and not 0 <= w.topk <= num_classes:
-    out.append(f'config.wire.topk={w.topk} must be in [1, {num_classes}] (the number of '
-               'classes), or 0 for all classes.')
-  if w.heads_sent > config.num_heads:
-    out.append(f'config.wire.heads_sent={w.heads_sent} exceeds num_heads={config.num_heads}; '
-               'use 0 (all) or at most num_heads.')
-  return out
+def config_problems(config) -> list[str]:
+  """One line per `config.wire` choice that clashes with another field (ranges and
+  `wire.bits` are checked in config_check.FIELDS)."""
+  m = config.wire.heads_sent
+  if m <= config.num_heads:
+    return []
+  return [f'config.wire.heads_sent={m} exceeds num_heads={config.num_heads}; use 0 (all) or '
+          'at most num_heads.']
+
+
+def topk_problems(config, num_classes: int) -> list[str]:
+  """`config.wire.topk` against the dataset's C (known once the data is opened)."""
+  k = config.wire.topk
+  if 0 <= k <= num_classes:
+    return []
+  return [f'config.wire.topk={k} must be in [1, {num_classes}] (the number of classes), or 0 '
+          'for all classes.']
 
 
 def sent_classes(spec: WireSpec, num_classes: int) -> int:

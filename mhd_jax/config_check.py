@@ -13,11 +13,13 @@ from absl import logging
 import jax
 import numpy as np
 
+from mhd_jax import compression
 from mhd_jax import input_pipeline
 from mhd_jax import losses
 from mhd_jax import models
 from mhd_jax import partition as partition_lib
 from mhd_jax import population as pop
+from mhd_jax import privacy
 from mhd_jax import topology
 
 
@@ -145,6 +147,15 @@ FIELDS = {
     'optimizer.schedule': (_STR, None, ''),
     'optimizer.warmup_steps': (_INT, _NONNEG, '>= 0'),
     'optimizer.grad_clip': (_NUM, lambda v: not v < 0, '>= 0 (0 = off)'),
+    'wire.topk': (_INT, _NONNEG, '>= 0 (0 = all classes)'),
+    'wire.bits': (_INT, lambda v: v in compression.BITS,
+                  f'one of {", ".join(map(str, compression.BITS))}'),
+    'wire.heads_sent': (_INT, _NONNEG, '>= 0 (0 = all heads)'),
+    'wire.every': (_INT, _POS, '>= 1'),
+    'dp.enabled': (_BOOL, None, ''),
+    'dp.noise_multiplier': (_NUM, lambda v: not v < 0, '>= 0'),
+    'dp.clip_norm': (_NUM, lambda v: not v <= 0, '> 0'),
+    'dp.delta': (_NUM, lambda v: not (v <= 0 or v >= 1), 'in (0, 1)'),
 }
 # Keys of one `groups.NAME` entry, and the model fields it may override.
 GROUP_KEYS = ('num_clients', 'model')
@@ -287,6 +298,7 @@ def problems(config, num_devices: int | None = None) -> list[str]:
   found += (_range_problems(config) if derived else []) + _group_problems(config) + (
       _name_problems(config))
   if derived:
+    found += compression.config_problems(config) + privacy.config_problems(config)
     try:
       topology.build(config)
     except ValueError as e:
@@ -314,6 +326,9 @@ def validate_partition(part: partition_lib.Partition, config) -> None:
         f'public_fraction={config.public_fraction} leaves {num_public} public examples, fewer '
         f'than data.public_batch_size={config.data.public_batch_size}; raise public_fraction or '
         'lower public_batch_size.'])
+  topk = compression.topk_problems(config, part.num_classes)
+  if topk:
+    raise ConfigError(topk)
   sizes = np.array([len(idx) for idx in part.client_indices])
   empty = np.flatnonzero(sizes == 0).tolist()
   if empty:

@@ -150,9 +150,14 @@ def _wire_config(**wire):
   return c
 
 
-@pytest.mark.parametrize('wire,needle', [({'bits': 16}, 'wire.bits'), ({'topk': 11}, 'wire.topk'),
-                                         ({'heads_sent': 4}, 'heads_sent')])
-def test_config_problems_one_line(wire, needle):
-  (line,) = comp.config_problems(_wire_config(**wire), num_classes=10)
-  assert needle in line and '\n' not in line
-  assert comp.config_problems(_wire_config(topk=10, bits=4, heads_sent=3), num_classes=10) == []
+def test_config_problems_one_line():
+  (line,) = comp.config_problems(_wire_config(heads_sent=4))
+  assert 'heads_sent=4' in line and 'num_heads=3' in line
+  assert comp.config_problems(_wire_config(topk=10, bits=4, heads_sent=3)) == []
+
+
+def test_topk_against_the_classes():
+  (line,) = comp.topk_problems(_wire_config(topk=11), 10)
+  assert 'wire.topk=11' in line and '[1, 10]' in line
+  assert comp.topk_problems(_wire_config(topk=10), 10) == []
+  assert comp.topk_problems(_wire_config(topk=0), 10) == []

@@ -1,0 +1,117 @@
+"""Differential privacy of each client's private data: DP-SGD and its ε (docs/privacy.md).
+
+Client i's private term is trained with DP-SGD (Abadi et al. 2016): each
+example's gradient is clipped to L2 norm at most C (over all parameters
+together), the clipped gradients are summed, Gaussian noise N(0, σ² C²) is
+added to every coordinate, and the sum is divided by the batch size B. The
+distillation terms (public data, targets from what the peers sent) add no
+privacy cost: they are post-processing (docs/privacy.md has the argument).
+
+`private_grad` is written for one client and holds no client axis, so the step
+calls it under `jax.vmap` over clients with one rng per client, e.g.
+`jax.random.split(jax.random.fold_in(rng, step), N)`; no client's draw then
+depends on another's data. ε comes from Google's `dp_accounting` (PLD
+accountant, Poisson subsampling with q = B / n_i; see docs/privacy.md for the
+gap to the shuffled batches the pipeline draws).
+"""
+
+import jax
+import jax.numpy as jnp
+
+# Backbones whose examples do not interact in a training forward pass. BatchNorm
+# (every ResNet here) mixes the batch's examples through its statistics, so an
+# example's "per-example gradient" depends on the others and clipping bounds nothing.
+DP_BACKBONES = ('mlp', 'cnn')
+
+
+def supports_dp(model_config) -> bool:
+  """Whether per-example gradients of this model (`config.model`, or a dict of its fields) are
+  per-example: no batch statistics.
+
+  Every ResNet here normalises with `resnet.BatchNorm` and has no norm choice.
+  A GroupNorm variant would qualify: `resnet.ResNet` takes its norm as the
+  `functools.partial(BatchNorm, ...)` it passes to each block, so a
+  `model.norm = 'group'` field could pass `nn.GroupNorm` there instead (no
+  batch statistics, no segments), and be listed here.
+  """
+  return model_config['name'] in DP_BACKBONES
+
+
+def private_grad(loss_fn, params, x_BxF, y_B, clip_norm, noise_multiplier, rng):
+  """DP-SGD gradient of one client: (sum_b clip_C(g_b) + N(0, σ² C² I)) / B.
+
+  loss_fn(params, x_1, y_1) -> scalar: the private loss of a batch of one
+    example (x_1 = x[b:b+1], y_1 = y[b:b+1]), so a model's `apply` runs as is.
+  clip_C(g) = g min(1, C / ||g||), ||g|| the L2 norm over every parameter.
+  clip_norm = inf clips nothing; noise_multiplier σ = 0 adds nothing (not even
+  0 * inf); both may be traced. Returns a pytree like `params`.
+  """
+  b = y_B.shape[0]
+  per_example = jax.vmap(lambda x, y: jax.grad(loss_fn)(params, x[None], y[None]))
+  g_B = per_example(x_BxF, y_B)
+  leaves, treedef = jax.tree.flatten(g_B)
+  norm_B = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(b, -1)), axis=1) for g in leaves))
+  factor_B = jnp.minimum(1.0, clip_norm / jnp.maximum(norm_B, jnp.finfo(norm_B.dtype).tiny))
+  std = jnp.where(noise_multiplier > 0, noise_multiplier * clip_norm, 0.0)
+  keys = jax.random.split(rng, len(leaves))
+  out = []
+  for g, key in zip(leaves, keys):
+    summed = jnp.tensordot(factor_B.astype(g.dtype), g, axes=1)
+    noise = jax.random.normal(key, summed.shape, summed.dtype)
+    out.append((summed + (std * noise).astype(g.dtype)) / b)
+  return jax.tree.unflatten(treedef, out)
+
+
+def _event(noise_multiplier: float, sampling_probability: float, steps: int):
+  import dp_accounting  # pylint: disable=g-import-not-at-top  # only runs that report ε need it
+  return dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          sampling_probability, dp_accounting.GaussianDpEvent(noise_multiplier)), steps)
+
+
+def epsilon(noise_multiplier: float, sampling_probability: float, steps: int,
+            delta: float) -> float:
+  """ε at δ of `steps` Poisson-subsampled Gaussian steps (q = sampling_probability), by the
+  PLD accountant; inf when noise_multiplier is 0. q = 1 is full-batch, no amplification."""
+  from dp_accounting import pld  # pylint: disable=g-import-not-at-top
+  if steps == 0:
+    return 0.0
+  if noise_multiplier == 0:
+    return float('inf')
+  accountant = pld.PLDAccountant()
+  accountant.compose(_event(noise_multiplier, min(sampling_probability, 1.0), steps))
+  return float(accountant.get_epsilon(delta))
+
+
+def client_epsilons(config, private_sizes, steps: int) -> list[float]:
+  """ε of every client after `steps` steps: q_i = B / n_i (n_i its private examples).
+
+  Clients with the same n_i share one accountant call (each call takes up to seconds).
+  """
+  dp, b = config.dp, config.data.batch_size
+  cache = {}
+  for n in set(int(n) for n in private_sizes):
+    cache[n] = epsilon(dp.noise_multiplier, b / n, steps, dp.delta)
+  return [cache[int(n)] for n in private_sizes]
+
+
+def config_problems(config) -> list[str]:
+  """One line per DP choice the run cannot honour (ranges are checked in FIELDS)."""
+  dp = config.dp
+  if not dp.enabled:
+    return []
+  out = []
+  if dp.noise_multiplier == 0:
+    out.append('dp.enabled with dp.noise_multiplier=0 gives ε = inf; set a noise multiplier > 0 '
+               '(e.g. 1.0) or dp.enabled=False.')
+  if not dp.clip_norm < float('inf'):
+    out.append(f'dp.clip_norm={dp.clip_norm} bounds no gradient, so no ε holds; use a finite '
+               'clip norm (e.g. 1.0).')
+  groups = config.get('groups') or {}
+  models = [(f'groups.{name}.model', {**config.model.to_dict(), **dict(g.get('model', {}))})
+            for name, g in groups.items()] if groups else [('model', config.model)]
+  for where, model in models:
+    if not supports_dp(model):
+      out.append(f'dp.enabled with {where}.name={model["name"]!r}: its BatchNorm mixes examples, '
+                 f'so per-example clipping bounds nothing; use {" or ".join(DP_BACKBONES)}.')
+  return out
