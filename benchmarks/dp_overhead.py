@@ -9,7 +9,8 @@ step with `jax.grad` of the batch mean, the DP step with
 the whole gradient, Gaussian noise), vmapped over clients with one key each.
 They are timed in alternating windows in one process (median of `--repeats`);
 `ratio_dp_vs_plain` is the overhead. The issue asks for < 3x at N = 8 on the
-digits MLP. Models with BatchNorm (the ResNets) refuse DP (privacy.supports_dp),
+digits MLP. `clip_only` is the DP step without the noise draws (σ = 0): the
+rest of the overhead is drawing one normal per parameter per client. Models with BatchNorm (the ResNets) refuse DP (privacy.supports_dp),
 so they are not offered here.
 
 The steps are `common.Bench` subclasses: `make_step` builds any
@@ -31,23 +32,26 @@ QUICK = {'default': common.QUICK['default'], 'cnn': ({'name': 'cnn'}, (8, 8, 1),
 
 class PrivateGradStep(common.Bench):
   """Every client's private gradient and an SGD update; DP-SGD when `dp` is set."""
-  dp = False
+  dp, noise = False, None
 
   def make_step(self, specs, adjacency, config, layout):
     import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from mhd_jax import losses  # pylint: disable=g-import-not-at-top
     from mhd_jax import privacy  # pylint: disable=g-import-not-at-top
     del adjacency, layout
     (spec,) = specs
-    dp, clip, noise = self.dp, config.dp.clip_norm, config.dp.noise_multiplier
+    dp, clip = self.dp, config.dp.clip_norm
+    noise = config.dp.noise_multiplier if self.noise is None else self.noise
 
-    def loss_fn(params, x, y):
+    def losses_fn(params, x, y):  # per example
       logits, _ = spec.model.apply({'params': params}, x, train=True)
-      return losses.cross_entropy(logits[0], y)
+      return -jnp.take_along_axis(jax.nn.log_softmax(logits[0]), y[:, None], axis=1)[:, 0]
 
     def client(params, x, y, key):
-      g = (privacy.private_grad(loss_fn, params, x, y, clip, noise, key) if dp
-           else jax.grad(loss_fn)(params, x, y))
+      g = (privacy.private_grad(losses_fn, params, x, y, clip, noise, key) if dp
+           else jax.grad(lambda p: losses.cross_entropy(
+               spec.model.apply({'params': p}, x, train=True)[0][0], y))(params))
       return jax.tree.map(lambda p, d: p - 1e-3 * d, params, g)
 
     def train_step(state, batch, rng):
@@ -65,6 +69,11 @@ class DPStep(PrivateGradStep):
   dp = True
 
 
+class ClipOnlyStep(PrivateGradStep):
+  """DP-SGD's clipping without the noise draws (noise_multiplier = 0): what the draws cost."""
+  dp, noise = True, 0.0
+
+
 def main():
   p = common.parser(__doc__, models=MODELS, default_models='default')
   p.add_argument('--n', default='8', help='comma-separated client counts')
@@ -80,18 +89,22 @@ def main():
     for n in map(int, args.n.split(',')):
       plain = PrivateGradStep(config, image, n, 'vmap', 1)
       dp = DPStep(config, image, n, 'vmap', 1)
-      common.compile_all([plain, dp])
-      for bench in (plain, dp):
+      clip_only = ClipOnlyStep(config, image, n, 'vmap', 1)
+      benches = {'plain': plain, 'dp': dp, 'clip_only': clip_only}
+      common.compile_all(list(benches.values()))
+      for bench in benches.values():
         bench.warm()
-      times = {'plain': [], 'dp': []}
+      times = {name: [] for name in benches}
       for _ in range(args.repeats):
-        for name, bench in (('plain', plain), ('dp', dp)):
+        for name, bench in benches.items():
           times[name].append(bench.time(plain.block))
       t = {k: statistics.median(v) for k, v in times.items()}
       common.emit({'model': model, 'n_clients': n, 'batch_size': config.data.batch_size,
                    'plain_step_ms': round(1e3 * t['plain'], 4),
                    'dp_step_ms': round(1e3 * t['dp'], 4),
+                   'clip_only_step_ms': round(1e3 * t['clip_only'], 4),
                    'ratio_dp_vs_plain': round(t['dp'] / t['plain'], 3),
+                   'ratio_clip_only_vs_plain': round(t['clip_only'] / t['plain'], 3),
                    'repeats': args.repeats, 'loadavg': round(os.getloadavg()[0], 2)})
 
 

@@ -4,6 +4,7 @@ import dp_accounting
 from dp_accounting import pld
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,9 +14,10 @@ from mhd_jax import models
 from mhd_jax import privacy
 
 
-def _linear_loss(params, x_1, y_1):
-  """sum(w * x) + b * y: its gradient is (x, y), so per-example norms are set by hand."""
-  return jnp.sum(params['w'] * x_1[0]) + params['b'] * y_1[0]
+def _linear_losses(params, x_Bx3, y_B):
+  """loss_b = w . x_b + c y_b: its gradient is (x_b, y_b), so per-example norms are set by
+  hand (no flax Dense: the norms come from per-example gradients)."""
+  return x_Bx3 @ params['w'] + params['b'] * y_B
 
 
 def _linear_params():
@@ -26,7 +28,7 @@ def test_clipping_holds_per_example_over_the_whole_gradient():
   # Example 0's gradient (x, y) has norm 100 (over w and b together); the others 0.5.
   x = jnp.array([[60.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.4, 0.0], [0.0, 0.0, 0.3]])
   y = jnp.array([80.0, 0.4, 0.3, 0.4])
-  g = privacy.private_grad(_linear_loss, _linear_params(), x, y, 1.0, 0.0, jax.random.key(0))
+  g = privacy.private_grad(_linear_losses, _linear_params(), x, y, 1.0, 0.0, jax.random.key(0))
   # The huge example is scaled to norm 1: (0.6, 0, 0, 0.8); the small ones pass unchanged.
   np.testing.assert_allclose(g['w'], (np.array([0.6, 0, 0]) + [0.3, 0.4, 0.3]) / 4, rtol=1e-6)
   np.testing.assert_allclose(g['b'], (0.8 + 0.4 + 0.3 + 0.4) / 4, rtol=1e-6)
@@ -40,20 +42,42 @@ def _mlp_setup(n_clients=1, batch=6, seed=0):
   init = lambda k: model.init(k, x[0], train=False)['params']
   params = jax.vmap(init)(jax.random.split(jax.random.key(seed), n_clients))
 
-  def loss_fn(p, x_b, y_b):
+  def losses_fn(p, x_b, y_b):  # per-example cross-entropy of head 0
     logits, _ = model.apply({'params': p}, x_b, train=True)
-    return losses.cross_entropy(logits[0], y_b)
-  return loss_fn, params, x, y
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits[0]), y_b[:, None], axis=1)[:, 0]
+  return losses_fn, params, x, y
 
 
 def test_no_noise_and_no_clipping_is_the_plain_mean_gradient():
   loss_fn, params, x, y = _mlp_setup()
   p0 = jax.tree.map(lambda a: a[0], params)
-  got = privacy.private_grad(loss_fn, p0, x[0], y[0], jnp.inf, 0.0, jax.random.key(1))
-  want = jax.grad(loss_fn)(p0, x[0], y[0])
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert np.isfinite(np.asarray(g)).all()
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+  model = models.make_model(default.get_config().model, num_heads=2, num_classes=10)
+  want = jax.grad(lambda p: losses.cross_entropy(
+      model.apply({'params': p}, x[0], train=True)[0][0], y[0]))(p0)
+  # A Python 0 skips the draws; a traced 0 (and a traced inf) must add exactly nothing.
+  traced = jax.jit(lambda c, s: privacy.private_grad(loss_fn, p0, x[0], y[0], c, s,
+                                                     jax.random.key(1)))
+  for got in (privacy.private_grad(loss_fn, p0, x[0], y[0], jnp.inf, 0.0, jax.random.key(1)),
+              traced(jnp.inf, 0.0)):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert np.isfinite(np.asarray(g)).all()
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_ghost_norms_are_the_per_example_gradient_norms():
+  loss_fn, params, x, y = _mlp_setup()
+  p0 = jax.tree.map(lambda a: a[0], params)
+  ghost = privacy._dense_norms_B(loss_fn, p0, x[0], y[0])
+  assert ghost is not None  # the MLP is Dense layers only
+  np.testing.assert_allclose(ghost, privacy._vmap_norms_B(loss_fn, p0, x[0], y[0]), rtol=1e-5)
+  # A model with a convolution falls back to per-example gradients.
+  cnn = models.make_model(ml_collections.ConfigDict({**default.get_config().model.to_dict(),
+                                                     'name': 'cnn', 'width': 4}), 2, 10)
+  cp = cnn.init(jax.random.key(0), x[0], train=False)['params']
+  cnn_losses = lambda p, xb, yb: -jax.nn.log_softmax(cnn.apply({'params': p}, xb, train=True)[0][0])[
+      jnp.arange(yb.shape[0]), yb]
+  assert privacy._dense_norms_B(cnn_losses, cp, x[0], y[0]) is None
+  assert privacy.per_example_norms(cnn_losses, cp, x[0], y[0]).shape == (6,)
 
 
 def _vmapped(loss_fn, clip, noise):
