@@ -30,6 +30,9 @@ OVERRIDES = [
     'optimizer.grad_clip=-1', 'nu_main=-5', 'nu_aux=-1', 'nu_emb=-0.1', 'target=loudest',
     'strategy=fast', 'partition=zipf', 'topology=torus', 'num_devices=3', 'num_devices=-1',
     'data.augment=fancy', 'data.name=nosuchdataset', 'include_self=maybe', 'seed=x',
+    'wire.topk=-1', 'wire.topk=11', 'wire.bits=16', 'wire.bits=2.5', 'wire.heads_sent=4',
+    'wire.every=0', 'dp.noise_multiplier=-1', 'dp.clip_norm=0', 'dp.delta=1', 'dp.delta=0',
+    'dp.enabled=yes',
 ]
 
 
