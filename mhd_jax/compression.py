@@ -128,6 +128,17 @@ def received_heads(spec: WireSpec, num_heads: int, step) -> jax.Array:
   return jnp.asarray(heads_sent_mask(spec, num_heads)) & (step % spec.every == 0)
 
 
+def wire_reads(read_HxNxN, emb_read_NxN, spec: WireSpec):
+  """`communication.read_probabilities`' (P, Q) per step under `spec`: P[h] times the share
+  of steps source head h is sent, Q (the embedding, sent with head 0) times head 0's.
+
+  Bytes per step are then `communication.bytes_sent_per_step(P', Q',
+  [encoded_bytes(spec, B_pub, C, 1)] * N, emb_bytes_N)`.
+  """
+  frac_H = sent_fraction(spec, np.shape(read_HxNxN)[0])
+  return (np.asarray(read_HxNxN) * frac_H[:, None, None], np.asarray(emb_read_NxN) * frac_H[0])
+
+
 def neighbour_weights(weights_HxNxN, spec: WireSpec, step):
   """W[k, i, j] with the neighbours (j != i) of receiver head k dropped where src(k) is not
   received at `step`; the diagonal (a client's own head k-1) is kept."""

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mhd_jax import communication
 from mhd_jax import compression as comp
 from mhd_jax import losses
 
@@ -129,6 +130,20 @@ def test_heads_sent_and_every():
   assert not got[:, 2:].any()
   assert not np.asarray(comp.transmit(jnp.asarray(p), spec, 4)).any()
   np.testing.assert_allclose(comp.sent_fraction(spec, 4), [1 / 3, 1 / 3, 0, 0])
+
+
+def test_bytes_per_step_with_heads_and_every():
+  """3 clients on a complete graph, 3 heads (sources 0 and 1 read), head 1 not sent, every 2nd
+  step, top-3 at 8 bits of C = 10 on B = 4: each client sends head 0 to 2 peers half the time."""
+  config = ml_collections.ConfigDict({'nu_main': 1.0, 'nu_aux': 1.0, 'nu_emb': 0.0,
+                                      'target': 'most_confident', 'include_self': False})
+  read, emb = communication.read_probabilities(np.ones((3, 3)) - np.eye(3), 3, config)
+  spec = comp.WireSpec(topk=3, bits=8, heads_sent=1, every=2)
+  head = comp.encoded_bytes(spec, 4, 10, 1)
+  assert head == 4 * (3 + 3 + 2)  # codes, uint8 ids, float16 scale per row
+  sent = communication.bytes_sent_per_step(*comp.wire_reads(read, emb, spec), [head] * 3,
+                                           [0] * 3)
+  np.testing.assert_allclose(sent, [2 * head / 2] * 3)
 
 
 def test_neighbour_weights_drop_unreceived_sources_but_keep_the_own_head():
