@@ -145,4 +145,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.schedule = 'constant'  # 'constant' | 'cosine' (decays to 0 at num_steps)
   c.optimizer.warmup_steps = 0  # linear warm-up steps before the schedule
   c.optimizer.grad_clip = 0.0  # global-norm clip per client; 0 = off
+
+  # What each client sends (its softmax outputs on the public batch) and how it is encoded;
+  # the options compose (mhd_jax/compression.py). Defaults send everything as float32.
+  c.wire = ml_collections.ConfigDict()
+  c.wire.topk = 0            # classes sent per example: the k largest with their ids (the
+                             # receiver spreads the rest evenly); 0 = all C
+  c.wire.bits = 32           # 32 (float32) | 8 | 4: integer codes on a per-row float16 scale
+  c.wire.heads_sent = 0      # only source heads 0..m-1 are sent (receivers' heads that read
+                             # a later one get no neighbour target); 0 = all
+  c.wire.every = 1           # outputs are sent on every r-th step only (none in between)
+
+  # DP-SGD on each client's private term (mhd_jax/privacy.py, docs/privacy.md): per-example
+  # clipping and Gaussian noise; ε per client at dp.delta, by the PLD accountant, assuming
+  # Poisson sampling with q = data.batch_size / (the client's private examples).
+  c.dp = ml_collections.ConfigDict()
+  c.dp.enabled = False       # True needs a model without BatchNorm (mlp, cnn)
+  c.dp.noise_multiplier = 1.0  # sigma: noise std = sigma * clip_norm per coordinate; > 0 with DP
+  c.dp.clip_norm = 1.0       # C: each example's whole-gradient L2 norm is clipped to C
+  c.dp.delta = 1e-5          # the delta of the reported (epsilon, delta); in (0, 1)
   return c

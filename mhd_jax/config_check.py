@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from mhd_jax import clients
+from mhd_jax import compression
 from mhd_jax import config_base
 from mhd_jax import data as data_lib
 from mhd_jax import graph_schedule
@@ -22,6 +23,7 @@ from mhd_jax import models
 from mhd_jax import optim
 from mhd_jax import participation
 from mhd_jax import partition as partition_lib
+from mhd_jax import privacy
 from mhd_jax import topology
 from mhd_jax.data import digits as digits_lib
 
@@ -150,6 +152,15 @@ FIELDS = {
     'optimizer.schedule': (_STR, None, ''),
     'optimizer.warmup_steps': (_INT, _NONNEG, '>= 0'),
     'optimizer.grad_clip': (_NUM, lambda v: not v < 0, '>= 0 (0 = off)'),
+    'wire.topk': (_INT, _NONNEG, '>= 0 (0 = all classes)'),
+    'wire.bits': (_INT, lambda v: v in compression.BITS,
+                  f'one of {", ".join(map(str, compression.BITS))}'),
+    'wire.heads_sent': (_INT, _NONNEG, '>= 0 (0 = all heads)'),
+    'wire.every': (_INT, _POS, '>= 1'),
+    'dp.enabled': (_BOOL, None, ''),
+    'dp.noise_multiplier': (_NUM, lambda v: not v < 0, '>= 0'),
+    'dp.clip_norm': (_NUM, lambda v: not v <= 0, '> 0'),
+    'dp.delta': (_NUM, lambda v: not (v <= 0 or v >= 1), 'in (0, 1)'),
 }
 
 
@@ -305,6 +316,7 @@ def problems(config, num_devices: int | None = None) -> list[str]:
       _name_problems(config))
   if derived:
     found += _network_problems(config)
+    found += compression.config_problems(config) + privacy.config_problems(config)
   if config.num_devices > jax.device_count():
     found.append(f'num_devices={config.num_devices} but {jax.device_count()} device(s) are '
                  'available; use 0 (all) or at most that many.')
@@ -328,6 +340,9 @@ def validate_partition(part: partition_lib.Partition, config) -> None:
         f'public_fraction={config.public_fraction} leaves {num_public} public examples, fewer '
         f'than data.public_batch_size={config.data.public_batch_size}; raise public_fraction or '
         'lower public_batch_size.'])
+  topk = compression.topk_problems(config, part.num_classes)
+  if topk:
+    raise ConfigError(topk)
   sizes = np.array([len(idx) for idx in part.client_indices])
   empty = np.flatnonzero(sizes == 0).tolist()
   if empty:

@@ -45,6 +45,14 @@ def test_distill_overhead_quick():
     assert row[key] > 0, key
 
 
+def test_dp_overhead_quick():
+  (row,) = run_benchmark('dp_overhead.py')
+  assert row['model'] == 'default' and row['n_clients'] == 2
+  assert row['ratio_dp_vs_plain'] == pytest.approx(row['dp_step_ms'] / row['plain_step_ms'],
+                                                   rel=2e-3, abs=1e-3)
+  assert row['plain_step_ms'] > 0 and row['dp_step_ms'] > 0
+
+
 def _accelerator():
   sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
   import accelerator  # pylint: disable=g-import-not-at-top

@@ -36,6 +36,9 @@ OVERRIDES = [
     'dynamics.cycle_every=0', 'dynamics.participation=sometimes', 'dynamics.availability=-0.5',
     'dynamics.availability=2', 'dynamics.straggler_fraction=1.1', 'dynamics.straggler_every=0',
     'dynamics.staleness=-1', 'dynamics.staleness=1500', 'dynamics.participation=trace',
+    'wire.topk=-1', 'wire.topk=11', 'wire.bits=16', 'wire.bits=2.5', 'wire.heads_sent=4',
+    'wire.every=0', 'dp.noise_multiplier=-1', 'dp.clip_norm=0', 'dp.delta=1', 'dp.delta=0',
+    'dp.enabled=yes',
 ]
 
 
