@@ -82,7 +82,7 @@ class Encoded(NamedTuple):
 
 def config_problems(config) -> list[str]:
   """One line per `config.wire` choice that clashes with another field (ranges and
-  `wire.bits` are checked in config_check.FIELDS)."""
+  `wire.bits` are checked in fields.FIELDS)."""
   m = config.wire.heads_sent
   if m <= config.num_heads:
     return []

@@ -16,6 +16,7 @@ from mhd_jax import clients
 from mhd_jax import compression
 from mhd_jax import config_base
 from mhd_jax import data as data_lib
+from mhd_jax import fields
 from mhd_jax import graph_schedule
 from mhd_jax import groups as groups_lib
 from mhd_jax import losses
@@ -62,119 +63,18 @@ def _tfds_problem(name: str, data_dir: str) -> str | None:
   return None
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_num(x) -> bool:
-  return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
-
-
-_INT, _NUM, _STR, _BOOL = (_is_int, 'an integer'), (_is_num, 'a number'), (
-    lambda x: isinstance(x, str), 'a string'), (lambda x: isinstance(x, bool), 'True or False')
-_ANY_INT = lambda v: True
-_NONNEG = lambda v: v >= 0
-_POS = lambda v: v >= 1
-
-# Every field a config may hold: (type, range check or None, what the range is). NaN passes
-# range checks (every comparison with it is False, and ranges are written as `not (bad)`):
-# it is warned about, and a run with it stops at its first step (non-finite parameters).
-FIELDS = {
-    'seed': (_INT, None, ''),
-    'num_steps': (_INT, _POS, '>= 1'),
-    'log_every': (_INT, _POS, '>= 1'),
-    'eval_every': (_INT, _POS, '>= 1'),
-    'strategy': (_STR, None, ''),
-    'strategy_measure_steps': (_INT, _NONNEG, '>= 0 (0 = the static rule, no measuring)'),
-    'profile.start_step': (_INT, _NONNEG, '>= 0'),
-    'profile.num_steps': (_INT, _NONNEG, '>= 0 (0 = off)'),
-    'num_devices': (_INT, _NONNEG, '>= 0 (0 = all)'),
-    'distributed.initialize': (_BOOL, None, ''),
-    'distributed.coordinator_address': (_STR, None, ''),
-    'distributed.num_processes': (_INT, _NONNEG, '>= 0'),
-    'distributed.process_id': (_INT, lambda v: v >= -1, '>= -1'),
-    'checkpoint.every': (_INT, _NONNEG, '>= 0 (0 = only at the end)'),
-    'checkpoint.keep': (_INT, _POS, '>= 1'),
-    'num_clients': (_INT, _POS, '>= 1'),
-    'num_heads': (_INT, _POS, '>= 1'),
-    'data.name': (_STR, None, ''),
-    'data.data_dir': (_STR, None, ''),
-    'data.train_split': (_STR, None, ''),
-    'data.eval_split': (_STR, None, ''),
-    'data.image_size': (_INT, _POS, '>= 1'),
-    'data.augment': (_STR, None, ''),
-    'data.split_seed': (_INT, None, ''),
-    'data.test_fraction': (_NUM, lambda v: not (v <= 0 or v >= 1), 'in (0, 1)'),
-    'data.batch_size': (_INT, _POS, '>= 1'),
-    'data.public_batch_size': (_INT, _POS, '>= 1'),
-    'data.eval_batch_size': (_INT, _POS, '>= 1'),
-    'partition': (_STR, None, ''),
-    'skew': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1] (0 = iid, 1 = only primary classes)'),
-    'dirichlet_alpha': (_NUM, lambda v: not v <= 0, '> 0'),
-    'public_fraction': (_NUM, lambda v: not (v <= 0 or v >= 1),
-                        'in (0, 1): every step reads a public batch'),
-    'topology': (_STR, None, ''),
-    'num_islands': (_INT, _POS, '>= 1'),
-    'degree': (_INT, _NONNEG, '>= 0'),
-    'adjacency': (_STR, None, ''),
-    'edge_prob': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
-    'rewire_prob': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
-    'grid_rows': (_INT, _NONNEG, '>= 0 (0 = the squarest grid)'),
-    'radius': (_NUM, lambda v: not v < 0, '>= 0'),
-    'dynamics.schedule': (_STR, None, ''),
-    'dynamics.failure_p': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
-    'dynamics.cycle_graphs': (_STR, None, ''),
-    'dynamics.cycle_every': (_INT, _POS, '>= 1'),
-    'dynamics.participation': (_STR, None, ''),
-    'dynamics.availability': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
-    'dynamics.trace_file': (_STR, None, ''),
-    'dynamics.straggler_fraction': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
-    'dynamics.straggler_every': (_INT, _POS, '>= 1'),
-    'dynamics.staleness': (_INT, _NONNEG, '>= 0 (0 = live targets)'),
-    'nu_main': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
-    'nu_aux': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
-    'nu_emb': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
-    'temperature': (_NUM, lambda v: not v <= 0, '> 0'),
-    'target': (_STR, None, ''),
-    'include_self': (_BOOL, None, ''),
-    'average_every': (_INT, _NONNEG, '>= 0 (0 = no weight averaging)'),
-    'model.name': (_STR, None, ''),
-    'model.width': (_INT, _POS, '>= 1'),
-    'model.depth': (_INT, _POS, '>= 1'),
-    'model.dtype': (_STR, None, ''),
-    'model.aux_backbone_grad': (_BOOL, None, ''),
-    'model.fused_passes': (_BOOL, None, ''),
-    'optimizer.name': (_STR, None, ''),
-    'optimizer.learning_rate': (_NUM, lambda v: not v < 0,
-                                '>= 0 (a negative rate is gradient ascent)'),
-    'optimizer.momentum': (_NUM, lambda v: not (v < 0 or v >= 1), 'in [0, 1)'),
-    'optimizer.weight_decay': (_NUM, lambda v: not v < 0, '>= 0'),
-    'optimizer.schedule': (_STR, None, ''),
-    'optimizer.warmup_steps': (_INT, _NONNEG, '>= 0'),
-    'optimizer.grad_clip': (_NUM, lambda v: not v < 0, '>= 0 (0 = off)'),
-    'wire.topk': (_INT, _NONNEG, '>= 0 (0 = all classes)'),
-    'wire.bits': (_INT, lambda v: v in compression.BITS,
-                  f'one of {", ".join(map(str, compression.BITS))}'),
-    'wire.heads_sent': (_INT, _NONNEG, '>= 0 (0 = all heads)'),
-    'wire.every': (_INT, _POS, '>= 1'),
-    'dp.enabled': (_BOOL, None, ''),
-    'dp.noise_multiplier': (_NUM, lambda v: not v < 0, '>= 0'),
-    'dp.clip_norm': (_NUM, lambda v: not v <= 0, '> 0'),
-    'dp.delta': (_NUM, lambda v: not (v <= 0 or v >= 1), 'in (0, 1)'),
-}
-
-
 # The model fields a group may override: {name: ((is_type, type name), range check, meaning)}.
-_MODEL_FIELDS = {k[len('model.'):]: v for k, v in FIELDS.items() if k.startswith('model.')}
+_MODEL_FIELDS = {k[len('model.'):]: v for k, v in fields.FIELDS.items()
+                 if k.startswith('model.')}
 
 
 def _field_problems(config) -> tuple[list[str], list[str]]:
   """(unknown, missing or mistyped fields; values out of range), one line each."""
   flat = config_base.dotted(config.to_dict())
   shape = [f'unknown field {k!r}: it is not a config field (see configs/default.py).'
-           for k in flat if k not in FIELDS and not k.startswith('groups.')]
+           for k in flat if k not in fields.FIELDS and not k.startswith('groups.')]
   ranges = []
-  for field, ((is_type, type_name), ok, meaning) in FIELDS.items():
+  for field, ((is_type, type_name), ok, meaning) in fields.FIELDS.items():
     if field not in flat:
       shape.append(f'config.{field} is missing (see configs/default.py).')
     elif not is_type(flat[field]):
@@ -200,16 +100,17 @@ def warnings(config) -> list[str]:
   flat = config_base.dotted(config.to_dict())
   out = [f'config.{k} is {v!r}: where the run uses it, its parameters turn non-finite and it '
          'stops (exit 1).' for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
-  if _is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:
+  if fields.is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:
     out.append('config.optimizer.learning_rate is 0: nothing will be learned.')
   nu = [flat.get(k) for k in ('nu_main', 'nu_aux', 'nu_emb')]
-  if all(_is_num(v) and v == 0 for v in nu) and flat.get('topology') != 'none':
+  if all(fields.is_num(v) and v == 0 for v in nu) and flat.get('topology') != 'none':
     out.append('nu_main = nu_aux = nu_emb = 0: no distillation, so the topology has no effect.')
   for field, mode, needed, unused in _DYNAMICS_MODES:  # set, but its mode is another
     if flat.get(field, unused) != unused and flat.get(mode) != needed:
       out.append(f'config.{field}={flat[field]!r} has no effect unless config.{mode}='
                  f'{needed!r} (it is {flat.get(mode)!r}).')
-  if _is_int(flat.get('optimizer.warmup_steps')) and _is_int(flat.get('num_steps')) and (
+  is_int = fields.is_int
+  if is_int(flat.get('optimizer.warmup_steps')) and is_int(flat.get('num_steps')) and (
       flat['optimizer.warmup_steps'] >= flat['num_steps']):
     out.append(f'optimizer.warmup_steps={flat["optimizer.warmup_steps"]} is not below '
                f'num_steps={flat["num_steps"]}: the learning rate never reaches its value.')
@@ -219,7 +120,7 @@ def warnings(config) -> list[str]:
 def _range_problems(config) -> list[str]:
   """Sizes that depend on several fields."""
   problems = []
-  if config.data.name == 'digits' and _is_num(config.data.test_fraction):
+  if config.data.name == 'digits' and fields.is_num(config.data.test_fraction):
     num_test = int(round(config.data.test_fraction * digits_lib.NUM_EXAMPLES))
     if not 1 <= num_test <= digits_lib.NUM_EXAMPLES - 1:
       problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
@@ -227,13 +128,14 @@ def _range_problems(config) -> list[str]:
                       'examples.')
   profile = config.get('profile') or {}
   first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
-  if _is_int(first) and _is_int(count) and _is_int(config.num_steps) and count > 0 and not (
+  is_int = fields.is_int
+  if is_int(first) and is_int(count) and is_int(config.num_steps) and count > 0 and not (
       1 <= first and first + count - 1 <= config.num_steps):
     problems.append(f'profile window of {count} steps from step {first} lies outside the run '
                     f'(steps 1 to {config.num_steps}); set profile.start_step >= 1 and '
                     'profile.num_steps >= 0 (0 = off) within num_steps.')
   staleness = config.dynamics.staleness
-  if _is_int(staleness) and _is_int(config.num_steps) and staleness >= config.num_steps:
+  if is_int(staleness) and is_int(config.num_steps) and staleness >= config.num_steps:
     problems.append(f'dynamics.staleness={staleness} must be below num_steps={config.num_steps}: '
                     'every target of the run would come from the initial models.')
   return problems
@@ -312,8 +214,8 @@ def problems(config, num_devices: int | None = None) -> list[str]:
   if shape:
     return shape + found  # the checks below need every field present and well typed
   derived = found == []  # checks of several fields, made once each field is in range
-  found += (_range_problems(config) if derived else []) + groups_lib.problems(config, _MODEL_FIELDS) + (
-      _name_problems(config))
+  found += ((_range_problems(config) if derived else [])
+            + groups_lib.problems(config, _MODEL_FIELDS) + _name_problems(config))
   if derived:
     found += _network_problems(config)
     found += compression.config_problems(config) + privacy.config_problems(config)

@@ -49,7 +49,7 @@ def make_specs(config, num_classes: int) -> tuple[state_lib.GroupSpec, ...]:
 def problems(config, model_fields: dict) -> list[str]:
   """Group entries with unknown keys or model fields, bad sizes, or sizes not adding up.
 
-  `model_fields` maps each model field a group may override to `config_check.FIELDS`'s
+  `model_fields` maps each model field a group may override to `fields.FIELDS`'s
   ((is_type, type name), range check, meaning).
   """
   problems = []

@@ -1,6 +1,7 @@
 """Splitting a labelled training set into a public set and N private client sets.
 
-See docs/algorithm.md ("Choices that are ours"). A `public_fraction` of the examples is set aside first (their labels
+See docs/algorithm.md ("Choices that are ours"). A `public_fraction` of the
+examples is set aside first (their labels
 are dropped by the input pipeline); the rest go to the clients either by class
 skew (each client owns a block of primary classes) or by a Dirichlet(alpha)
 label distribution. Everything is deterministic given the seed, and every

@@ -32,7 +32,7 @@ class Preempted(Exception):
 
 
 def finite_per_client(state: state_lib.TrainState):
-  """[stacked] True where every parameter, batch statistic and optimizer value of the client is finite."""
+  """[stacked] True where every parameter, batch statistic and optimizer value is finite."""
   per_group = []
   for group in state.groups:
     leaves = [x for x in jax.tree.leaves(group) if jnp.issubdtype(x.dtype, jnp.inexact)]

@@ -39,7 +39,7 @@ def client_outputs(model, params, batch_stats, x, u):
 
 
 def private_batches(batch, specs):
-  """Each group's private batch: `batch['private']` is one dict over all clients or a tuple per group."""
+  """Each group's private batch (`batch['private']`: one dict over all clients, or one per group)."""
   private = batch['private']
   if isinstance(private, (tuple, list)):
     return tuple(private)
