@@ -96,3 +96,10 @@ def test_the_import_graph_is_read_right():
   assert 'mhd_jax.distill' in graph['mhd_jax.step']
   assert 'mhd_jax.state' in graph['mhd_jax.layout']
   assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+
+
+def test_docs_architecture_names_every_module():
+  table = open(os.path.join(ROOT, 'docs', 'architecture.md')).read()
+  missing = [m for m in imports() if m != 'mhd_jax'
+             and f'`{m.removeprefix("mhd_jax.")}`' not in table]
+  assert not missing, f'docs/architecture.md does not name {missing}'
