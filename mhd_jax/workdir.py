@@ -222,9 +222,26 @@ def checkpoint_manager(workdir: str, config=None, lead: bool = True):
 # ------------------------------------------------------------------ using a workdir
 
 
+def _defaults() -> dict:
+  """configs/default.py's fields, dotted ({} where the configs package cannot be imported)."""
+  try:
+    from configs import default  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return {}
+  return config_base.dotted(json.loads(default.get_config().to_json()))
+
+
 def config_differences(saved: dict, config) -> list[str]:
-  """'field: saved -> new' for every field that may not change when resuming."""
+  """'field: saved -> new' for every field that may not change when resuming.
+
+  A field the saved config lacks (one added to mhd_jax after the run began) is
+  unchanged when the new config holds its default: every field added later
+  defaults to the behaviour the code had before it.
+  """
   old, new = config_base.dotted(saved), config_base.dotted(json.loads(config.to_json()))
+  defaults = _defaults()
+  old.update({k: v for k, v in new.items() if k not in old and k in defaults
+              and _same(v, defaults[k])})
   allowed = set(RESUMABLE)
   if new.get('optimizer.schedule') == 'cosine':
     allowed.discard('num_steps')

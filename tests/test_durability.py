@@ -184,6 +184,13 @@ def test_config_differences_allow_only_resumable_fields():
       **{'checkpoint.every': 1, 'checkpoint.keep': 9})) == []
   assert wd.config_differences(saved, short_config(skew=0.5, num_heads=2)) == [
       'num_heads: 3 -> 2', 'skew: 0.9 -> 0.5']
+  # A run saved before the dynamics fields existed ran the static network: their defaults
+  # resume it, anything else is a change.
+  old = json.loads(short_config().to_json())
+  del old['dynamics']
+  assert wd.config_differences(old, short_config()) == []
+  assert wd.config_differences(old, short_config(**{'dynamics.schedule': 'matching'})) == [
+      "dynamics.schedule: '<absent>' -> 'matching'"]
   cosine = json.loads(short_config(**{'optimizer.schedule': 'cosine'}).to_json())
   assert wd.config_differences(cosine, short_config(
       num_steps=99, **{'optimizer.schedule': 'cosine'})) == ['num_steps: 40 -> 99']
