@@ -24,18 +24,20 @@ FedAvg instead moves two copies of the parameters per client per round (the
 client's update up, the average down).
 """
 
+import functools
+
 import jax
 import numpy as np
+
+from mhd_jax import models
 
 
 def public_output_sizes(model, params, batch_stats, image_shape,
                         public_batch_size: int) -> tuple[int, int, int]:
   """(bytes of one head's logits, bytes of the embedding, D) of one client on one public batch."""
-  variables = {'params': params, 'batch_stats': batch_stats}
-  logits, inter = jax.eval_shape(
-      lambda v: model.apply(v, np.zeros((public_batch_size, *image_shape), np.float32),
-                            train=False), variables)
-  emb = inter['embedding']
+  u = jax.ShapeDtypeStruct((public_batch_size, *image_shape), np.float32)
+  logits, emb, _ = jax.eval_shape(functools.partial(models.forward, model, train=False),
+                                  params, batch_stats, u)
   head = logits.size // logits.shape[0] * logits.dtype.itemsize
   return int(head), int(emb.size * emb.dtype.itemsize), int(emb.shape[-1])
 

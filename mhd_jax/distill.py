@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mhd_jax import losses
+from mhd_jax import state as state_lib
 
 
 @flax.struct.dataclass
@@ -77,7 +78,7 @@ def embedding_losses(mixing_SxHxBxS, embs, sizes):
   embedding size matches i's (renormalised; examples whose source has another
   size carry no embedding loss).
   """
-  firsts = [sum(sizes[:g]) for g in range(len(sizes))]
+  firsts = state_lib.firsts(sizes)
   dims = [e.shape[-1] for e in embs]
   out = []
   for g, emb in enumerate(embs):

@@ -44,6 +44,12 @@ class Accuracies:
   correct_NxHxC: np.ndarray  # correct predictions per true class
   count_C: np.ndarray        # test examples per class
 
+  def rows(self):
+    """(name, private_H, shared_H) per client, then the mean: the rows of every table."""
+    n = self.private_NxH.shape[0]
+    return [(str(i), self.private_NxH[i], self.shared_NxH[i]) for i in range(n)] + [
+        ('mean', self.private_NxH.mean(0), self.shared_NxH.mean(0))]
+
   def per_class(self) -> np.ndarray:
     """[N, H, C] accuracy of each client and head on each class."""
     return self.correct_NxHxC / np.maximum(self.count_C, 1)

@@ -24,6 +24,7 @@ from mhd_jax import checkpoint
 from mhd_jax import data as data_lib
 from mhd_jax import evaluate
 from mhd_jax import groups as groups_lib
+from mhd_jax import partition as partition_lib
 from mhd_jax import state as state_lib
 from mhd_jax import topology
 from mhd_jax import workdir as wd
@@ -58,10 +59,8 @@ class Run:
 
   def primary_mask(self) -> np.ndarray:
     """[N, C] bool: client i owns class c."""
-    mask = np.zeros((self.num_clients, self.partition['num_classes']), bool)
-    for i, classes in enumerate(self.partition['primary_classes']):
-      mask[i, classes] = True
-    return mask
+    return partition_lib.primary_mask(self.partition['primary_classes'],
+                                      self.partition['num_classes'])
 
   def logits(self, client: int, images) -> np.ndarray:
     """[H, B, C] logits of every head of `client` on images [B, ...] (eval mode)."""

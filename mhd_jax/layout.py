@@ -110,8 +110,8 @@ class Layout:
 
   def real_clients(self) -> np.ndarray:
     """[N] stacked position of each real client."""
-    firsts = np.cumsum([0, *self.padded])[:-1]
-    return np.concatenate([f + np.arange(n) for f, n in zip(firsts, self.sizes)])
+    return np.concatenate([f + np.arange(n)
+                           for f, n in zip(state_lib.firsts(self.padded), self.sizes)])
 
   def state_shardings(self):
     """Sharding prefix of a TrainState: the step counter replicated, every group leaf by client."""

@@ -35,15 +35,20 @@ class Partition:
 
   def primary_mask(self) -> np.ndarray:
     """[N, C] bool: client i owns class c."""
-    mask = np.zeros((self.num_clients, self.num_classes), bool)
-    for i, classes in enumerate(self.primary_classes):
-      mask[i, classes] = True
-    return mask
+    return primary_mask(self.primary_classes, self.num_classes)
 
   def label_counts(self, labels: np.ndarray) -> np.ndarray:
     """[N, C] int: how many examples of class c client i holds."""
     return np.stack([np.bincount(labels[idx], minlength=self.num_classes)
                      for idx in self.client_indices])
+
+
+def primary_mask(primary_classes, num_classes: int) -> np.ndarray:
+  """[N, C] bool from each client's primary classes: client i owns class c."""
+  mask = np.zeros((len(primary_classes), num_classes), bool)
+  for i, classes in enumerate(primary_classes):
+    mask[i, classes] = True
+  return mask
 
 
 def class_blocks(num_clients: int, num_classes: int) -> tuple[np.ndarray, ...]:

@@ -69,11 +69,10 @@ def eval_record(acc: evaluate.Accuracies) -> dict:
 
 def client_table(acc: evaluate.Accuracies) -> str:
   """Per-client private / shared accuracy (%) of every head, plus the mean."""
-  n, h = acc.private_NxH.shape
+  h = acc.private_NxH.shape[1]
   head = 'client ' + ' '.join(f'priv{k:<2d} shared{k:<2d}' for k in range(h))
   rows = [head]
-  for name, p, s in [(str(i), acc.private_NxH[i], acc.shared_NxH[i]) for i in range(n)] + [
-      ('mean', acc.private_NxH.mean(0), acc.shared_NxH.mean(0))]:
+  for name, p, s in acc.rows():
     rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
                                          for k in range(h)))
   return '\n'.join(rows)

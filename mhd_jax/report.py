@@ -104,14 +104,13 @@ def plot_graph(adjacency_NxN, values_N) -> figure.Figure:
 
 def markdown_table(acc: evaluate.Accuracies) -> str:
   """Final private / shared accuracy (%) of every client and head, and the mean."""
-  n, num_heads = acc.private_NxH.shape
+  num_heads = acc.private_NxH.shape[1]
   head = '| client | ' + ' | '.join(f'private {k} | shared {k}' for k in range(num_heads)) + ' |'
   rows = [head, '|---' * (1 + 2 * num_heads) + '|']
   def row(name, p_H, s_H):
     return f'| {name} | ' + ' | '.join(f'{100 * p:.1f} | {100 * s:.1f}'
                                        for p, s in zip(p_H, s_H)) + ' |'
-  rows += [row(str(i), acc.private_NxH[i], acc.shared_NxH[i]) for i in range(n)]
-  rows.append(row('**mean**', acc.private_NxH.mean(0), acc.shared_NxH.mean(0)))
+  rows += [row(f'**{name}**' if name == 'mean' else name, p, s) for name, p, s in acc.rows()]
   return '\n'.join(rows)
 
 

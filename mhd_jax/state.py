@@ -39,9 +39,14 @@ class GroupSpec:
   num_clients: int
 
 
+def firsts(sizes: Sequence[int]) -> list[int]:
+  """Position of each group's first client, for groups of `sizes` clients in order."""
+  return [int(x) for x in np.cumsum([0, *sizes])[:-1]]
+
+
 def offsets(specs: Sequence[GroupSpec]) -> list[int]:
   """Global id of each group's first client."""
-  return [int(x) for x in np.cumsum([0] + [s.num_clients for s in specs])[:-1]]
+  return firsts([s.num_clients for s in specs])
 
 
 def init_group(spec: GroupSpec, first_client: int, image_shape, rng) -> Group:
