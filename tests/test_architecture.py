@@ -103,3 +103,17 @@ def test_docs_architecture_names_every_module():
   missing = [m for m in imports() if m != 'mhd_jax'
              and f'`{m.removeprefix("mhd_jax.")}`' not in table]
   assert not missing, f'docs/architecture.md does not name {missing}'
+
+
+def test_docs_architecture_imports_column_is_the_import_graph():
+  rows = {}
+  for line in open(os.path.join(ROOT, 'docs', 'architecture.md')):
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    if len(cells) == 3 and cells[0].startswith('`'):
+      deps = set() if cells[2] in ('—', '') else {d.strip() for d in cells[2].split(',')}
+      for name in cells[0].replace('`', '').split(','):
+        rows[f'mhd_jax.{name.strip()}'] = deps
+  graph = imports()
+  wrong = {m: (sorted(rows[m]), sorted(d.removeprefix('mhd_jax.') for d in graph[m]))
+           for m in rows if m in graph and rows[m] != {d.removeprefix('mhd_jax.') for d in graph[m]}}
+  assert not wrong, f'docs/architecture.md imports differ (table, code): {wrong}'
