@@ -164,3 +164,19 @@ def test_data_serves_the_public_batch_tau_steps_ahead(tau):
   if tau:
     np.testing.assert_array_equal(batches[0]['public_ahead']['image'],
                                   batches[tau]['public']['image'])
+
+
+def test_tfds_serves_the_public_batch_tau_steps_ahead():
+  """TFDS (mock data): `public_ahead` of step s is step s + tau's public batch, augmentation
+  included; the private and public batches are those of tau = 0."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from mhd_jax.data import tfds_data  # pylint: disable=g-import-not-at-top  # loads TensorFlow
+  from tests import test_tfds_data  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=60):
+    lagged = test_tfds_data.take(tfds_data.get_data(test_tfds_data.make_config(
+        dynamics={'staleness': 2})), 3, 3)
+    live = test_tfds_data.take(tfds_data.get_data(test_tfds_data.make_config()), 3, 1)[0]
+  np.testing.assert_array_equal(lagged[0]['public_ahead']['image'], lagged[2]['public']['image'])
+  assert 'public_ahead' not in live
+  for stream in ('private', 'public'):
+    jax.tree.map(np.testing.assert_array_equal, lagged[0][stream], live[stream])
