@@ -180,3 +180,15 @@ def test_tfds_serves_the_public_batch_tau_steps_ahead():
   assert 'public_ahead' not in live
   for stream in ('private', 'public'):
     jax.tree.map(np.testing.assert_array_equal, lagged[0][stream], live[stream])
+
+
+def test_dynamics_overhead_benchmark_quick():
+  """`benchmarks/dynamics_overhead.py --quick` runs all three steps and its ratios are the
+  quotients of the times it prints."""
+  from tests import test_benchmarks  # pylint: disable=g-import-not-at-top
+  (row,) = test_benchmarks.run_benchmark('dynamics_overhead.py')
+  assert row['n_clients'] == 2
+  for k in ('gossip', 'lag'):
+    assert row[f'ratio_{k}_vs_static'] == pytest.approx(
+        row[f'{k}_step_ms'] / row['static_step_ms'], rel=2e-3, abs=1e-3)
+    assert row[f'{k}_step_ms'] > 0
