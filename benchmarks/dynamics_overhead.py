@@ -61,35 +61,25 @@ class DynamicBench(common.Bench):
 
 
 def main():
-  p = common.parser(__doc__, default_models='default')
-  p.add_argument('--n', default='8', help='comma-separated client counts')
-  p.add_argument('--strategy', default='auto')
-  args = p.parse_args()
-  if args.quick:
-    args.repeats, args.n = 1, '2'
-  common.setup(args)
-  common.emit(common.machine())
-  for model in args.models.split(','):
-    config, image = common.model_config(model, args.quick)
-    for n in map(int, args.n.split(',')):
-      benches = {k: DynamicBench(config, image, n, args.strategy, args.devices, v)
-                 for k, v in VARIANTS.items()}
-      common.compile_all(list(benches.values()))
-      for bench in benches.values():
-        bench.warm()
-      block = benches['static'].block
-      times = {k: [] for k in benches}
-      for _ in range(args.repeats):
-        for k, bench in benches.items():
-          times[k].append(bench.time(block))
-      t = {k: statistics.median(v) for k, v in times.items()}
-      common.emit({'model': model, 'n_clients': n, 'strategy': benches['static'].strategy,
-                   'devices': args.devices,
-                   **{f'{k}_step_ms': round(1e3 * v, 3) for k, v in t.items()},
-                   'ratio_gossip_vs_static': round(t['gossip'] / t['static'], 3),
-                   'ratio_lag_vs_static': round(t['lag'] / t['static'], 3),
-                   'peak_rss_mb': round(common.peak_rss_mb(), 1),
-                   'loadavg': round(os.getloadavg()[0], 2)})
+  for args, model, config, image, n in common.step_cases(__doc__, '8', 'default'):
+    benches = {k: DynamicBench(config, image, n, args.strategy, args.devices, v)
+               for k, v in VARIANTS.items()}
+    common.compile_all(list(benches.values()))
+    for bench in benches.values():
+      bench.warm()
+    block = benches['static'].block
+    times = {k: [] for k in benches}
+    for _ in range(args.repeats):
+      for k, bench in benches.items():
+        times[k].append(bench.time(block))
+    t = {k: statistics.median(v) for k, v in times.items()}
+    common.emit({'model': model, 'n_clients': n, 'strategy': benches['static'].strategy,
+                 'devices': args.devices,
+                 **{f'{k}_step_ms': round(1e3 * v, 3) for k, v in t.items()},
+                 'ratio_gossip_vs_static': round(t['gossip'] / t['static'], 3),
+                 'ratio_lag_vs_static': round(t['lag'] / t['static'], 3),
+                 'peak_rss_mb': round(common.peak_rss_mb(), 1),
+                 'loadavg': round(os.getloadavg()[0], 2)})
 
 
 if __name__ == '__main__':
