@@ -8,6 +8,7 @@ import pytest
 from mhd_jax import checkpoint
 from mhd_jax import data as data_lib
 from mhd_jax import layout as layout_lib
+from mhd_jax import losses
 from mhd_jax import programs
 from mhd_jax import state as state_lib
 from tests import test_dynamics_step as tds
@@ -192,3 +193,24 @@ def test_dynamics_overhead_benchmark_quick():
     assert row[f'ratio_{k}_vs_static'] == pytest.approx(
         row[f'{k}_step_ms'] / row['static_step_ms'], rel=2e-3, abs=1e-3)
     assert row[f'{k}_step_ms'] > 0
+
+
+@pytest.mark.parametrize('rule', losses.TARGET_RULES)
+def test_own_head_candidate_is_live_under_every_rule(rule):
+  """With `own` probabilities, receiver i's mixing and targets are those of the plain rule on
+  the candidates' probabilities with row i replaced by its own (live) ones."""
+  rng = np.random.default_rng(0)
+  n, h, b, c = 4, 3, 5, 6
+  probs, own = (jax.nn.softmax(jnp.asarray(rng.normal(size=(n, h, b, c)), jnp.float32) * 3)
+                for _ in range(2))
+  adjacency = jnp.asarray(rng.random((n, n)) * (1 - np.eye(n)) * (rng.random((n, n)) < 0.7),
+                          jnp.float32)
+  weights = losses.candidate_weights(adjacency, h, include_self=True)
+  key = jax.random.PRNGKey(3)
+  m = losses.mixing_weights(probs, weights, rule, key, own_NxHxBxC=own)
+  targets = losses.mix_targets(m, probs, own)
+  for i in range(n):
+    mine = probs.at[i].set(own[i])
+    m_i = losses.mixing_weights(mine, weights, rule, key)
+    np.testing.assert_allclose(m[i], m_i[i], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(targets[i], losses.mix_targets(m_i, mine)[i], rtol=1e-5, atol=1e-7)
