@@ -36,6 +36,24 @@ def parser(doc: str, models=MODELS,
   return p
 
 
+def step_cases(doc: str, default_n: str, default_models: str = 'resnet18_cifar,default'):
+  """For the benchmarks that time steps: parses `parser`'s flags plus --n and --strategy
+  (`--quick`: one repeat, N = 2), runs `setup`, prints the machine record, then yields
+  (args, model name, config, image shape, N) for every model and client count."""
+  p = parser(doc, default_models=default_models)
+  p.add_argument('--n', default=default_n, help='comma-separated client counts')
+  p.add_argument('--strategy', default='auto')
+  args = p.parse_args()
+  if args.quick:
+    args.repeats, args.n = 1, '2'
+  setup(args)
+  emit(machine())
+  for model in args.models.split(','):
+    config, image = model_config(model, args.quick)
+    for n in map(int, args.n.split(',')):
+      yield args, model, config, image, n
+
+
 # Keep freed memory in the process (one arena, no mmap, no trim) and back it with
 # transparent huge pages. See `setup`.
 MALLOC_TUNING = ('glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'

@@ -64,38 +64,28 @@ class PrivateOnly(common.Bench):
 
 
 def main():
-  p = common.parser(__doc__)
-  p.add_argument('--n', default='4,8', help='comma-separated client counts')
-  p.add_argument('--strategy', default='auto')
-  args = p.parse_args()
-  if args.quick:
-    args.repeats, args.n = 1, '2'
-  common.setup(args)
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  common.emit(common.machine())
-  for model in args.models.split(','):
-    config, image = common.model_config(model, args.quick)
-    for n in map(int, args.n.split(',')):
-      mhd = common.Bench(config, image, n, args.strategy, args.devices)
-      isolated = common.Bench(config, image, n, args.strategy, args.devices,
-                              adjacency=np.zeros((n, n), np.float32))
-      private = PrivateOnly(config, image, n, args.strategy, args.devices)
-      common.compile_all([mhd, isolated, private])
-      for bench in (mhd, isolated, private):
-        bench.warm()
-      times = {'mhd': [], 'isolated': [], 'private': []}
-      for _ in range(args.repeats):
-        for name, bench in (('mhd', mhd), ('isolated', isolated), ('private', private)):
-          times[name].append(bench.time(mhd.block))
-      t = {k: statistics.median(v) for k, v in times.items()}
-      common.emit({'model': model, 'n_clients': n, 'strategy': mhd.strategy,
-                   'devices': args.devices, 'mhd_step_ms': round(1e3 * t['mhd'], 3),
-                   'isolated_step_ms': round(1e3 * t['isolated'], 3),
-                   'private_only_step_ms': round(1e3 * t['private'], 3),
-                   'ratio_mhd_vs_isolated': round(t['mhd'] / t['isolated'], 3),
-                   'ratio_mhd_vs_private_only': round(t['mhd'] / t['private'], 3),
-                   'peak_rss_mb': round(common.peak_rss_mb(), 1),
-                   'loadavg': round(os.getloadavg()[0], 2)})
+  for args, model, config, image, n in common.step_cases(__doc__, '4,8'):
+    import numpy as np  # pylint: disable=g-import-not-at-top  # after common.setup
+    mhd = common.Bench(config, image, n, args.strategy, args.devices)
+    isolated = common.Bench(config, image, n, args.strategy, args.devices,
+                            adjacency=np.zeros((n, n), np.float32))
+    private = PrivateOnly(config, image, n, args.strategy, args.devices)
+    common.compile_all([mhd, isolated, private])
+    for bench in (mhd, isolated, private):
+      bench.warm()
+    times = {'mhd': [], 'isolated': [], 'private': []}
+    for _ in range(args.repeats):
+      for name, bench in (('mhd', mhd), ('isolated', isolated), ('private', private)):
+        times[name].append(bench.time(mhd.block))
+    t = {k: statistics.median(v) for k, v in times.items()}
+    common.emit({'model': model, 'n_clients': n, 'strategy': mhd.strategy,
+                 'devices': args.devices, 'mhd_step_ms': round(1e3 * t['mhd'], 3),
+                 'isolated_step_ms': round(1e3 * t['isolated'], 3),
+                 'private_only_step_ms': round(1e3 * t['private'], 3),
+                 'ratio_mhd_vs_isolated': round(t['mhd'] / t['isolated'], 3),
+                 'ratio_mhd_vs_private_only': round(t['mhd'] / t['private'], 3),
+                 'peak_rss_mb': round(common.peak_rss_mb(), 1),
+                 'loadavg': round(os.getloadavg()[0], 2)})
 
 
 if __name__ == '__main__':

@@ -106,7 +106,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                    # straggle (round(fraction * num_clients), drawn from seed)
   c.dynamics.straggler_every = 1   # participation = 'stragglers': a straggler takes part every
                                    # N steps, the i-th one at steps s with (s - 1) % N == i % N
-  c.dynamics.staleness = 0         # tau: targets from neighbours' tau-steps-old models (0 = live)
+  c.dynamics.staleness = 0         # tau: targets from neighbours' tau-steps-old models (0 = live);
+                                   # costs one extra public forward per client per step and a
+                                   # buffer of tau steps of public outputs (docs/dynamics.md)
 
   c.nu_main = 1.0            # weight of head-0 distillation
   c.nu_aux = 1.0             # weight of the auxiliary heads' distillation

@@ -22,12 +22,15 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from absl import logging
 
 from mhd_jax import config_base
 from mhd_jax import state as state_lib
+from mhd_jax import step as step_lib
+from mhd_jax.data import contract as data_contract
 
 SKIPPED = 'skipped_checkpoints'
 _ITEMS = ('state', 'meta')
@@ -115,9 +118,21 @@ def save(mngr: ocp.CheckpointManager, step: int, state: state_lib.TrainState, wa
       meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds, **(extra or {})})))
 
 
-def abstract_state(specs, image_shape) -> state_lib.TrainState:
-  """Shapes and dtypes of the population's state, without computing it."""
-  return jax.eval_shape(lambda: state_lib.init_state(specs, image_shape, jax.random.PRNGKey(0)))
+def abstract_state(specs, image_shape, config=None) -> state_lib.TrainState:
+  """Shapes and dtypes of the population's state, without computing it; with teachers that
+  lag (`config.dynamics.staleness` >= 1), the lag buffers too (`step.initial_lag`)."""
+  tau = data_contract.staleness(config) if config is not None else 0
+
+  def init():
+    state = state_lib.init_state(specs, image_shape, jax.random.PRNGKey(0))
+    if not tau:
+      return state
+    publics = jnp.zeros((tau, config.data.public_batch_size, *image_shape), jnp.float32)
+    for_each = lambda fn, in_axes: jax.vmap(fn, in_axes=in_axes)
+    return state.replace(lag=step_lib.initial_lag(
+        state, publics, jnp.ones(sum(s.num_clients for s in specs), bool), specs=specs,
+        config=config, for_each=for_each))
+  return jax.eval_shape(init)
 
 
 class CorruptCheckpointError(ValueError):

@@ -17,6 +17,7 @@ device mesh) teach nobody, and their own terms are left out of the total.
 """
 
 import dataclasses
+from typing import Any
 
 import flax
 import jax
@@ -58,26 +59,49 @@ class Metrics:
 TERMS = tuple(f.name for f in dataclasses.fields(Metrics))  # metrics.jsonl's names, in order
 
 
-def mixing(public_logits_SxHxBxC, net: Network, config, rng):
-  """(M [S, H, B, S] mixing weights, P [S, H, B, C] teacher probabilities) of this step.
+@flax.struct.dataclass
+class Teachers:
+  """What the neighbours sent when it is not their live public outputs (teachers that lag:
+  `lag.read_and_push`), on the public batch the students train on this step."""
+  logits_SxHxBxC: jax.Array
+  embs: Any            # per group [n_g, B, D_g]; None without embedding distillation
+  sent_S: jax.Array    # bool: the sender was active when it computed them
 
-  Only active clients teach; rows of inactive clients carry no neighbour.
+
+def mixing(public_logits_SxHxBxC, net: Network, config, rng, teachers: Teachers | None = None):
+  """(M [S, H, B, S] mixing weights, P [S, H, B, C] teacher probabilities, own) of this step.
+
+  Only active clients learn, and only from senders that were active when they
+  computed what they sent (now, or, with `teachers`, when they sent it) and
+  are linked to them in this step's graph. Without `teachers` the candidates
+  are the live public outputs and `own` is None; with them, the neighbours'
+  candidates are `teachers` and a client's own-head candidate (include_self)
+  stays live: `own` [S, H, B, C] are its live probabilities (the client knows
+  its current outputs; docs/dynamics.md).
   """
   live = net.active_S.astype(jnp.float32)
-  adjacency = net.adjacency_SxS * live[:, None] * live[None, :]
+  senders = live if teachers is None else teachers.sent_S.astype(jnp.float32)
+  adjacency = net.adjacency_SxS * live[:, None] * senders[None, :]
   weights_HxSxS = losses.candidate_weights(adjacency, public_logits_SxHxBxC.shape[1],
                                            config.include_self)
   probs = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
-  return losses.mixing_weights(probs, weights_HxSxS, config.target, rng, net.ids_S), probs
+  if teachers is None:
+    return losses.mixing_weights(probs, weights_HxSxS, config.target, rng, net.ids_S), probs, None
+  sent = losses.source_probs(jax.lax.stop_gradient(teachers.logits_SxHxBxC), config.temperature)
+  return losses.mixing_weights(sent, weights_HxSxS, config.target, rng, net.ids_S,
+                               own_NxHxBxC=probs), sent, probs
 
 
-def embedding_losses(mixing_SxHxBxS, embs, sizes):
+def embedding_losses(mixing_SxHxBxS, embs, sizes, teacher_embs=None):
   """[S] embedding terms; `embs` per group ([n_g, B, D_g]), `sizes` the groups' client counts.
 
   Client i's target follows head 0's mixing, restricted to candidates whose
   embedding size matches i's (renormalised; examples whose source has another
-  size carry no embedding loss).
+  size carry no embedding loss). The targets mix `teacher_embs` (same layout;
+  teachers that lag) or, by default, `embs` themselves. Head 0 has no own-head
+  candidate, so every embedding target is a neighbour's.
   """
+  teacher_embs = embs if teacher_embs is None else teacher_embs
   firsts = state_lib.firsts(sizes)
   dims = [e.shape[-1] for e in embs]
   out = []
@@ -87,7 +111,7 @@ def embedding_losses(mixing_SxHxBxS, embs, sizes):
     m_nxBxM = mixing_SxHxBxS[firsts[g]:firsts[g] + sizes[g], 0][:, :, cols]
     total_nxB = m_nxBxM.sum(-1)
     m_nxBxM = m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]
-    teachers = jax.lax.stop_gradient(jnp.concatenate([embs[h] for h in same]))
+    teachers = jax.lax.stop_gradient(jnp.concatenate([teacher_embs[h] for h in same]))
     targets = losses.mix_embeddings(m_nxBxM, teachers)
     out.append(jax.vmap(losses.embedding_mse)(emb, targets, (total_nxB > 0).astype(emb.dtype)))
   return jnp.concatenate(out)
@@ -107,16 +131,19 @@ def client_terms(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, targets_HxBxC, h
 
 
 def terms(private_logits, labels, public_logits, embs, sizes, net: Network, config,
-          rng) -> Metrics:
+          rng, teachers: Teachers | None = None) -> Metrics:
   """Every stacked client's loss terms ([S] each) from its outputs this step.
 
   `private_logits`/`public_logits` are [S, H, B, C] over all groups, `labels`
-  [S, B], `embs` the public embeddings per group, `sizes` the groups' sizes.
+  [S, B], `embs` the public embeddings per group, `sizes` the groups' sizes;
+  the targets mix `teachers` (teachers that lag) or, by default, the live
+  public outputs. The students' public outputs carry the gradient either way.
   """
-  m_SxHxBxS, probs = mixing(public_logits, net, config, rng)
-  targets = losses.mix_targets(m_SxHxBxS, probs)
+  m_SxHxBxS, probs, own = mixing(public_logits, net, config, rng, teachers)
+  targets = losses.mix_targets(m_SxHxBxS, probs, own)
   has_target_SxH = m_SxHxBxS.sum(axis=(2, 3)) > 0
-  emb_S = (embedding_losses(m_SxHxBxS, embs, sizes) if config.nu_emb
+  teacher_embs = None if teachers is None else teachers.embs
+  emb_S = (embedding_losses(m_SxHxBxS, embs, sizes, teacher_embs) if config.nu_emb
            else jnp.zeros(labels.shape[0], private_logits.dtype))
   return jax.vmap(lambda *a: client_terms(*a, config=config))(
       private_logits, labels, public_logits, targets, has_target_SxH, emb_S)

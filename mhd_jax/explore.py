@@ -118,7 +118,7 @@ def load(workdir: str, step: int | None = None) -> Run:
   mngr = wd.checkpoint_manager(workdir)
   try:
     state, meta = checkpoint.restore(
-        mngr, checkpoint.abstract_state(specs, tuple(facts['image_shape'])), step)
+        mngr, checkpoint.abstract_state(specs, tuple(facts['image_shape']), config), step)
   finally:
     mngr.close()
   return Run(workdir=workdir, config=config, step=int(meta['step']), state=state, specs=specs,

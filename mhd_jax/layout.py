@@ -114,18 +114,27 @@ class Layout:
                            for f, n in zip(state_lib.firsts(self.padded), self.sizes)])
 
   def state_shardings(self):
-    """Sharding prefix of a TrainState: the step counter replicated, every group leaf by client."""
-    return state_lib.TrainState(step=self.replicated, groups=self.clients)
+    """Sharding prefix of a TrainState: the step counter replicated, every group leaf and
+    every lag buffer leaf (when there is one) by client."""
+    return state_lib.TrainState(step=self.replicated, groups=self.clients, lag=self.clients)
 
-  def batch_shardings(self):
-    return {'private': self.clients, 'public': self.replicated}
+  def batch_shardings(self, staleness: int = 0):
+    """Shardings of a `place_batch` result; `public_ahead` only with teachers that lag."""
+    out = {'private': self.clients, 'public': self.replicated}
+    return {**out, 'public_ahead': self.replicated} if staleness else out
+
+  def _per_group(self, state: state_lib.TrainState, fn) -> state_lib.TrainState:
+    """`fn(leaf, real clients, stacked clients, g)` on every leaf of each group and of its lag
+    buffer: both have the client axis first and the group's clients."""
+    each = lambda trees: tuple(jax.tree.map(lambda x, g=g: fn(x, n, p, g), t) for g, (t, n, p)
+                               in enumerate(zip(trees, self.sizes, self.padded)))
+    return state.replace(groups=each(state.groups),
+                         lag=None if state.lag is None else each(state.lag))
 
   def _pad(self, state: state_lib.TrainState) -> state_lib.TrainState:
-    def pad(x, extra):
-      return jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]) if extra else x
-    groups = tuple(jax.tree.map(lambda x, e=p - n: pad(x, e), g)
-                   for g, n, p in zip(state.groups, self.sizes, self.padded))
-    return state_lib.TrainState(step=state.step, groups=groups)
+    def pad(x, n, p, g):
+      return jnp.concatenate([x, jnp.repeat(x[:1], p - n, axis=0)]) if p > n else x
+    return self._per_group(state, pad)
 
   def pad_state(self, state: state_lib.TrainState) -> state_lib.TrainState:
     """Pads every group with copies of its client 0 and places the state on the mesh."""
@@ -148,14 +157,13 @@ class Layout:
     d = self.mesh.devices.size
     def target(x, sharding):
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-    groups = tuple(jax.tree.map(lambda x, s=self.clients if n % d == 0 else self.replicated:
-                                target(x, s), g) for g, n in zip(abstract.groups, self.sizes))
-    return state_lib.TrainState(step=target(abstract.step, self.replicated), groups=groups)
+    state = self._per_group(abstract, lambda x, n, p, g: target(
+        x, self.clients if n % d == 0 else self.replicated))
+    return state.replace(step=target(abstract.step, self.replicated))
 
   def unpad_state(self, state: state_lib.TrainState) -> state_lib.TrainState:
     """The real clients' state (e.g. for a checkpoint that any device count can restore)."""
-    groups = tuple(jax.tree.map(lambda x, n=n: x[:n], g) for g, n in zip(state.groups, self.sizes))
-    return state_lib.TrainState(step=state.step, groups=groups)
+    return self._per_group(state, lambda x, n, p, g: x[:n])
 
   def _local_positions(self, g: int) -> np.ndarray:
     """Stacked positions (within group g) held by this process's devices, in order."""
@@ -175,7 +183,8 @@ class Layout:
     """Global batch from this process's part: the private arrays hold `local_client_ids()`.
 
     Returns `{'private': (per-group dicts of [padded, B, ...] arrays), 'public':
-    {'image': replicated}}`; padded clients get zeros.
+    {'image': replicated}}` (and `public_ahead`, replicated, when the batch has
+    it: teachers that lag); padded clients get zeros.
     """
     private, row, groups = batch['private'], 0, []
     for g, n in enumerate(self.sizes):
@@ -189,10 +198,13 @@ class Layout:
                                                       (self.padded[g], *x.shape[1:]))
       groups.append(jax.tree.map(block, private))
       row += len(real)
-    public = jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)),
-        batch['public'])
-    return {'private': tuple(groups), 'public': public}
+    shared = {k: self.replicate(batch[k]) for k in ('public', 'public_ahead') if k in batch}
+    return {'private': tuple(groups), **shared}
+
+  def replicate(self, tree):
+    """Host arrays that every process holds whole (the public batches), replicated on the mesh."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
 
   def network(self, net: distill.Network) -> distill.Network:
     """A network over the real clients, over the stacked ones: padding is inactive, teaches
@@ -218,4 +230,4 @@ class Layout:
     return jax.tree.map(lambda x: x[real], tree)
 
   def state_specs(self):
-    return state_lib.TrainState(step=P(), groups=P(AXIS))
+    return state_lib.TrainState(step=P(), groups=P(AXIS), lag=P(AXIS))

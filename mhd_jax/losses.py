@@ -78,7 +78,7 @@ def _random_choice(logw_NxHxN, rng, ids_N):
   return jnp.argmax(logw_NxHxN + jax.vmap(row)(ids_N), axis=-1)
 
 
-def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None):
+def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None, own_NxHxBxC=None):
   """M[i, k, b, j]: how much candidate j contributes to client i's head-k target on example b.
 
   Rows sum to 1 where client i has a candidate for head k, else to 0. With
@@ -97,6 +97,9 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None):
       k-1 (whichever of the two exists gets weight 1): the own head keeps what
       walks shorter than k brought, the neighbour adds one more hop, and an
       own head sure of its own class (skew 1) cannot crowd the neighbour out.
+  `own_NxHxBxC`, when given, are the probabilities of the own-head candidates
+  (j = i) where they differ from `probs` (teachers that lag: the neighbours'
+  outputs are old, a client's own are live); see `mix_targets`.
   """
   n, h, b, _ = probs_NxHxBxC.shape
   w_NxHxN = jnp.transpose(weights_HxNxN, (1, 0, 2))
@@ -104,6 +107,9 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None):
   cand_NxHxBxN = jnp.broadcast_to((w_NxHxN > 0)[:, :, None, :], (n, h, b, n))
   conf_NxHxBxN = jnp.broadcast_to(
       jnp.transpose(probs_NxHxBxC.max(-1), (1, 2, 0))[None], (n, h, b, n))
+  if own_NxHxBxC is not None:
+    conf_NxHxBxN = jnp.where(jnp.eye(n, dtype=bool)[:, None, None, :],
+                             own_NxHxBxC.max(-1)[..., None], conf_NxHxBxN)
   neighbour_NxHxBxN = cand_NxHxBxN & ~jnp.eye(n, dtype=bool)[:, None, None, :]
   self_NxHxBxN = cand_NxHxBxN & jnp.eye(n, dtype=bool)[:, None, None, :]
   if rule == 'mean':
@@ -128,9 +134,18 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None):
   raise ValueError(f'unknown target rule {rule!r}; choose one of {", ".join(TARGET_RULES)}.')
 
 
-def mix_targets(mixing_NxHxBxN, probs_NxHxBxC):
-  """Target distributions T[i, k, b] = sum_j M[i, k, b, j] P[j, k, b]."""
-  return jnp.einsum('ikbj,jkbc->ikbc', mixing_NxHxBxN, probs_NxHxBxC, precision=_HIGHEST)
+def mix_targets(mixing_NxHxBxN, probs_NxHxBxC, own_NxHxBxC=None):
+  """Target distributions T[i, k, b] = sum_j M[i, k, b, j] P[j, k, b].
+
+  With `own_NxHxBxC`, candidate j = i contributes own[i, k, b] instead of P[i, k, b].
+  """
+  if own_NxHxBxC is None:
+    return jnp.einsum('ikbj,jkbc->ikbc', mixing_NxHxBxN, probs_NxHxBxC, precision=_HIGHEST)
+  n = mixing_NxHxBxN.shape[0]
+  diag_NxHxB = mixing_NxHxBxN[jnp.arange(n), :, :, jnp.arange(n)]
+  others = mixing_NxHxBxN * ~jnp.eye(n, dtype=bool)[:, None, None, :]
+  return (jnp.einsum('ikbj,jkbc->ikbc', others, probs_NxHxBxC, precision=_HIGHEST)
+          + diag_NxHxB[..., None] * own_NxHxBxC)
 
 
 def mix_embeddings(mixing_NxBxN, emb_NxBxD):

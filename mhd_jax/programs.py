@@ -16,6 +16,7 @@ from mhd_jax import graph_schedule
 from mhd_jax import layout as layout_lib
 from mhd_jax import participation
 from mhd_jax import step as step_lib
+from mhd_jax.data import contract as data_contract
 
 
 def static_dynamics(adjacency_NxN):
@@ -64,7 +65,12 @@ def train_step(layout: layout_lib.Layout, specs, config, strategy: str):
   padded = layout.padded_specs(specs)
   for_each = lambda fn, in_axes: clients.for_each_client(fn, strategy, layout.mesh, in_axes)
 
+  tau = data_contract.staleness(config)
+
   def run(state, batch, rng, first_bad_N, dynamics):
+    if (state.lag is None) != (tau == 0):  # at trace time: a state built for another staleness
+      raise ValueError(f'dynamics.staleness={tau} but the state {"lacks" if tau else "has"} lag '
+                       'buffers (programs.initial_lag fills them before step 1).')
     net = layout.network(network_at(dynamics, state.step + 1))
     state, metrics = step_lib.train_step(state, batch, rng, net, specs=padded, config=config,
                                          for_each=for_each)
@@ -72,8 +78,25 @@ def train_step(layout: layout_lib.Layout, specs, config, strategy: str):
     return state, metrics, watch_nonfinite(metrics, state.step, first_bad_N)
 
   r = layout.replicated
-  return jax.jit(run, in_shardings=(layout.state_shardings(), layout.batch_shardings(), r, r, r),
+  batch = layout.batch_shardings(tau)
+  return jax.jit(run, in_shardings=(layout.state_shardings(), batch, r, r, r),
                  out_shardings=(layout.state_shardings(), r, r), donate_argnums=(0, 3))
+
+
+def initial_lag(layout: layout_lib.Layout, specs, config, strategy: str):
+  """Jitted `(state, publics_TxB) -> state` with the lag buffers of step 0 (teachers that lag):
+  the initial models' outputs on the public batches of steps 1..tau, sent by every real
+  client (`step.initial_lag`)."""
+  padded = layout.padded_specs(specs)
+  for_each = lambda fn, in_axes: clients.for_each_client(fn, strategy, layout.mesh, in_axes)
+  real_S = layout.network(distill.Network.static(jnp.zeros((sum(layout.sizes),) * 2))).active_S
+
+  def run(state, publics_TxB):
+    return state.replace(lag=step_lib.initial_lag(state, publics_TxB, real_S, specs=padded,
+                                                  config=config, for_each=for_each))
+
+  return jax.jit(run, in_shardings=(layout.state_shardings(), layout.replicated),
+                 out_shardings=layout.state_shardings(), donate_argnums=0)
 
 
 def predict(layout: layout_lib.Layout, specs, strategy: str):

@@ -27,8 +27,12 @@ class Group:
 
 @flax.struct.dataclass
 class TrainState:
+  """The population: the step counter, each group's clients, and (teachers that lag tau >= 1
+  steps) each group's `lag.LagBuffer` of the public outputs its clients sent; None when
+  tau = 0, so such a state (and its checkpoints) is what it was before lag existed."""
   step: jax.Array
   groups: tuple[Group, ...]
+  lag: Any = None  # tuple[lag.LagBuffer, ...] (one per group, leaves [n_g, tau, ...]) or None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,12 @@ this step: either two model calls, or, with `model.fused_passes`, one call on
 
 Where the clients run (strategy, devices) is the `for_each` argument's
 business (`clients.for_each_client`); which clients talk is the `Network`'s.
+
+Teachers that lag tau >= 1 steps (`state.lag` not None; docs/dynamics.md):
+the targets mix what the neighbours sent tau steps ago for this step's public
+batch (`lagged_teachers`), and each client runs one more public forward, on
+the batch of step t + tau, whose outputs go into the buffer. tau = 0 (no
+buffer) is the step above, op for op.
 """
 
 import functools
@@ -22,6 +28,7 @@ import optax
 
 from mhd_jax import clients
 from mhd_jax import distill
+from mhd_jax import lag
 from mhd_jax import models
 from mhd_jax import state as state_lib
 
@@ -38,6 +45,59 @@ def client_outputs(model, params, batch_stats, x, u):
   return private, public, emb, batch_stats
 
 
+def sent_outputs(model, params, batch_stats, u, with_emb: bool):
+  """What one client sends on public batch u: `{'logits': [H, B, C]}` (and `'emb'`: [B, D]).
+
+  Training mode, like the live public pass (u's own batch statistics), so a
+  message computed ahead is what the live pass would have given with the same
+  parameters. The running statistics this pass would update are discarded:
+  a message is not a training step, and the state's batch_stats change only
+  through the client's own training passes.
+  """
+  logits, emb, _ = models.forward(model, params, batch_stats, u, train=True)
+  return {'logits': logits, 'emb': emb} if with_emb else {'logits': logits}
+
+
+def _sent_by_groups(state, u, specs, config, for_each):
+  """Each group's `sent_outputs` on public batch u with the state's (pre-step) variables."""
+  return [for_each(functools.partial(sent_outputs, spec.model, with_emb=bool(config.nu_emb)),
+                   in_axes=(0, 0, None))(g.params, g.batch_stats, u)
+          for spec, g in zip(specs, state.groups)]
+
+
+def initial_lag(state, publics_TxB, sent_S, *, specs, config, for_each):
+  """The lag buffers before step 1: the initial models' outputs on the public batches of
+  steps 1..tau (`publics_TxB`, [tau, B_pub, ...]), sent where `sent_S` (the real clients)."""
+  tau = publics_TxB.shape[0]
+  outs = [_sent_by_groups(state, publics_TxB[s], specs, config, for_each) for s in range(tau)]
+  buffers = []
+  for g, first in enumerate(state_lib.offsets(specs)):
+    buffer = lag.empty(outs[0][g], tau)
+    for s in range(tau):
+      buffer = lag.push(buffer, s + 1, outs[s][g], sent_S[first:first + specs[g].num_clients])
+    buffers.append(buffer)
+  return tuple(buffers)
+
+
+def lagged_teachers(state, public_ahead, net, specs, config, for_each):
+  """(`distill.Teachers` of step t = state.step + 1, the lag buffers after it).
+
+  Reads what each client sent for step t's public batch (computed at step
+  t - tau with its parameters of then), and stores in its place each client's
+  outputs now (pre-step parameters and batch statistics) on `public_ahead`,
+  the batch of step t + tau, flagged sent where the client is active now.
+  """
+  step = state.step + 1
+  ahead = _sent_by_groups(state, public_ahead, specs, config, for_each)
+  reads = [lag.read_and_push(buffer, step, out, net.active_S[first:first + spec.num_clients])
+           for buffer, out, spec, first in zip(state.lag, ahead, specs, state_lib.offsets(specs))]
+  teachers = distill.Teachers(
+      logits_SxHxBxC=jnp.concatenate([r[1]['logits'] for r in reads]),
+      embs=[r[1]['emb'] for r in reads] if config.nu_emb else None,
+      sent_S=jnp.concatenate([r[0] for r in reads]))
+  return teachers, tuple(r[2] for r in reads)
+
+
 def private_batches(batch, specs):
   """Each group's private batch (`batch['private']`: one dict over all clients, or one per group)."""
   private = batch['private']
@@ -48,14 +108,14 @@ def private_batches(batch, specs):
                for a, s in zip(firsts, specs))
 
 
-def _loss(params, state, private, public, net, rng, specs, config, for_each):
+def _loss(params, state, private, public, net, rng, specs, config, for_each, teachers):
   outs = [for_each(functools.partial(client_outputs, spec.model), in_axes=(0, 0, 0, None))(
       params[g], state.groups[g].batch_stats, private[g]['image'], public)
           for g, spec in enumerate(specs)]
   metrics = distill.terms(
       jnp.concatenate([o[0] for o in outs]), jnp.concatenate([p['label'] for p in private]),
       jnp.concatenate([o[1] for o in outs]), [o[2] for o in outs],
-      [s.num_clients for s in specs], net, config, rng)
+      [s.num_clients for s in specs], net, config, rng, teachers)
   return distill.total_loss(metrics, net), (metrics, tuple(o[3] for o in outs))
 
 
@@ -77,7 +137,8 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
   Args:
     state: the stacked population (S clients over its groups).
     batch: `{'private': {'image': [S, B, ...], 'label': [S, B]} or one such
-      dict per group, 'public': {'image': [B_pub, ...]}}`.
+      dict per group, 'public': {'image': [B_pub, ...]}}`, plus `'public_ahead'`
+      (the public batch of step t + tau) when `state.lag` is not None.
     rng: the run's step key; the step folds in its step number.
     net: this step's `distill.Network` over the S clients. Inactive clients
       teach nobody, and their state comes back unchanged.
@@ -88,8 +149,13 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
   rng = jax.random.fold_in(rng, state.step)
   private = private_batches(batch, specs)
   params = tuple(g.params for g in state.groups)
+  teachers, buffers = None, None
+  if state.lag is not None:
+    teachers, buffers = lagged_teachers(state, batch['public_ahead']['image'], net, specs, config,
+                                        for_each)
   grads, (metrics, new_stats) = jax.grad(_loss, has_aux=True)(
-      params, state, private, batch['public']['image'], net, rng, specs, config, for_each)
+      params, state, private, batch['public']['image'], net, rng, specs, config, for_each,
+      teachers)
   groups = []
   for g, (spec, first) in enumerate(zip(specs, state_lib.offsets(specs))):
     # The optimizer is elementwise per client: vmap is the fast form on every backend.
@@ -98,7 +164,8 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
     new = state_lib.Group(params=new_p, batch_stats=new_stats[g], opt_state=new_opt)
     active_n = net.active_S[first:first + spec.num_clients]
     groups.append(_keep_inactive(new, state.groups[g], active_n))
-  return state_lib.TrainState(step=state.step + 1, groups=tuple(groups)), metrics
+  # Every client's buffer moves on: an inactive client's slot now holds what it did not send.
+  return state_lib.TrainState(step=state.step + 1, groups=tuple(groups), lag=buffers), metrics
 
 
 def make_train_step(specs: Sequence[state_lib.GroupSpec], adjacency, config,

@@ -50,28 +50,41 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
+def _initial_state(mngr, specs, data, config, layout, lead=True):
   """(state, step, wall seconds so far, log window) from the newest checkpoint that verifies,
-  or a fresh population. The window (`progress.Window.record`) is None at a log step.
+  or a fresh population (with teachers that lag, its lag buffers filled: `_fresh_lag`).
+  The window (`progress.Window.record`) is None at a log step.
 
   Checkpoints hold the real clients only (no padding), so any device count
   can restore them; the state comes back padded and placed on the mesh.
   Newer checkpoints that fail verification are skipped with one line each
   (`checkpoint.restore_newest_verified`).
   """
-  latest = mngr.latest_step()
+  latest, image_shape = mngr.latest_step(), data.image_shape
   if latest is None:
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    return layout.init_state(specs, image_shape, rng), 0, 0.0, None
+    return _fresh_lag(layout.init_state(specs, image_shape, rng), specs, data, config,
+                      layout), 0, 0.0, None
   if latest > config.num_steps:
     raise config_check.ConfigError([
         f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
         f'{config.num_steps}; raise num_steps or choose another --workdir.'])
   state, meta, step = checkpoint.restore_newest_verified(
-      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape)), lead)
+      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape, config)), lead)
   _sync('checkpoints verified')
   logging.info('resuming from the checkpoint of step %d in %s.', step, mngr.directory)
   return layout.pad_state(state), step, float(meta['wall_seconds']), meta.get('log_window')
+
+
+def _fresh_lag(state, specs, data, config, layout):
+  """A fresh state with its lag buffers (teachers that lag tau >= 1 steps): the initial models'
+  outputs on the public batches of steps 1..tau (docs/dynamics.md); unchanged when tau = 0."""
+  tau = config.dynamics.staleness
+  if not tau:
+    return state
+  publics = [b['public']['image'] for b in itertools.islice(data.train_batches(0), tau)]
+  return programs.initial_lag(layout, specs, config, 'vmap')(
+      state, layout.replicate(np.stack(publics)))
 
 
 def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
@@ -159,8 +172,8 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
   """(`_Run`, batches): the state restored or initialised, the programs compiled."""
   specs = groups_lib.make_specs(config, data.num_classes)
   mngr = wd.checkpoint_manager(workdir, config, lead)
-  state, start_step, wall_before, window = _initial_state(mngr, specs, data.image_shape, config,
-                                                          layout, lead)
+  state, start_step, wall_before, window = _initial_state(mngr, specs, data, config, layout,
+                                                          lead)
   if lead:
     wd.write_metadata(workdir, config, data)
   dynamics = (graph_schedule.build(config), participation.build(config))

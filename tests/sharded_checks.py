@@ -193,3 +193,37 @@ def test_distributed_initialize_only_when_asked(monkeypatch):
   layout_lib.initialize_distributed(config)
   assert calls[-1] == {'coordinator_address': '10.0.0.1:1234', 'num_processes': 4,
                        'process_id': 2}
+
+
+def lagged_run(specs, config, raw, tau, num_devices):
+  """(layout, state, metrics) after len(raw) - tau steps with teachers that lag tau steps."""
+  layout = layout_lib.Layout.create([s.num_clients for s in specs],
+                                    layout_lib.make_mesh(num_devices))
+  state = layout.pad_state(state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0)))
+  publics = np.stack([b['public']['image'] for b in raw[:tau]])
+  state = programs.initial_lag(layout, specs, config, 'vmap')(state, layout.replicate(publics))
+  step = programs.train_step(layout, specs, config, 'vmap')
+  n = sum(layout.sizes)
+  dynamics, first_bad = programs.static_dynamics(complete(n)), np.zeros(n, np.int32)
+  for s in range(len(raw) - tau):
+    batch = dict(raw[s], public_ahead=raw[s + tau]['public'])
+    state, metrics, first_bad = step(state, layout.place_batch(batch), jax.random.PRNGKey(7),
+                                     first_bad, dynamics)
+  return layout, state, metrics
+
+
+@pytest.mark.parametrize('num_devices', [2, 8])
+def test_lag_buffers_are_sharded_and_padded_like_the_clients(num_devices):
+  """5 clients with teachers that lag 2 steps, on 2 or 8 devices (padding): the step, the
+  metrics and the lag buffers are those of one device; padding sends nothing."""
+  n, tau = 5, 2
+  config, specs = ts.distill_config('most_confident', include_self=True), make_specs('convbn', n)
+  config.dynamics = {'staleness': tau}
+  raw = [ts.make_batch(s, n=n) for s in range(3 + tau)]
+  _, ref, ref_metrics = lagged_run(specs, config, raw, tau, 1)
+  layout, state, metrics = lagged_run(specs, config, raw, tau, num_devices)
+  assert layout.num_padding > 0
+  assert state.lag[0].sent_NxT.sharding.spec == layout.clients.spec
+  ts.assert_trees_close(layout.unpad_state(state), ref, rtol=1e-5, atol=1e-6)
+  ts.assert_trees_close(metrics, ref_metrics, rtol=1e-5, atol=1e-6)
+  assert not np.asarray(state.lag[0].sent_NxT)[n:].any()

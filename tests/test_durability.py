@@ -199,3 +199,31 @@ def test_config_differences_allow_only_resumable_fields():
 def test_checkpoint_beyond_num_steps_is_refused(short_run):
   with pytest.raises(config_check.ConfigError, match='checkpoint of step 40, beyond num_steps=30'):
     train.train_and_evaluate(short_config(num_steps=30), short_run[0])
+
+
+# A network that changes every step, clients that come and go, and teachers that lag: the
+# state a resume must restore exactly includes the lag buffers, and the draws of graph and
+# participants must resume at the killed step (docs/dynamics.md).
+CHANGING = ['--config.dynamics.schedule=matching', '--config.dynamics.participation=bernoulli',
+            '--config.dynamics.availability=0.7', '--config.dynamics.staleness=2']
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_exact_with_matching_bernoulli_and_lag(tmp_path):
+  ref, killed = tmp_path / 'reference', tmp_path / 'killed'
+  procs = [_launch(ref, *CHANGING), _launch(killed, *CHANGING)]
+  try:
+    _wait_for(lambda: _checkpoint_steps(killed), procs[1])
+    os.kill(procs[1].pid, signal.SIGKILL)
+    procs[1].wait()
+    killed_at = _checkpoint_steps(killed)[-1]
+    assert killed_at < 300 and not (killed / 'summary.json').exists()
+    err = _finish(_launch(killed, *CHANGING))
+    _finish(procs[0])
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  assert f'resuming from the checkpoint of step {killed_at}' in err
+  assert mhd_jax.load(str(killed)).state.lag is not None
+  assert_same_run(killed, ref)

@@ -5,7 +5,10 @@ A training batch is
     {'private': {'image': [N, B, ...], 'label': [N, B]},
      'public':  {'image': [B_pub, ...]}}
 
-(the public batch carries no labels), and an evaluation batch is
+(the public batch carries no labels), plus, when teachers lag tau =
+`config.dynamics.staleness` >= 1 steps, `'public_ahead': {'image': [B_pub, ...]}`:
+the public batch of step s + tau, which the clients evaluate now for the
+receivers of step s + tau (docs/dynamics.md). An evaluation batch is
 `{'image': [B, ...], 'label': [B], 'mask': [B]}` with padded examples masked
 out. This module imports nothing of `mhd_jax.data` (nor TensorFlow), so the
 dataset modules and `config_check` can import it without a cycle; the package
@@ -46,6 +49,12 @@ class Data:
 
 
 AUGMENTS = ('imagenet', 'cifar', 'none')  # data.augment (TFDS preprocessing in tfds_data)
+
+
+def staleness(config) -> int:
+  """tau: how many steps ahead `public_ahead` is (0: no such batch; configs without `dynamics`)."""
+  dynamics = config.get('dynamics')
+  return int(dynamics.staleness) if dynamics else 0
 
 
 def epoch_indices(seed: int, stream: int, step: int, pool_size: int,

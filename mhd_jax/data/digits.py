@@ -36,6 +36,12 @@ def digits(config, client_ids: Sequence[int] | None = None) -> contract.Data:
   clients = list(range(config.num_clients)) if client_ids is None else list(client_ids)
   b, b_pub = config.data.batch_size, config.data.public_batch_size
   public_stream = config.num_clients  # stream ids 0..N-1 are the clients
+  tau = contract.staleness(config)
+
+  def public(step: int) -> dict:
+    pub = part.public_indices[contract.epoch_indices(
+        config.seed, public_stream, step, len(part.public_indices), b_pub)]
+    return {'image': train_x[pub]}
 
   def train_batches(start_step: int) -> Iterator[contract.Batch]:
     step = start_step
@@ -46,10 +52,11 @@ def digits(config, client_ids: Sequence[int] | None = None) -> contract.Data:
         idx = pool[contract.epoch_indices(config.seed, i, step, len(pool), b)]
         images.append(train_x[idx])
         labels.append(train_y[idx])
-      pub = part.public_indices[contract.epoch_indices(
-          config.seed, public_stream, step, len(part.public_indices), b_pub)]
-      yield {'private': {'image': np.stack(images), 'label': np.stack(labels)},
-             'public': {'image': train_x[pub]}}
+      batch = {'private': {'image': np.stack(images), 'label': np.stack(labels)},
+               'public': public(step)}
+      if tau:
+        batch['public_ahead'] = public(step + tau)
+      yield batch
       step += 1
 
   return contract.Data(partition=part, num_classes=10, image_shape=train_x.shape[1:],

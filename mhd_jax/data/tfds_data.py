@@ -5,7 +5,10 @@ Design: random access. Each split is opened as a `tfds.data_source`
 host computes which records every stream needs (`contract.epoch_indices`,
 streams 0..N-1 are the clients, stream N the public set), reads exactly those
 records and nothing else, and tf.data decodes and augments them in parallel
-(AUTOTUNE) and prefetches. Hence:
+(AUTOTUNE) and prefetches. With teachers that lag tau steps
+(`dynamics.staleness`), step s also reads the public batch of step s + tau
+(`public_ahead`, the same records and augmentation as that step's `public`):
+each public record is then read and decoded twice, tau steps apart. Hence:
 
 - read amplification 1: every record read is decoded once and consumed once
   (`CountingSource.num_read` counts reads; tests assert reads / consumed ~ 1).
@@ -286,20 +289,25 @@ def get_data(config, client_ids: Sequence[int] | None = None,
   part = partition_lib.make(train_labels, num_classes, config)
   n_all = config.num_clients
   clients = list(range(n_all)) if client_ids is None else list(client_ids)
-  pools = [part.client_indices[i] for i in clients] + [part.public_indices]
-  streams = clients + [n_all]  # stream n_all is the public set
-  sizes = [d.batch_size] * len(clients) + [d.public_batch_size]
+  tau = contract.staleness(config)
+  ahead = [n_all] if tau else []  # public_ahead: the public stream read tau steps ahead
+  pools = [part.client_indices[i] for i in clients] + [part.public_indices] * (1 + len(ahead))
+  streams = clients + [n_all] + ahead  # stream n_all is the public set
+  sizes = [d.batch_size] * len(clients) + [d.public_batch_size] * (1 + len(ahead))
+  lead = [0] * (len(clients) + 1) + [tau] * len(ahead)  # steps each segment reads ahead
   for stream, pool in zip(streams, pools):
     if len(pool) == 0:
       raise ValueError(f'Stream {stream} (clients 0..{n_all - 1}, then public) has no '
                        'examples: use fewer clients or a larger public_fraction.')
   stream_k = tf.constant(np.repeat(streams, sizes), tf.int64)  # [K]
+  lead_k = tf.constant(np.repeat(lead, sizes), tf.int64)
   pos_k = tf.constant(np.concatenate([np.arange(b) for b in sizes]), tf.int64)
   k, n_priv = int(sum(sizes)), len(clients) * d.batch_size
 
   def step_keys(step):
-    return np.concatenate([pool[contract.epoch_indices(config.seed, s, int(step), len(pool), b)]
-                           for s, pool, b in zip(streams, pools, sizes)])
+    return np.concatenate([pool[contract.epoch_indices(config.seed, s, int(step) + a, len(pool),
+                                                       b)]
+                           for s, pool, b, a in zip(streams, pools, sizes, lead)])
 
   def train_example(record, stream, pos, step):
     key = tf.stack([tf.constant(config.seed, tf.int64), stream])
@@ -311,14 +319,17 @@ def get_data(config, client_ids: Sequence[int] | None = None,
   def train_batches(start_step: int) -> Iterator[dict]:
     ds = tf.data.Dataset.range(start_step, 1 << 62)
     read = _records(train_src, step_keys, [k])
-    ds = ds.map(lambda s: (read(s), stream_k, pos_k, tf.fill([k], s)),
+    ds = ds.map(lambda s: (read(s), stream_k, pos_k, tf.fill([k], s) + lead_k),
                 num_parallel_calls=_READ_AHEAD)
     ds = ds.unbatch().map(train_example, num_parallel_calls=_AUTOTUNE)
     ds = ds.batch(k).prefetch(_PREFETCH)
     for image, label in ds.as_numpy_iterator():
       priv = image[:n_priv].reshape((len(clients), d.batch_size) + image.shape[1:])
-      yield {'private': {'image': priv, 'label': label[:n_priv].reshape(len(clients), -1)},
-             'public': {'image': image[n_priv:]}}  # public labels never leave here
+      batch = {'private': {'image': priv, 'label': label[:n_priv].reshape(len(clients), -1)},
+               'public': {'image': image[n_priv:n_priv + d.public_batch_size]}}
+      if tau:  # public labels never leave here
+        batch['public_ahead'] = {'image': image[n_priv + d.public_batch_size:]}
+      yield batch
 
   def eval_example(record):
     encoded, label = parse(record)
