@@ -72,8 +72,9 @@ def _eval_record(acc: evaluate.Accuracies) -> dict:
           'shared_acc': acc.shared_NxH.tolist()}
 
 
-def client_table(acc: evaluate.Accuracies) -> str:
-  """Per-client private / shared accuracy (%) of every head, plus the mean."""
+def client_table(acc: evaluate.Accuracies, steps_N=None) -> str:
+  """Per-client private / shared accuracy (%) of every head, plus the mean; with `steps_N`,
+  a last column of the steps each client took part in (`participation.steps_taken`)."""
   n, h = acc.private_NxH.shape
   head = 'client ' + ' '.join(f'priv{k:<2d} shared{k:<2d}' for k in range(h))
   rows = [head]
@@ -81,6 +82,9 @@ def client_table(acc: evaluate.Accuracies) -> str:
       ('mean', acc.private_NxH.mean(0), acc.shared_NxH.mean(0))]:
     rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
                                          for k in range(h)))
+  if steps_N is not None:
+    steps = ['  steps'] + [f' {t:6d}' for t in steps_N] + [f' {np.mean(steps_N):6.1f}']
+    rows = [r + t for r, t in zip(rows, steps)]
   return '\n'.join(rows)
 
 
@@ -198,7 +202,7 @@ def _log_eval(step, acc, log, board) -> None:
   board.write(step, scalars)
 
 
-def _summary(config, acc, sent, fedavg, wall_seconds) -> dict:
+def _summary(config, acc, sent, fedavg, wall_seconds, steps_N) -> dict:
   return {
       'num_clients': config.num_clients, 'num_heads': config.num_heads,
       'steps': config.num_steps, 'wall_seconds': wall_seconds,
@@ -206,7 +210,8 @@ def _summary(config, acc, sent, fedavg, wall_seconds) -> dict:
       'mean_shared_acc': acc.shared_NxH.mean(0).tolist(),
       'clients': [{'id': i, 'private_acc': acc.private_NxH[i].tolist(),
                    'shared_acc': acc.shared_NxH[i].tolist(),
-                   'bytes_sent_per_step': int(round(sent[i]))}
+                   'bytes_sent_per_step': int(round(sent[i])),
+                   'steps_taken': int(steps_N[i])}
                   for i in range(config.num_clients)],
       'bytes_sent_per_step': int(round(sent.sum())),
       'fedavg_bytes_per_round': int(fedavg.sum()),
@@ -355,8 +360,9 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   safety.stop_if_terminated(early, config.num_steps)
   if acc is None:  # resumed from the final checkpoint: nothing left to train
     acc = evaluate.accuracies(predict, state, data.eval_batches(), primary)
-  logging.info('final accuracies (%%):\n%s', client_table(acc))
-  summary = _summary(config, acc, sent, fedavg, wall())
+  steps_N = participation.steps_taken(dynamics[1], 1, config.num_steps)
+  logging.info('final accuracies (%%):\n%s', client_table(acc, steps_N))
+  summary = _summary(config, acc, sent, fedavg, wall(), steps_N)
   if lead:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=1)

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 
 from configs import default
+from mhd_jax import evaluate
 from mhd_jax import graph_schedule
 from mhd_jax import layout as layout_lib
 from mhd_jax import participation
@@ -97,3 +98,20 @@ def test_failed_links_carry_nothing():
   ref, ref_metrics = ts.run_steps(specs, a_1, config, [batch])
   jax.tree.map(np.testing.assert_array_equal, state, ref)
   jax.tree.map(np.testing.assert_array_equal, metrics, ref_metrics)
+
+
+def test_summary_and_final_table_report_the_steps_each_client_took_part_in(tmp_path):
+  from mhd_jax import train  # pylint: disable=g-import-not-at-top
+  from tests.conftest import short_config  # pylint: disable=g-import-not-at-top
+  trace = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1]])
+  np.savetxt(tmp_path / 'trace.csv', trace, fmt='%d', delimiter=',')
+  config = short_config(**{'num_clients': 3, 'num_steps': 4, 'log_every': 2, 'eval_every': 4,
+                           'checkpoint.every': 0, 'model.width': 16, 'strategy': 'vmap',
+                           'dynamics.participation': 'trace',
+                           'dynamics.trace_file': str(tmp_path / 'trace.csv')})
+  summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert [c['steps_taken'] for c in summary['clients']] == [4, 2, 1]
+  acc = evaluate.Accuracies(private_NxH=np.zeros((3, 1)), shared_NxH=np.ones((3, 1)),
+                                  correct_NxHxC=None, count_C=None)
+  rows = train.client_table(acc, np.array([4, 2, 1])).splitlines()
+  assert rows[0].endswith('steps') and [r.split()[-1] for r in rows[1:]] == ['4', '2', '1', '2.3']
