@@ -131,8 +131,8 @@ def markdown(results: dict) -> str:
           if m not in by_method:
             cells.append('n/a')
             continue
-          ref = None if by_method is base else base[m][key]
-          cells.append(hs._cell(by_method[m][key], hs._mark(by_method[m][key], ref)))  # pylint: disable=protected-access
+          values, ref = by_method[m][key], None if by_method is base else base[m][key]
+          cells.append(hs._cell(values, hs._mark(values, ref)))  # pylint: disable=protected-access
       lines.append(f'| {p} | ' + ' | '.join(cells) + f' | {_gap(by_method)} |')
     parts.append('\n'.join(lines))
   return '\n\n'.join(parts) + '\n'

@@ -118,22 +118,27 @@ def _initial_state(mngr, specs, image_shape, config, layout, lead=True):
   return layout.pad_state(state), step, float(meta['wall_seconds']), meta.get('log_window')
 
 
-def _log_train(step, sums, count, timed, sent_N, config, log, board):
+def _log_train(step, sums, count, taken_N, timed, sent_N, config, log, board):
   """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
 
   `sums` holds each metric summed over the window's `count` steps (on device,
-  pulled here once), so the logged metrics are window means; `timed` is
+  pulled here once), 0 on the steps a client sat out (`programs.taken_only`), and
+  `taken_N` how many of them each client took part in, so the logged metrics are
+  each client's means over its own steps (NaN for a client that took part in
+  none; the means over clients leave it out); `timed` is
   (steps, seconds spent in them) from `logs.StepTimer`, so steps/s leaves out
   compiling, restoring, evaluation and checkpoints (after a resume inside a
   window, `count` counts the steps before it too, `timed` only this session's).
   """
   steps, seconds = timed
-  metrics = {k: np.asarray(v, np.float64) / count
+  taken_N = np.where(taken_N > 0, taken_N, np.nan)  # NaN: sat out the whole window
+  metrics = {k: np.asarray(v, np.float64) / taken_N
              for k, v in jax.device_get(sums).as_dict().items()}
   rate = steps / max(seconds, 1e-9)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
-  means = {k: float(np.mean(metrics[k])) for k in TERMS}
+  means = {k: float(np.nanmean(metrics[k])) if np.isfinite(taken_N).any() else float('nan')
+           for k in TERMS}
   logging.info('step %d/%d | %.1f steps/s, %.0f client-steps/s, %.0f examples/s | ETA %.0fs'
                ' | %s', step, config.num_steps, rate, rate * config.num_clients,
                rate * examples_per_step, (config.num_steps - step) / rate,
@@ -334,7 +339,8 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
         if step % config.log_every == 0 or last:
           timer.pause(state)
           safety.check_finite(first_bad, mngr, finite_state(state), step)
-          _log_train(step, sums, count, timer.take(), sent, config, log, board)
+          taken_N = participation.steps_taken(dynamics[1], step - count + 1, step)
+          _log_train(step, sums, count, taken_N, timer.take(), sent, config, log, board)
           sums, count = None, 0
         if step % config.eval_every == 0 or last:
           timer.pause(state)

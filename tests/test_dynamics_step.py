@@ -13,7 +13,9 @@ from mhd_jax import participation
 from mhd_jax import programs
 from mhd_jax import state as state_lib
 from mhd_jax import step as step_lib
+from mhd_jax import train
 from tests import test_step as ts
+from tests.conftest import read_records, short_config
 
 
 def _program_steps(specs, config, dynamics, batches, strategy='vmap'):
@@ -101,8 +103,6 @@ def test_failed_links_carry_nothing():
 
 
 def test_summary_and_final_table_report_the_steps_each_client_took_part_in(tmp_path):
-  from mhd_jax import train  # pylint: disable=g-import-not-at-top
-  from tests.conftest import short_config  # pylint: disable=g-import-not-at-top
   trace = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1]])
   np.savetxt(tmp_path / 'trace.csv', trace, fmt='%d', delimiter=',')
   config = short_config(**{'num_clients': 3, 'num_steps': 4, 'log_every': 2, 'eval_every': 4,
@@ -115,3 +115,23 @@ def test_summary_and_final_table_report_the_steps_each_client_took_part_in(tmp_p
                                   correct_NxHxC=None, count_C=None)
   rows = train.client_table(acc, np.array([4, 2, 1])).splitlines()
   assert rows[0].endswith('steps') and [r.split()[-1] for r in rows[1:]] == ['4', '2', '1', '2.3']
+
+
+def test_logged_metrics_are_each_clients_means_over_the_steps_it_took_part_in(tmp_path):
+  trace = np.array([[1, 1, 1, 1], [0, 0, 1, 0], [0, 0, 0, 0]])  # client 2 sits out all 4 steps
+  np.savetxt(tmp_path / 'trace.csv', trace, fmt='%d', delimiter=',')
+  records = {}
+  for every in (1, 4):  # the same run, logged every step and once over the 4 steps
+    config = short_config(**{'num_clients': 3, 'num_steps': 4, 'log_every': every,
+                             'eval_every': 4, 'checkpoint.every': 0, 'model.width': 16,
+                             'strategy': 'vmap', 'dynamics.participation': 'trace',
+                             'dynamics.trace_file': str(tmp_path / 'trace.csv')})
+    train.train_and_evaluate(config, str(tmp_path / f'every{every}'))
+    records[every] = [r for r in read_records(str(tmp_path / f'every{every}')) if 'clients' in r]
+  per_step = np.array([r['clients']['ce'] for r in records[1]])  # [4 steps, 3 clients]
+  window = np.array(records[4][0]['clients']['ce'])
+  np.testing.assert_allclose(window[0], per_step[:, 0].mean(), rtol=1e-6)
+  np.testing.assert_allclose(window[1], per_step[2, 1], rtol=1e-6)  # its one step, not / 4
+  assert np.isnan(window[2]) and np.isnan(per_step[:, 2]).all()
+  assert np.isnan(per_step[[0, 1, 3], 1]).all() and np.isfinite(per_step[:, 0]).all()
+  np.testing.assert_allclose(records[4][0]['ce'], window[:2].mean(), rtol=1e-6)  # client 2 out
