@@ -302,7 +302,11 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   finite_state = safety.make_state_check(layout)
   predict = programs.predict(layout, specs, strategy)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
-  average = jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state))))
+  def average(state, dynamics, step):  # over the graph and participants of step `step`
+    net = programs.network_at(dynamics, step)
+    return layout.pad_state(average_real(layout.unpad_state(state), net.adjacency_SxS,
+                                         net.active_S))
+  average = jax.jit(average)
   primary = data.partition.primary_mask()
   sent, fedavg = communication_costs(specs, state, adjacency, data.image_shape, config)
   logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
@@ -333,7 +337,7 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
           sums = _add_metrics(sums, metrics)
           count += 1
           if config.average_every and step % config.average_every == 0:
-            state = average(state)  # FedAvg / gossip baseline
+            state = average(state, dynamics, step)  # FedAvg / gossip baseline
         profiler.after(step, state)
         last = step == config.num_steps
         if step % config.log_every == 0 or last:

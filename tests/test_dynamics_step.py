@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 
 from configs import default
+import mhd_jax
 from mhd_jax import evaluate
 from mhd_jax import graph_schedule
 from mhd_jax import layout as layout_lib
@@ -135,3 +136,21 @@ def test_logged_metrics_are_each_clients_means_over_the_steps_it_took_part_in(tm
   assert np.isnan(window[2]) and np.isnan(per_step[:, 2]).all()
   assert np.isnan(per_step[[0, 1, 3], 1]).all() and np.isfinite(per_step[:, 0]).all()
   np.testing.assert_allclose(records[4][0]['ce'], window[:2].mean(), rtol=1e-6)  # client 2 out
+
+
+def test_weight_averaging_in_the_loop_leaves_out_a_client_that_sits_the_step_out(tmp_path):
+  trace = np.array([[1, 1], [1, 0], [1, 1]])  # client 1 sits out step 2, the averaging step
+  np.savetxt(tmp_path / 'trace.csv', trace, fmt='%d', delimiter=',')
+  params = {}
+  for steps in (1, 2):
+    config = short_config(**{'num_clients': 3, 'num_steps': steps, 'log_every': 1,
+                             'eval_every': 2, 'checkpoint.every': 0, 'model.width': 16,
+                             'strategy': 'vmap', 'average_every': 2, 'num_heads': 1,
+                             'nu_main': 0.0, 'nu_aux': 0.0, 'dynamics.participation': 'trace',
+                             'dynamics.trace_file': str(tmp_path / 'trace.csv')})
+    train.train_and_evaluate(config, str(tmp_path / f'steps{steps}'))
+    params[steps] = mhd_jax.load(str(tmp_path / f'steps{steps}')).state.groups[0].params
+  one = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+  jax.tree.map(np.testing.assert_array_equal, one(params[2], 1), one(params[1], 1))
+  # Clients 0 and 2 averaged with each other only: their weights are now equal.
+  jax.tree.map(np.testing.assert_array_equal, one(params[2], 0), one(params[2], 2))

@@ -191,10 +191,11 @@ def test_dynamics_study_quick_form_runs_every_axis_that_draws(tmp_path):
   assert list(results['graph schedule']) == ['static', 'matching']
   assert list(results['availability p']['p=1.0']) == ['MHD (H=3)', 'naive (H=1)',
                                                       'FedAvg (every 10 steps)']
-  assert list(results['availability p']['p=0.4']) == ['MHD (H=3)', 'naive (H=1)']  # FedAvg
-  assert sorted(os.listdir(tmp_path / 'dynamics'))[0] == 'FedAvg_every_10_steps_static_full'
-  assert len(os.listdir(tmp_path / 'dynamics')) == 9  # baseline + 3 points, x 2; FedAvg once
   run = lambda v: json.loads((tmp_path / 'dynamics' / v / 'seed0' / 'summary.json').read_text())
+  assert list(results['graph schedule']['matching']) == list(results['availability p']['p=1.0'])
+  assert len(os.listdir(tmp_path / 'dynamics')) == 12  # (baseline + 3 points) x 3 methods
+  fedavg = run('FedAvg_every_10_steps_availability_p_p=0.4')
+  assert sum(c['steps_taken'] for c in fedavg['clients']) < 0.6 * 150
   full, absent = run('MHD_H=3_static_full'), run('MHD_H=3_availability_p_p=0.4')
   assert [c['steps_taken'] for c in full['clients']] == [30] * 5
   assert sum(c['steps_taken'] for c in absent['clients']) < 0.6 * 150  # p = 0.4 of 5 x 30
@@ -205,3 +206,14 @@ def test_dynamics_study_quick_form_runs_every_axis_that_draws(tmp_path):
   md = (tmp_path / 'dynamics.md').read_text()
   assert '### link failure p' in md and '| matching | ' in md
   assert os.path.getsize(tmp_path / 'dynamics.png') > 10_000
+
+
+def test_dynamics_study_runs_fedavg_on_every_axis_but_staleness():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from mhd_jax import network_studies as ns  # pylint: disable=g-import-not-at-top
+  variants, _ = ns.dynamics(default.get_config(), study_runs.Options((0,)))
+  assert len(variants) == 8 + 8 + 6  # MHD and naive at 8 points, FedAvg at all but 2
+  assert not [v for v in variants if v.startswith('FedAvg') and 'staleness' in v]
+  assert variants['naive (H=1): staleness tau tau=8'] == {
+      'num_clients': 10, 'skew': 1.0, 'topology': 'ring', 'num_steps': 1200, 'eval_every': 40,
+      'num_heads': 1, 'dynamics.staleness': 8}
