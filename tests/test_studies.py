@@ -215,5 +215,5 @@ def test_dynamics_study_runs_fedavg_on_every_axis_but_staleness():
   assert len(variants) == 8 + 8 + 6  # MHD and naive at 8 points, FedAvg at all but 2
   assert not [v for v in variants if v.startswith('FedAvg') and 'staleness' in v]
   assert variants['naive (H=1): staleness tau tau=8'] == {
-      'num_clients': 10, 'skew': 1.0, 'topology': 'ring', 'num_steps': 1200, 'eval_every': 40,
+      'num_clients': 10, 'topology': 'ring', 'num_steps': 1200, 'eval_every': 40,
       'num_heads': 1, 'dynamics.staleness': 8}
