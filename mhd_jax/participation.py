@@ -126,5 +126,12 @@ def steps_taken(participation: Participation, first_step: int, last_step: int) -
   counter in the checkpoint (a resumed run counts what the whole run did).
   """
   steps = jnp.arange(first_step, last_step + 1, dtype=jnp.int32)
-  active = jax.jit(jax.vmap(active_at, in_axes=(None, 0)))(participation, steps)
-  return np.asarray(active.sum(axis=0, dtype=jnp.int32))
+  return np.asarray(_count_active(participation, steps))
+
+
+@jax.jit
+def _count_active(participation: Participation, steps_T) -> jax.Array:
+  """[N] int32: the steps of `steps_T` each client takes part in. Jitted once here (not per
+  call), so the training loop's count at every log step compiles once per window length."""
+  active_TxN = jax.vmap(active_at, in_axes=(None, 0))(participation, steps_T)
+  return active_TxN.sum(axis=0, dtype=jnp.int32)

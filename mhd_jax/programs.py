@@ -56,11 +56,19 @@ def watch_nonfinite(metrics: distill.Metrics, step, first_bad_N):
   return jnp.where((first_bad_N == 0) & ~finite_N, step, first_bad_N)
 
 
+def taken_only(metrics: distill.Metrics, active_N) -> distill.Metrics:
+  """The metrics of the clients that took part in the step; 0 for the others, so that a log
+  window's sums divided by each client's `participation.steps_taken` over the window are
+  means over the steps it took part in (docs/dynamics.md)."""
+  return jax.tree.map(lambda v: jnp.where(active_N, v, jnp.zeros_like(v)), metrics)
+
+
 def train_step(layout: layout_lib.Layout, specs, config, strategy: str):
   """Jitted `(state, batch, rng, first_bad_N, dynamics) -> (state, metrics_N, first_bad_N)`.
 
   `state` comes from `layout.pad_state`, `batch` from `layout.place_batch`;
-  `dynamics` gives each step's network (`network_at`).
+  `dynamics` gives each step's network (`network_at`). `metrics_N` are 0 for the
+  clients that sat the step out (`taken_only`); `first_bad_N` watches them all.
   """
   padded = layout.padded_specs(specs)
   for_each = lambda fn, in_axes: clients.for_each_client(fn, strategy, layout.mesh, in_axes)
@@ -71,11 +79,13 @@ def train_step(layout: layout_lib.Layout, specs, config, strategy: str):
     if (state.lag is None) != (tau == 0):  # at trace time: a state built for another staleness
       raise ValueError(f'dynamics.staleness={tau} but the state {"lacks" if tau else "has"} lag '
                        'buffers (programs.initial_lag fills them before step 1).')
-    net = layout.network(network_at(dynamics, state.step + 1))
+    real_net = network_at(dynamics, state.step + 1)
+    net = layout.network(real_net)
     state, metrics = step_lib.train_step(state, batch, rng, net, specs=padded, config=config,
                                          for_each=for_each)
     metrics = layout.real(metrics)
-    return state, metrics, watch_nonfinite(metrics, state.step, first_bad_N)
+    first_bad_N = watch_nonfinite(metrics, state.step, first_bad_N)
+    return state, taken_only(metrics, real_net.active_S), first_bad_N
 
   r = layout.replicated
   batch = layout.batch_shardings(tau)

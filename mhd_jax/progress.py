@@ -39,9 +39,12 @@ class Window:
   def add(self, metrics: distill.Metrics) -> None:
     self.sums, self.count = _add(self.sums, metrics), self.count + 1
 
-  def means(self) -> dict:
-    """{term: [N] float64 window mean}, pulled from the device once."""
-    return {k: np.asarray(v, np.float64) / self.count
+  def means(self, taken_N) -> dict:
+    """{term: [N] float64 mean over the steps each client took part in}, pulled from the device
+    once. The sums hold 0 on the steps a client sat out (`programs.taken_only`); `taken_N`
+    counts the others (NaN for a client that took part in none)."""
+    taken_N = np.where(np.asarray(taken_N) > 0, taken_N, np.nan)
+    return {k: np.asarray(v, np.float64) / taken_N
             for k, v in jax.device_get(self.sums).as_dict().items()}
 
   def record(self) -> dict | None:
@@ -67,32 +70,39 @@ def eval_record(acc: evaluate.Accuracies) -> dict:
           'shared_acc': acc.shared_NxH.tolist()}
 
 
-def client_table(acc: evaluate.Accuracies) -> str:
-  """Per-client private / shared accuracy (%) of every head, plus the mean."""
+def client_table(acc: evaluate.Accuracies, steps_N=None) -> str:
+  """Per-client private / shared accuracy (%) of every head, plus the mean; with `steps_N`,
+  a last column of the steps each client took part in (`participation.steps_taken`)."""
   h = acc.private_NxH.shape[1]
   head = 'client ' + ' '.join(f'priv{k:<2d} shared{k:<2d}' for k in range(h))
   rows = [head]
   for name, p, s in acc.rows():
     rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
                                          for k in range(h)))
+  if steps_N is not None:
+    steps = ['  steps'] + [f' {t:6d}' for t in steps_N] + [f' {np.mean(steps_N):6.1f}']
+    rows = [r + t for r, t in zip(rows, steps)]
   return '\n'.join(rows)
 
 
-def log_train(step, window: Window, timed, sent_N, config, writer):
+def log_train(step, window: Window, taken_N, timed, sent_N, config, writer):
   """Progress line, metrics.jsonl record and TensorBoard scalars of one log window.
 
   `window` holds each metric summed over its steps (on device, pulled here
-  once), so the logged metrics are window means; `timed` is
+  once) and `taken_N` how many of them each client took part in, so the logged
+  metrics are each client's means over its own steps (NaN for a client that
+  took part in none; the means over clients leave it out); `timed` is
   (steps, seconds spent in them) from `timing.StepTimer`, so steps/s leaves out
   compiling, restoring, evaluation and checkpoints (after a resume inside a
   window, `count` counts the steps before it too, `timed` only this session's).
   """
   steps, seconds = timed
-  metrics, count = window.means(), window.count
+  metrics, count = window.means(taken_N), window.count
   rate = steps / max(seconds, 1e-9)
   examples_per_step = config.num_clients * (config.data.batch_size
                                             + config.data.public_batch_size)
-  means = {k: float(np.mean(metrics[k])) for k in TERMS}
+  any_taken = np.asarray(taken_N).any()
+  means = {k: float(np.nanmean(metrics[k])) if any_taken else float('nan') for k in TERMS}
   logging.info('step %d/%d | %.1f steps/s, %.0f client-steps/s, %.0f examples/s | ETA %.0fs'
                ' | %s', step, config.num_steps, rate, rate * config.num_clients,
                rate * examples_per_step, (config.num_steps - step) / rate,

@@ -200,8 +200,15 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
   return _Run(
       specs, mngr, state, start_step, wall_before, progress.Window.restore(window), train_step,
       programs.predict(layout, specs, strategy),
-      jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state)))),
+      jax.jit(lambda state, dynamics, step: _average(state, dynamics, step, average_real, layout)),
       safety.make_state_check(layout), dynamics, sent, fedavg), batches
+
+
+def _average(state, dynamics, step, average_real, layout):
+  """FedAvg / gossip averaging over the real clients, on the graph and participants of `step`."""
+  net = programs.network_at(dynamics, step)
+  return layout.pad_state(average_real(layout.unpad_state(state), net.adjacency_SxS,
+                                       net.active_S))
 
 
 def _step_rng(config):
@@ -227,13 +234,14 @@ def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall)
                                                      run.dynamics)
           window.add(metrics)
           if config.average_every and step % config.average_every == 0:
-            state = run.average(state)  # FedAvg / gossip baseline
+            state = run.average(state, run.dynamics, step)  # FedAvg / gossip baseline
         profiler.after(step, state)
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
           timer.pause(state)
           safety.check_finite(first_bad, mngr, run.finite_state(state), step)
-          progress.log_train(step, window, timer.take(), run.sent, config, writer)
+          taken_N = participation.steps_taken(run.dynamics[1], step - window.count + 1, step)
+          progress.log_train(step, window, taken_N, timer.take(), run.sent, config, writer)
           window = progress.Window()
         if step % config.eval_every == 0 or last:
           timer.pause(state)
@@ -275,8 +283,9 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   primary = data.partition.primary_mask()
   if acc is None:  # resumed from the final checkpoint: nothing left to train
     acc = evaluate.accuracies(run.predict, run.state, data.eval_batches(), primary)
-  logging.info('final accuracies (%%):\n%s', progress.client_table(acc))
-  summary = wd.Summary.create(config, acc, run.sent, run.fedavg, wall())
+  steps_N = participation.steps_taken(run.dynamics[1], 1, config.num_steps)
+  logging.info('final accuracies (%%):\n%s', progress.client_table(acc, steps_N))
+  summary = wd.Summary.create(config, acc, run.sent, run.fedavg, wall(), steps_N)
   if lead:
     wd.write_summary(workdir, summary)
     wd.write_per_class(workdir, wd.PerClass(acc.correct_NxHxC, acc.count_C, primary))

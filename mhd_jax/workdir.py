@@ -85,6 +85,7 @@ class ClientSummary:
   private_acc: list[float]
   shared_acc: list[float]
   bytes_sent_per_step: int
+  steps_taken: int | None = None  # steps it took part in (None in summaries from before)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,21 +107,30 @@ class Summary:
   fedavg_bytes_per_round: int = 0
 
   @classmethod
-  def create(cls, config, acc, sent_N, fedavg_N, wall_seconds: float) -> 'Summary':
-    """From the final `evaluate.Accuracies` and the bytes each client sends (step, round)."""
+  def create(cls, config, acc, sent_N, fedavg_N, wall_seconds: float,
+             steps_N=None) -> 'Summary':
+    """From the final `evaluate.Accuracies`, the bytes each client sends (step, round) and the
+    steps each took part in."""
+    steps = [None] * config.num_clients if steps_N is None else [int(t) for t in steps_N]
     return cls(
         num_clients=config.num_clients, num_heads=config.num_heads, steps=config.num_steps,
         wall_seconds=wall_seconds,
         mean_private_acc=acc.private_NxH.mean(0).tolist(),
         mean_shared_acc=acc.shared_NxH.mean(0).tolist(),
         clients=[ClientSummary(i, acc.private_NxH[i].tolist(), acc.shared_NxH[i].tolist(),
-                               int(round(sent_N[i]))) for i in range(config.num_clients)],
+                               int(round(sent_N[i])), steps[i])
+                 for i in range(config.num_clients)],
         bytes_sent_per_step=int(round(sent_N.sum())),
         fedavg_bytes_per_round=int(fedavg_N.sum()))
 
   def to_json(self) -> dict:
-    """The JSON object of summary.json (its keys in this order)."""
-    return dataclasses.asdict(self)
+    """The JSON object of summary.json (its keys in this order; optional fields that are None,
+    as in summaries written before they existed, are left out)."""
+    out = dataclasses.asdict(self)
+    for c in out['clients']:
+      if c['steps_taken'] is None:
+        del c['steps_taken']
+    return out
 
   @classmethod
   def from_json(cls, obj: dict) -> 'Summary':

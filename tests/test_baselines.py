@@ -46,3 +46,18 @@ def test_gossip_on_a_chain_moves_one_hop_per_round():
   state = _state([[[0.0], [0.0], [6.0]]])
   out = baselines.make_average([_Spec(3)], topology.chain(3))(state)
   np.testing.assert_allclose(out.groups[0].params['w'], [[0.0], [2.0], [3.0]], rtol=1e-6)
+
+
+def test_averaging_follows_the_steps_participants_and_links():
+  state = _state([[[1.0], [2.0], [9.0], [6.0]]])
+  average = jax.jit(baselines.make_average([_Spec(4)], topology.complete(4)))
+  # Client 2 sits the step out: it keeps its weights and nobody averages with it.
+  out = average(state, jnp.asarray(topology.complete(4), jnp.float32),
+                jnp.array([True, True, False, True]))
+  np.testing.assert_allclose(out.groups[0].params['w'], [[3.0], [3.0], [9.0], [3.0]], rtol=1e-6)
+  np.testing.assert_allclose(out.groups[0].batch_stats['m'][2], [90.0], rtol=1e-6)
+  # Only the link 0 - 3 is up (a matching): 0 and 3 average, 1 and 2 keep theirs.
+  a = np.zeros((4, 4), np.float32)
+  a[0, 3] = a[3, 0] = 1
+  out = average(state, jnp.asarray(a), jnp.ones(4, bool))
+  np.testing.assert_allclose(out.groups[0].params['w'], [[3.5], [2.0], [9.0], [3.5]], rtol=1e-6)

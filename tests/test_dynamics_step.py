@@ -6,13 +6,17 @@ import ml_collections
 import numpy as np
 
 from configs import default
+import mhd_jax
+from mhd_jax import evaluate
 from mhd_jax import graph_schedule
 from mhd_jax import layout as layout_lib
 from mhd_jax import participation
 from mhd_jax import programs
 from mhd_jax import state as state_lib
 from mhd_jax import step as step_lib
+from mhd_jax import train
 from tests import test_step as ts
+from tests.conftest import read_records, short_config
 
 
 def _program_steps(specs, config, dynamics, batches, strategy='vmap'):
@@ -97,3 +101,56 @@ def test_failed_links_carry_nothing():
   ref, ref_metrics = ts.run_steps(specs, a_1, config, [batch])
   jax.tree.map(np.testing.assert_array_equal, state, ref)
   jax.tree.map(np.testing.assert_array_equal, metrics, ref_metrics)
+
+
+def test_summary_and_final_table_report_the_steps_each_client_took_part_in(tmp_path):
+  trace = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1]])
+  np.savetxt(tmp_path / 'trace.csv', trace, fmt='%d', delimiter=',')
+  config = short_config(**{'num_clients': 3, 'num_steps': 4, 'log_every': 2, 'eval_every': 4,
+                           'checkpoint.every': 0, 'model.width': 16, 'strategy': 'vmap',
+                           'dynamics.participation': 'trace',
+                           'dynamics.trace_file': str(tmp_path / 'trace.csv')})
+  summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert [c['steps_taken'] for c in summary['clients']] == [4, 2, 1]
+  acc = evaluate.Accuracies(private_NxH=np.zeros((3, 1)), shared_NxH=np.ones((3, 1)),
+                                  correct_NxHxC=None, count_C=None)
+  rows = train.client_table(acc, np.array([4, 2, 1])).splitlines()
+  assert rows[0].endswith('steps') and [r.split()[-1] for r in rows[1:]] == ['4', '2', '1', '2.3']
+
+
+def test_logged_metrics_are_each_clients_means_over_the_steps_it_took_part_in(tmp_path):
+  trace = np.array([[1, 1, 1, 1], [0, 0, 1, 0], [0, 0, 0, 0]])  # client 2 sits out all 4 steps
+  np.savetxt(tmp_path / 'trace.csv', trace, fmt='%d', delimiter=',')
+  records = {}
+  for every in (1, 4):  # the same run, logged every step and once over the 4 steps
+    config = short_config(**{'num_clients': 3, 'num_steps': 4, 'log_every': every,
+                             'eval_every': 4, 'checkpoint.every': 0, 'model.width': 16,
+                             'strategy': 'vmap', 'dynamics.participation': 'trace',
+                             'dynamics.trace_file': str(tmp_path / 'trace.csv')})
+    train.train_and_evaluate(config, str(tmp_path / f'every{every}'))
+    records[every] = [r for r in read_records(str(tmp_path / f'every{every}')) if 'clients' in r]
+  per_step = np.array([r['clients']['ce'] for r in records[1]])  # [4 steps, 3 clients]
+  window = np.array(records[4][0]['clients']['ce'])
+  np.testing.assert_allclose(window[0], per_step[:, 0].mean(), rtol=1e-6)
+  np.testing.assert_allclose(window[1], per_step[2, 1], rtol=1e-6)  # its one step, not / 4
+  assert np.isnan(window[2]) and np.isnan(per_step[:, 2]).all()
+  assert np.isnan(per_step[[0, 1, 3], 1]).all() and np.isfinite(per_step[:, 0]).all()
+  np.testing.assert_allclose(records[4][0]['ce'], window[:2].mean(), rtol=1e-6)  # client 2 out
+
+
+def test_weight_averaging_in_the_loop_leaves_out_a_client_that_sits_the_step_out(tmp_path):
+  trace = np.array([[1, 1], [1, 0], [1, 1]])  # client 1 sits out step 2, the averaging step
+  np.savetxt(tmp_path / 'trace.csv', trace, fmt='%d', delimiter=',')
+  params = {}
+  for steps in (1, 2):
+    config = short_config(**{'num_clients': 3, 'num_steps': steps, 'log_every': 1,
+                             'eval_every': 2, 'checkpoint.every': 0, 'model.width': 16,
+                             'strategy': 'vmap', 'average_every': 2, 'num_heads': 1,
+                             'nu_main': 0.0, 'nu_aux': 0.0, 'dynamics.participation': 'trace',
+                             'dynamics.trace_file': str(tmp_path / 'trace.csv')})
+    train.train_and_evaluate(config, str(tmp_path / f'steps{steps}'))
+    params[steps] = mhd_jax.load(str(tmp_path / f'steps{steps}')).state.groups[0].params
+  one = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+  jax.tree.map(np.testing.assert_array_equal, one(params[2], 1), one(params[1], 1))
+  # Clients 0 and 2 averaged with each other only: their weights are now equal.
+  jax.tree.map(np.testing.assert_array_equal, one(params[2], 0), one(params[2], 2))

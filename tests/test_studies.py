@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -160,3 +161,63 @@ def test_efficiency_and_recipes_quick_forms_read_their_runs(tmp_path):
   pairs = np.array([18, 16, 14, 12, 10, 8, 6, 4, 2])
   np.testing.assert_allclose(mhd['far_last'][0], (curve[4:] * pairs[4:]).sum() / pairs[4:].sum(),
                              rtol=1e-6)
+
+
+def _summaries(shared: dict) -> dict:
+  """{variant: [summary per seed]} with private = 50 and the given last-head shared (%)."""
+  return {v: [types.SimpleNamespace(mean_private_acc=[0.5], mean_shared_acc=[0.0, x / 100])
+              for x in xs] for v, xs in shared.items()}
+
+
+def test_dynamics_tables_mark_differences_beyond_the_noise_against_the_baseline():
+  from mhd_jax import network_studies as ns  # pylint: disable=g-import-not-at-top
+  axes = {'availability p': {'p=1.0': {}, 'p=0.4': {'dynamics.availability': 0.4}}}
+  summaries = _summaries({
+      'MHD (H=3): static, full': [80, 81, 82], 'MHD (H=3): availability p p=0.4': [60, 61, 62],
+      'naive (H=1): static, full': [78, 81, 84], 'naive (H=1): availability p p=0.4': [76, 80, 84],
+      'FedAvg (every 10 steps): static, full': [90, 91, 92]})
+  results = ns.results_of(summaries, axes, list(ns.METHODS))
+  assert 'FedAvg (every 10 steps)' not in results['availability p']['p=0.4']
+  rows = ns.markdown(results).splitlines()
+  base, low = rows[-2].split(' | '), rows[-1].split(' | ')
+  # MHD: -20 with std 1 on both sides is beyond 2 SE; naive: -1 with std 3 and 4 is not.
+  assert low[2] == '61.0 ± 1.0 ↓' and low[4] == '80.0 ± 4.0' and low[5:7] == ['n/a', 'n/a']
+  assert base[2] == '81.0 ± 1.0' and base[6] == '91.0 ± 1.0'
+  # MHD − naive on shared: 0 at the baseline, -19 beyond the noise at p = 0.4.
+  assert base[-1] == '+0.0 |' and low[-1] == '-19.0 * |'
+
+
+def test_dynamics_study_quick_form_runs_every_axis_that_draws(tmp_path):
+  out = _study('dynamics', tmp_path, '--quick', '--seeds=1', '--jobs=2')
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((tmp_path / 'dynamics.json').read_text())
+  assert list(results) == ['availability p', 'link failure p', 'graph schedule']
+  assert list(results['graph schedule']) == ['static', 'matching']
+  assert list(results['availability p']['p=1.0']) == ['MHD (H=3)', 'naive (H=1)',
+                                                      'FedAvg (every 10 steps)']
+  run = lambda v: json.loads((tmp_path / 'dynamics' / v / 'seed0' / 'summary.json').read_text())
+  assert list(results['graph schedule']['matching']) == list(results['availability p']['p=1.0'])
+  assert len(os.listdir(tmp_path / 'dynamics')) == 12  # (baseline + 3 points) x 3 methods
+  fedavg = run('FedAvg_every_10_steps_availability_p_p=0.4')
+  assert sum(c['steps_taken'] for c in fedavg['clients']) < 0.6 * 150
+  full, absent = run('MHD_H=3_static_full'), run('MHD_H=3_availability_p_p=0.4')
+  assert [c['steps_taken'] for c in full['clients']] == [30] * 5
+  assert sum(c['steps_taken'] for c in absent['clients']) < 0.6 * 150  # p = 0.4 of 5 x 30
+  np.testing.assert_allclose(results['availability p']['p=0.4']['MHD (H=3)']['shared'][0],
+                             100 * absent['mean_shared_acc'][-1])
+  assert results['link failure p']['p=0']['MHD (H=3)'] == results['availability p']['p=1.0'][
+      'MHD (H=3)']  # one baseline run serves every axis
+  md = (tmp_path / 'dynamics.md').read_text()
+  assert '### link failure p' in md and '| matching | ' in md
+  assert os.path.getsize(tmp_path / 'dynamics.png') > 10_000
+
+
+def test_dynamics_study_runs_fedavg_on_every_axis_but_staleness():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from mhd_jax import network_studies as ns  # pylint: disable=g-import-not-at-top
+  variants, _ = ns.dynamics(default.get_config(), study_runs.Options((0,)))
+  assert len(variants) == 8 + 8 + 6  # MHD and naive at 8 points, FedAvg at all but 2
+  assert not [v for v in variants if v.startswith('FedAvg') and 'staleness' in v]
+  assert variants['naive (H=1): staleness tau tau=8'] == {
+      'num_clients': 10, 'topology': 'ring', 'num_steps': 1200, 'eval_every': 40,
+      'num_heads': 1, 'dynamics.staleness': 8}
