@@ -12,6 +12,7 @@ from mhd_jax import graph_schedule
 from mhd_jax import layout as layout_lib
 from mhd_jax import participation
 from mhd_jax import programs
+from mhd_jax import progress
 from mhd_jax import state as state_lib
 from mhd_jax import step as step_lib
 from mhd_jax import train
@@ -114,7 +115,7 @@ def test_summary_and_final_table_report_the_steps_each_client_took_part_in(tmp_p
   assert [c['steps_taken'] for c in summary['clients']] == [4, 2, 1]
   acc = evaluate.Accuracies(private_NxH=np.zeros((3, 1)), shared_NxH=np.ones((3, 1)),
                                   correct_NxHxC=None, count_C=None)
-  rows = train.client_table(acc, np.array([4, 2, 1])).splitlines()
+  rows = progress.client_table(acc, np.array([4, 2, 1])).splitlines()
   assert rows[0].endswith('steps') and [r.split()[-1] for r in rows[1:]] == ['4', '2', '1', '2.3']
 
 
