@@ -22,6 +22,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from mhd_jax import compression
 from mhd_jax import losses
 
 
@@ -57,17 +58,52 @@ class Metrics:
 TERMS = tuple(f.name for f in dataclasses.fields(Metrics))  # metrics.jsonl's names, in order
 
 
-def mixing(public_logits_SxHxBxC, net: Network, config, rng):
-  """(M [S, H, B, S] mixing weights, P [S, H, B, C] teacher probabilities) of this step.
+def wire_spec(config) -> compression.WireSpec | None:
+  """`config.wire` as a (static, hashable) `WireSpec`; None where the config has no `wire`
+  (nothing is encoded: the peers read the outputs as they are)."""
+  return compression.WireSpec.from_config(config) if config.get('wire') is not None else None
 
-  Only active clients teach; rows of inactive clients carry no neighbour.
+
+def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1):
+  """(M [S, H, B, S] mixing weights, P [S, H, B, C] what the peers receive, O [S, H, B, C]
+  the clients' own outputs) of training step `step` (1-based, may be traced).
+
+  P[j, k] and O[j, k] are candidate j's softmax(z_j^{src(k)} / T) for head k:
+  O as computed, P after `compression.transmit` (what a peer decodes under
+  `config.wire`; zeros for heads or steps not sent, whose neighbour weights
+  `compression.neighbour_weights` drops). Client i's own head k-1 (the
+  candidate j = i, `include_self`) never crosses the wire: M weighs it by O[i]'s
+  confidence and `targets` mixes O[i]. Only active clients teach; rows of
+  inactive clients carry no neighbour.
   """
   live = net.active_S.astype(jnp.float32)
   adjacency = net.adjacency_SxS * live[:, None] * live[None, :]
-  weights_HxSxS = losses.candidate_weights(adjacency, public_logits_SxHxBxC.shape[1],
-                                           config.include_self)
-  probs = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
-  return losses.mixing_weights(probs, weights_HxSxS, config.target, rng, net.ids_S), probs
+  h = public_logits_SxHxBxC.shape[1]
+  weights_HxSxS = losses.candidate_weights(adjacency, h, config.include_self)
+  logits = jax.lax.stop_gradient(public_logits_SxHxBxC)
+  own = losses.source_probs(logits, config.temperature)
+  spec = wire_spec(config)
+  if spec is None:
+    return losses.mixing_weights(own, weights_HxSxS, config.target, rng, net.ids_S), own, own
+  sent = compression.transmit(jax.nn.softmax(logits / config.temperature, axis=-1), spec, step)
+  got = sent[:, jnp.maximum(jnp.arange(h) - 1, 0)]  # receiver head k reads source head src(k)
+  weights_HxSxS = compression.neighbour_weights(weights_HxSxS, spec, step)
+  m = losses.mixing_weights(got, weights_HxSxS, config.target, rng, net.ids_S, own_NxHxBxC=own)
+  return m, got, own
+
+
+def targets(mixing_SxHxBxS, received_SxHxBxC, own_SxHxBxC):
+  """T[i, k] = sum_{j != i} M[i, k, :, j] P[j, k] + M[i, k, :, i] O[i, k]: the neighbours'
+  outputs as received, the own head as it is.
+
+  Written as the full mixture of P plus M[i, k, :, i] (O[i, k] - P[i, k]), which is
+  exactly +0 when nothing is compressed, so full precision changes no bit.
+  """
+  t = losses.mix_targets(mixing_SxHxBxS, received_SxHxBxC)
+  if received_SxHxBxC is own_SxHxBxC:
+    return t
+  self_SxHxB = jnp.einsum('ikbi->ikb', mixing_SxHxBxS)
+  return t + self_SxHxB[..., None] * (own_SxHxBxC - received_SxHxBxC)
 
 
 def embedding_losses(mixing_SxHxBxS, embs, sizes):
@@ -106,21 +142,29 @@ def client_terms(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, targets_HxBxC, h
 
 
 def terms(private_logits, labels, public_logits, embs, sizes, net: Network, config,
-          rng) -> Metrics:
-  """Every stacked client's loss terms ([S] each) from its outputs this step.
+          rng, step=1) -> Metrics:
+  """Every stacked client's loss terms ([S] each) from its outputs at step `step` (1-based).
 
   `private_logits`/`public_logits` are [S, H, B, C] over all groups, `labels`
   [S, B], `embs` the public embeddings per group, `sizes` the groups' sizes.
   """
-  m_SxHxBxS, probs = mixing(public_logits, net, config, rng)
-  targets = losses.mix_targets(m_SxHxBxS, probs)
+  m_SxHxBxS, received, own = mixing(public_logits, net, config, rng, step)
+  target_SxHxBxC = targets(m_SxHxBxS, received, own)
   has_target_SxH = m_SxHxBxS.sum(axis=(2, 3)) > 0
   emb_S = (embedding_losses(m_SxHxBxS, embs, sizes) if config.nu_emb
            else jnp.zeros(labels.shape[0], private_logits.dtype))
   return jax.vmap(lambda *a: client_terms(*a, config=config))(
-      private_logits, labels, public_logits, targets, has_target_SxH, emb_S)
+      private_logits, labels, public_logits, target_SxHxBxC, has_target_SxH, emb_S)
 
 
-def total_loss(metrics: Metrics, net: Network):
-  """The sum of the active clients' losses: what the step differentiates."""
-  return jnp.where(net.active_S, metrics.loss, 0.0).sum()
+def total_loss(metrics: Metrics, net: Network, public_only=None):
+  """The sum of the active clients' losses: what the step differentiates.
+
+  `public_only` (a config): the distillation terms only, nu_main KD_main +
+  nu_aux KD_aux + nu_emb emb, without the private CE (DP-SGD takes its
+  gradient apart, `privacy.private_grad`).
+  """
+  loss = metrics.loss if public_only is None else (
+      public_only.nu_main * metrics.kd_main + public_only.nu_aux * metrics.kd_aux
+      + public_only.nu_emb * metrics.emb)
+  return jnp.where(net.active_S, loss, 0.0).sum()

@@ -78,8 +78,14 @@ def _random_choice(logw_NxHxN, rng, ids_N):
   return jnp.argmax(logw_NxHxN + jax.vmap(row)(ids_N), axis=-1)
 
 
-def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None):
+def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
+                   own_NxHxBxC=None):
   """M[i, k, b, j]: how much candidate j contributes to client i's head-k target on example b.
+
+  `own_NxHxBxC` (default `probs_NxHxBxC`): what client i holds of its own head
+  k-1, the candidate j = i; it differs from P[i] when P is what the peers
+  receive after compression (`compression.transmit`), which never carries a
+  client's outputs to itself.
 
   Rows sum to 1 where client i has a candidate for head k, else to 0. With
   conf[j, k, b] = max_c P[j, k, b, c] and "neighbours" the candidates j != i
@@ -104,6 +110,9 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None):
   cand_NxHxBxN = jnp.broadcast_to((w_NxHxN > 0)[:, :, None, :], (n, h, b, n))
   conf_NxHxBxN = jnp.broadcast_to(
       jnp.transpose(probs_NxHxBxC.max(-1), (1, 2, 0))[None], (n, h, b, n))
+  if own_NxHxBxC is not None:  # the diagonal: the client's own, undecoded confidence
+    conf_NxHxBxN = jnp.where(jnp.eye(n, dtype=bool)[:, None, None, :],
+                             own_NxHxBxC.max(-1)[..., None], conf_NxHxBxN)
   neighbour_NxHxBxN = cand_NxHxBxN & ~jnp.eye(n, dtype=bool)[:, None, None, :]
   self_NxHxBxN = cand_NxHxBxN & jnp.eye(n, dtype=bool)[:, None, None, :]
   if rule == 'mean':
