@@ -58,12 +58,6 @@ class Metrics:
 TERMS = tuple(f.name for f in dataclasses.fields(Metrics))  # metrics.jsonl's names, in order
 
 
-def wire_spec(config) -> compression.WireSpec | None:
-  """`config.wire` as a (static, hashable) `WireSpec`; None where the config has no `wire`
-  (nothing is encoded: the peers read the outputs as they are)."""
-  return compression.WireSpec.from_config(config) if config.get('wire') is not None else None
-
-
 def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1):
   """(M [S, H, B, S] mixing weights, P [S, H, B, C] what the peers receive, O [S, H, B, C]
   the clients' own outputs) of training step `step` (1-based, may be traced).
@@ -82,7 +76,7 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1):
   weights_HxSxS = losses.candidate_weights(adjacency, h, config.include_self)
   logits = jax.lax.stop_gradient(public_logits_SxHxBxC)
   own = losses.source_probs(logits, config.temperature)
-  spec = wire_spec(config)
+  spec = compression.config_spec(config)
   if spec is None:
     return losses.mixing_weights(own, weights_HxSxS, config.target, rng, net.ids_S), own, own
   sent = compression.transmit(jax.nn.softmax(logits / config.temperature, axis=-1), spec, step)
