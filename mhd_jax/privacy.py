@@ -163,6 +163,16 @@ def client_epsilons(config, private_sizes, steps: int) -> list[float]:
   return [cache[int(n)] for n in private_sizes]
 
 
+ACCOUNTANT = 'dp_accounting 0.6 PLDAccountant, Poisson sampling q = batch_size / n_i'
+
+
+def summary_block(config) -> dict:
+  """summary.json's `dp` block: what the reported ε assumes."""
+  dp = config.dp
+  return {'delta': float(dp.delta), 'noise_multiplier': float(dp.noise_multiplier),
+          'clip_norm': float(dp.clip_norm), 'accountant': ACCOUNTANT}
+
+
 def config_problems(config) -> list[str]:
   """One line per DP choice the run cannot honour (ranges are checked in FIELDS)."""
   dp = config.dp

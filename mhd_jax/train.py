@@ -35,6 +35,7 @@ from mhd_jax import graph_schedule
 from mhd_jax import groups as groups_lib
 from mhd_jax import layout as layout_lib
 from mhd_jax import participation
+from mhd_jax import privacy
 from mhd_jax import programs
 from mhd_jax import progress
 from mhd_jax import report
@@ -153,6 +154,7 @@ class _Run:
   dynamics: tuple
   sent: np.ndarray
   fedavg: np.ndarray
+  epsilons: list | None = None  # DP runs: each client's ε at the end (`_epsilons`)
 
 
 def _prepare(config, workdir, adjacency, layout, data, lead):
@@ -189,6 +191,15 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
       programs.predict(layout, specs, strategy),
       jax.jit(lambda state: layout.pad_state(average_real(layout.unpad_state(state)))),
       safety.make_state_check(layout), dynamics, sent, fedavg), batches
+
+
+def _epsilons(config, data):
+  """Each client's ε after num_steps steps (PLD; seconds per distinct client size), or None
+  without DP."""
+  if not (config.get('dp') and config.dp.enabled):
+    return None
+  sizes = [len(idx) for idx in data.partition.client_indices]
+  return privacy.client_epsilons(config, sizes, config.num_steps)
 
 
 def _step_rng(config):
@@ -236,6 +247,9 @@ def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall)
         if stop and not last:
           mngr.wait_until_finished()
           raise safety.Preempted(step)
+    run.epsilons = _epsilons(config, data) if run.start_step < config.num_steps else None
+    if run.epsilons is not None:
+      progress.log_privacy(config.num_steps, run.epsilons, privacy.summary_block(config), writer)
   finally:
     profiler.close()
     mngr.wait_until_finished()
@@ -263,7 +277,11 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   if acc is None:  # resumed from the final checkpoint: nothing left to train
     acc = evaluate.accuracies(run.predict, run.state, data.eval_batches(), primary)
   logging.info('final accuracies (%%):\n%s', progress.client_table(acc))
-  summary = wd.Summary.create(config, acc, run.sent, run.fedavg, wall())
+  if run.epsilons is None:  # resumed from the final checkpoint (or no DP)
+    run.epsilons = _epsilons(config, data)
+  summary = wd.Summary.create(
+      config, acc, run.sent, run.fedavg, wall(), run.epsilons,
+      privacy.summary_block(config) if run.epsilons is not None else None)
   if lead:
     wd.write_summary(workdir, summary)
     wd.write_per_class(workdir, wd.PerClass(acc.correct_NxHxC, acc.count_C, primary))

@@ -80,20 +80,25 @@ def finished(workdir: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ClientSummary:
-  """One client's final accuracies (fractions, one per head) and bytes it sends per step."""
+  """One client's final accuracies (fractions, one per head), bytes it sends per step, and
+  under DP its ε at the run's δ (None, and absent from the JSON, without DP)."""
   id: int
   private_acc: list[float]
   shared_acc: list[float]
   bytes_sent_per_step: int
+  epsilon: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
   """summary.json: the run's final accuracies (fractions, one per head) and communication.
 
-  `mean_*_acc` average over clients; `bytes_sent_per_step` counts all clients;
-  `fedavg_bytes_per_round` is what FedAvg would send for the same models (0
-  in summaries written before it was recorded).
+  `mean_*_acc` average over clients; `bytes_sent_per_step` counts all clients
+  (the encoded bytes under `config.wire`); `fedavg_bytes_per_round` is what
+  FedAvg would send for the same models (0 in summaries written before it was
+  recorded). `dp` (DP runs only, else None and absent from the JSON):
+  {'delta', 'noise_multiplier', 'clip_norm', 'accountant'}, each client's ε in
+  `clients[i].epsilon`.
   """
   num_clients: int
   num_heads: int
@@ -104,23 +109,35 @@ class Summary:
   clients: list[ClientSummary]
   bytes_sent_per_step: int
   fedavg_bytes_per_round: int = 0
+  dp: dict | None = None
 
   @classmethod
-  def create(cls, config, acc, sent_N, fedavg_N, wall_seconds: float) -> 'Summary':
-    """From the final `evaluate.Accuracies` and the bytes each client sends (step, round)."""
+  def create(cls, config, acc, sent_N, fedavg_N, wall_seconds: float, epsilons_N=None,
+             dp: dict | None = None) -> 'Summary':
+    """From the final `evaluate.Accuracies`, the bytes each client sends (step, round) and
+    under DP each client's ε and the `dp` block."""
+    eps = [None] * config.num_clients if epsilons_N is None else [float(e) for e in epsilons_N]
     return cls(
         num_clients=config.num_clients, num_heads=config.num_heads, steps=config.num_steps,
         wall_seconds=wall_seconds,
         mean_private_acc=acc.private_NxH.mean(0).tolist(),
         mean_shared_acc=acc.shared_NxH.mean(0).tolist(),
         clients=[ClientSummary(i, acc.private_NxH[i].tolist(), acc.shared_NxH[i].tolist(),
-                               int(round(sent_N[i]))) for i in range(config.num_clients)],
+                               int(round(sent_N[i])), eps[i])
+                 for i in range(config.num_clients)],
         bytes_sent_per_step=int(round(sent_N.sum())),
-        fedavg_bytes_per_round=int(fedavg_N.sum()))
+        fedavg_bytes_per_round=int(fedavg_N.sum()), dp=dp)
 
   def to_json(self) -> dict:
-    """The JSON object of summary.json (its keys in this order)."""
-    return dataclasses.asdict(self)
+    """The JSON object of summary.json (its keys in this order; no `dp`/`epsilon` without DP,
+    so a non-DP run writes what it wrote before DP existed)."""
+    out = dataclasses.asdict(self)
+    if self.dp is None:
+      del out['dp']
+    for c in out['clients']:
+      if c['epsilon'] is None:
+        del c['epsilon']
+    return out
 
   @classmethod
   def from_json(cls, obj: dict) -> 'Summary':
