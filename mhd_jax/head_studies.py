@@ -18,6 +18,8 @@ from mhd_jax import workdir as wd
 # One model trained with labels on the union of the private data.
 SUPERVISED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1, 'num_clients': 1,
               'topology': 'none'}
+# The FedAvg baseline: weights averaged every 10 steps, no distillation.
+FEDAVG = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1, 'average_every': 10}
 # The harsh setting: 10 clients, one class each.
 ONE_CLASS_EACH = {'num_clients': 10, 'skew': 1.0}
 FAR_HOPS = 5  # "far" = d >= 5 on the 10-client chain
