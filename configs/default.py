@@ -128,6 +128,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.depth = 2          # MLP layers / CNN stages (mlp / cnn only)
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators); params stay float32
   c.model.aux_backbone_grad = True  # aux-head losses reach the backbone (else only their head)
+  c.model.norm = 'batch'     # ResNets: 'batch' (BatchNorm) | 'group' (GroupNorm, no batch
+                             # statistics: what dp.enabled needs); mlp and cnn have no norm
   c.model.fused_passes = False  # one model call per client on [private; public], batch
                              # statistics per segment (same results up to float rounding;
                              # fewer, larger convs). Off: 1.25x slower on 2 CPU cores, and

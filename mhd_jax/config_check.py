@@ -24,6 +24,7 @@ from mhd_jax import optim
 from mhd_jax import participation
 from mhd_jax import partition as partition_lib
 from mhd_jax import privacy
+from mhd_jax import resnet
 from mhd_jax import topology
 from mhd_jax.data import digits as digits_lib
 
@@ -144,6 +145,7 @@ FIELDS = {
     'model.dtype': (_STR, None, ''),
     'model.aux_backbone_grad': (_BOOL, None, ''),
     'model.fused_passes': (_BOOL, None, ''),
+    'model.norm': (_STR, lambda v: v in resnet.NORMS, ' or '.join(resnet.NORMS)),
     'optimizer.name': (_STR, None, ''),
     'optimizer.learning_rate': (_NUM, lambda v: not v < 0,
                                 '>= 0 (a negative rate is gradient ascent)'),

@@ -27,15 +27,9 @@ DP_BACKBONES = ('mlp', 'cnn')
 
 def supports_dp(model_config) -> bool:
   """Whether per-example gradients of this model (`config.model`, or a dict of its fields) are
-  per-example: no batch statistics.
-
-  Every ResNet here normalises with `resnet.BatchNorm` and has no norm choice.
-  A GroupNorm variant would qualify: `resnet.ResNet` takes its norm as the
-  `functools.partial(BatchNorm, ...)` it passes to each block, so a
-  `model.norm = 'group'` field could pass `nn.GroupNorm` there instead (no
-  batch statistics, no segments), and be listed here.
-  """
-  return model_config['name'] in DP_BACKBONES
+  per-example: no batch statistics (mlp, cnn, and the ResNets with `model.norm = 'group'`)."""
+  return (model_config['name'] in DP_BACKBONES
+          or model_config.get('norm', 'batch') == 'group')
 
 
 def _vmap_norms_B(losses_fn, params, x_BxF, y_B):
@@ -191,5 +185,6 @@ def config_problems(config) -> list[str]:
   for where, model in models:
     if not supports_dp(model):
       out.append(f'dp.enabled with {where}.name={model["name"]!r}: its BatchNorm mixes examples, '
-                 f'so per-example clipping bounds nothing; use {" or ".join(DP_BACKBONES)}.')
+                 f'so per-example clipping bounds nothing; use {" or ".join(DP_BACKBONES)}, '
+                 f"or {where}.norm='group'.")
   return out
