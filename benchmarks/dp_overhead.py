@@ -10,8 +10,11 @@ the whole gradient, Gaussian noise), vmapped over clients with one key each.
 They are timed in alternating windows in one process (median of `--repeats`);
 `ratio_dp_vs_plain` is the overhead. The issue asks for < 3x at N = 8 on the
 digits MLP. `clip_only` is the DP step without the noise draws (σ = 0): the
-rest of the overhead is drawing one normal per parameter per client. Models with BatchNorm (the ResNets) refuse DP (privacy.supports_dp),
-so they are not offered here.
+rest of the overhead is drawing one normal per parameter per client. Models
+with BatchNorm refuse DP (privacy.supports_dp); `resnet18_cifar_group` is the
+CIFAR ResNet-18 with `model.norm='group'`:
+
+    python benchmarks/dp_overhead.py --models resnet18_cifar_group --n 2 --repeats 3
 
 `full_plain` and `full_dp` time the run's whole training step
 (`programs.train_step` through `common.Bench`: both passes, distillation over
@@ -28,8 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {'default': common.MODELS['default'],
-          'cnn': ({'name': 'cnn'}, (8, 8, 1), None, None)}
-QUICK = {'default': common.QUICK['default'], 'cnn': ({'name': 'cnn'}, (8, 8, 1), 8, 8)}
+          'cnn': ({'name': 'cnn'}, (8, 8, 1), None, None),
+          # The ResNet with GroupNorm (model.norm='group'): the BatchNorm one refuses DP.
+          'resnet18_cifar_group': ({'name': 'resnet18_cifar', 'width': 16, 'norm': 'group'},
+                                   (32, 32, 3), 32, 32)}
+QUICK = {'default': common.QUICK['default'], 'cnn': ({'name': 'cnn'}, (8, 8, 1), 8, 8),
+         'resnet18_cifar_group': ({'name': 'resnet18_cifar', 'width': 4, 'norm': 'group'},
+                                  (16, 16, 3), 4, 4)}
 
 
 class PrivateGradStep(common.Bench):
