@@ -162,7 +162,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # clipping and Gaussian noise; ε per client at dp.delta, by the PLD accountant, assuming
   # Poisson sampling with q = data.batch_size / (the client's private examples).
   c.dp = ml_collections.ConfigDict()
-  c.dp.enabled = False       # True needs a model without BatchNorm (mlp, cnn)
+  c.dp.enabled = False       # True needs a model without BatchNorm (mlp, cnn, or a ResNet
+                             # with model.norm='group')
   c.dp.noise_multiplier = 1.0  # sigma: noise std = sigma * clip_norm per coordinate; > 0 with DP
   c.dp.clip_norm = 1.0       # C: each example's whole-gradient L2 norm is clipped to C
   c.dp.delta = 1e-5          # the delta of the reported (epsilon, delta); in (0, 1)
