@@ -10,12 +10,17 @@ the whole gradient, Gaussian noise), vmapped over clients with one key each.
 They are timed in alternating windows in one process (median of `--repeats`);
 `ratio_dp_vs_plain` is the overhead. The issue asks for < 3x at N = 8 on the
 digits MLP. `clip_only` is the DP step without the noise draws (σ = 0): the
-rest of the overhead is drawing one normal per parameter per client. Models with BatchNorm (the ResNets) refuse DP (privacy.supports_dp),
-so they are not offered here.
+rest of the overhead is drawing one normal per parameter per client. Models
+with BatchNorm refuse DP (privacy.supports_dp); `resnet18_cifar_group` is the
+CIFAR ResNet-18 with `model.norm='group'`:
 
-The steps are `common.Bench` subclasses: `make_step` builds any
-`(state, batch, rng) -> (state, metrics)` step, so the full DP training step
-can be timed the same way once the step calls `private_grad`.
+    python benchmarks/dp_overhead.py --models resnet18_cifar_group --n 2 --repeats 3
+
+`full_plain` and `full_dp` time the run's whole training step
+(`programs.train_step` through `common.Bench`: both passes, distillation over
+the complete graph, the optimizer), without and with `dp.enabled`;
+`ratio_full_dp_vs_plain` is the overhead a run sees. `full_dp_no_draws` is the
+full DP step with noise 0 (what the draws cost in the whole step).
 """
 
 import os
@@ -26,8 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {'default': common.MODELS['default'],
-          'cnn': ({'name': 'cnn'}, (8, 8, 1), None, None)}
-QUICK = {'default': common.QUICK['default'], 'cnn': ({'name': 'cnn'}, (8, 8, 1), 8, 8)}
+          'cnn': ({'name': 'cnn'}, (8, 8, 1), None, None),
+          # The ResNet with GroupNorm (model.norm='group'): the BatchNorm one refuses DP.
+          'resnet18_cifar_group': ({'name': 'resnet18_cifar', 'width': 16, 'norm': 'group'},
+                                   (32, 32, 3), 32, 32)}
+QUICK = {'default': common.QUICK['default'], 'cnn': ({'name': 'cnn'}, (8, 8, 1), 8, 8),
+         'resnet18_cifar_group': ({'name': 'resnet18_cifar', 'width': 4, 'norm': 'group'},
+                                  (16, 16, 3), 4, 4)}
 
 
 class PrivateGradStep(common.Bench):
@@ -74,6 +84,15 @@ class ClipOnlyStep(PrivateGradStep):
   dp, noise = True, 0.0
 
 
+def _full(config, dp: bool, noise=None):
+  """`config` with DP on or off (the run's step program is `common.Bench`'s default)."""
+  config = config.copy_and_resolve_references()
+  config.dp.enabled = dp
+  if noise is not None:
+    config.dp.noise_multiplier = noise
+  return config
+
+
 def main():
   p = common.parser(__doc__, models=MODELS, default_models='default')
   p.add_argument('--n', default='8', help='comma-separated client counts')
@@ -90,7 +109,10 @@ def main():
       plain = PrivateGradStep(config, image, n, 'vmap', 1)
       dp = DPStep(config, image, n, 'vmap', 1)
       clip_only = ClipOnlyStep(config, image, n, 'vmap', 1)
-      benches = {'plain': plain, 'dp': dp, 'clip_only': clip_only}
+      benches = {'plain': plain, 'dp': dp, 'clip_only': clip_only,
+                 'full_plain': common.Bench(_full(config, False), image, n, 'vmap', 1),
+                 'full_dp': common.Bench(_full(config, True), image, n, 'vmap', 1),
+                 'full_dp_no_draws': common.Bench(_full(config, True, 0.0), image, n, 'vmap', 1)}
       common.compile_all(list(benches.values()))
       for bench in benches.values():
         bench.warm()
@@ -105,6 +127,10 @@ def main():
                    'clip_only_step_ms': round(1e3 * t['clip_only'], 4),
                    'ratio_dp_vs_plain': round(t['dp'] / t['plain'], 3),
                    'ratio_clip_only_vs_plain': round(t['clip_only'] / t['plain'], 3),
+                   'full_plain_step_ms': round(1e3 * t['full_plain'], 4),
+                   'full_dp_step_ms': round(1e3 * t['full_dp'], 4),
+                   'full_dp_no_draws_step_ms': round(1e3 * t['full_dp_no_draws'], 4),
+                   'ratio_full_dp_vs_plain': round(t['full_dp'] / t['full_plain'], 3),
                    'repeats': args.repeats, 'loadavg': round(os.getloadavg()[0], 2)})
 
 

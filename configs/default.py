@@ -130,6 +130,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.depth = 2          # MLP layers / CNN stages (mlp / cnn only)
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators); params stay float32
   c.model.aux_backbone_grad = True  # aux-head losses reach the backbone (else only their head)
+  c.model.norm = 'batch'     # ResNets: 'batch' (BatchNorm) | 'group' (GroupNorm, no batch
+                             # statistics: what dp.enabled needs); mlp and cnn have no norm
   c.model.fused_passes = False  # one model call per client on [private; public], batch
                              # statistics per segment (same results up to float rounding;
                              # fewer, larger convs). Off: 1.25x slower on 2 CPU cores, and
@@ -162,7 +164,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # clipping and Gaussian noise; ε per client at dp.delta, by the PLD accountant, assuming
   # Poisson sampling with q = data.batch_size / (the client's private examples).
   c.dp = ml_collections.ConfigDict()
-  c.dp.enabled = False       # True needs a model without BatchNorm (mlp, cnn)
+  c.dp.enabled = False       # True needs a model without BatchNorm (mlp, cnn, or a ResNet
+                             # with model.norm='group')
   c.dp.noise_multiplier = 1.0  # sigma: noise std = sigma * clip_norm per coordinate; > 0 with DP
   c.dp.clip_norm = 1.0       # C: each example's whole-gradient L2 norm is clipped to C
   c.dp.delta = 1e-5          # the delta of the reported (epsilon, delta); in (0, 1)

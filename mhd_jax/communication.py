@@ -29,6 +29,7 @@ import functools
 import jax
 import numpy as np
 
+from mhd_jax import compression
 from mhd_jax import models
 
 
@@ -92,16 +93,25 @@ def costs(specs, state, adjacency, image_shape, config):
   """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models).
 
   Only what another client's loss reads (`read_probabilities`);
-  under target='random', the expected value per step.
+  under target='random', the expected value per step. Under `config.wire`, a
+  head's block is what `compression.encode` puts on the wire (values, class ids
+  and scales: `compression.encoded_bytes`) on the share of steps it is sent
+  (`compression.wire_reads`); the embedding goes as it is, with head 0.
   """
   heads, embs, dims, fedavg = [], [], [], []
+  wire = compression.config_spec(config)
   for spec, group in zip(specs, state.groups):
     one = jax.tree.map(lambda x: x[0], group)
     head, emb, dim = public_output_sizes(
         spec.model, one.params, one.batch_stats, image_shape, config.data.public_batch_size)
+    if wire is not None:
+      head = compression.encoded_bytes(wire, config.data.public_batch_size,
+                                       spec.model.num_classes, 1)
     heads += [head] * spec.num_clients
     embs += [emb] * spec.num_clients
     dims += [dim] * spec.num_clients
     fedavg += [fedavg_bytes_per_round(one.params)] * spec.num_clients
   read, emb_read = read_probabilities(adjacency, config.num_heads, config, dims)
+  if wire is not None:
+    read, emb_read = compression.wire_reads(read, emb_read, wire)
   return bytes_sent_per_step(read, emb_read, heads, embs), np.array(fedavg)

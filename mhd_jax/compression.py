@@ -67,6 +67,12 @@ class WireSpec:
                every=int(w.every))
 
 
+def config_spec(config) -> WireSpec | None:
+  """`config.wire` as a `WireSpec`; None where the config has no `wire` (step-level test
+  configs): nothing is encoded, the peers read the outputs as they are."""
+  return WireSpec.from_config(config) if config.get('wire') is not None else None
+
+
 class Encoded(NamedTuple):
   """The arrays a client puts on the wire for blocks [..., B, C] (None: not sent).
 

@@ -23,6 +23,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from mhd_jax import compression
 from mhd_jax import losses
 from mhd_jax import state as state_lib
 
@@ -68,28 +69,56 @@ class Teachers:
   sent_S: jax.Array    # bool: the sender was active when it computed them
 
 
-def mixing(public_logits_SxHxBxC, net: Network, config, rng, teachers: Teachers | None = None):
-  """(M [S, H, B, S] mixing weights, P [S, H, B, C] teacher probabilities, own) of this step.
+def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
+           teachers: Teachers | None = None):
+  """(M [S, H, B, S] mixing weights, P [S, H, B, C] what the peers receive, O [S, H, B, C]
+  the clients' own outputs) of training step `step` (1-based, may be traced).
 
+  P[j, k] and O[j, k] are candidate j's softmax(z_j^{src(k)} / T) for head k.
+  The senders' outputs are the live public ones or, with `teachers` (teachers
+  that lag), what the neighbours sent tau steps ago; P is them after
+  `compression.transmit` (what a peer decodes under `config.wire`; zeros for
+  heads or steps not sent, whose neighbour weights
+  `compression.neighbour_weights` drops). O is always live and never crosses
+  the wire: client i's own head k-1 (the candidate j = i, `include_self`) is
+  weighed by O[i]'s confidence and mixed as O[i] (`targets`; docs/dynamics.md).
   Only active clients learn, and only from senders that were active when they
-  computed what they sent (now, or, with `teachers`, when they sent it) and
-  are linked to them in this step's graph. Without `teachers` the candidates
-  are the live public outputs and `own` is None; with them, the neighbours'
-  candidates are `teachers` and a client's own-head candidate (include_self)
-  stays live: `own` [S, H, B, C] are its live probabilities (the client knows
-  its current outputs; docs/dynamics.md).
+  computed what they sent and are linked to them in this step's graph.
   """
   live = net.active_S.astype(jnp.float32)
   senders = live if teachers is None else teachers.sent_S.astype(jnp.float32)
   adjacency = net.adjacency_SxS * live[:, None] * senders[None, :]
-  weights_HxSxS = losses.candidate_weights(adjacency, public_logits_SxHxBxC.shape[1],
-                                           config.include_self)
-  probs = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
-  if teachers is None:
-    return losses.mixing_weights(probs, weights_HxSxS, config.target, rng, net.ids_S), probs, None
-  sent = losses.source_probs(jax.lax.stop_gradient(teachers.logits_SxHxBxC), config.temperature)
-  return losses.mixing_weights(sent, weights_HxSxS, config.target, rng, net.ids_S,
-                               own_NxHxBxC=probs), sent, probs
+  h = public_logits_SxHxBxC.shape[1]
+  weights_HxSxS = losses.candidate_weights(adjacency, h, config.include_self)
+  own = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
+  sender_logits = jax.lax.stop_gradient(
+      public_logits_SxHxBxC if teachers is None else teachers.logits_SxHxBxC)
+  spec = compression.config_spec(config)
+  if spec is None and teachers is None:
+    return losses.mixing_weights(own, weights_HxSxS, config.target, rng, net.ids_S), own, own
+  if spec is None:
+    got = losses.source_probs(sender_logits, config.temperature)
+  else:
+    sent = compression.transmit(jax.nn.softmax(sender_logits / config.temperature, axis=-1),
+                                spec, step)
+    got = sent[:, jnp.maximum(jnp.arange(h) - 1, 0)]  # receiver head k reads source src(k)
+    weights_HxSxS = compression.neighbour_weights(weights_HxSxS, spec, step)
+  m = losses.mixing_weights(got, weights_HxSxS, config.target, rng, net.ids_S, own_NxHxBxC=own)
+  return m, got, own
+
+
+def targets(mixing_SxHxBxS, received_SxHxBxC, own_SxHxBxC):
+  """T[i, k] = sum_{j != i} M[i, k, :, j] P[j, k] + M[i, k, :, i] O[i, k]: the neighbours'
+  outputs as received, the own head as it is.
+
+  Written as the full mixture of P plus M[i, k, :, i] (O[i, k] - P[i, k]), which is
+  exactly +0 when nothing is compressed, so full precision changes no bit.
+  """
+  t = losses.mix_targets(mixing_SxHxBxS, received_SxHxBxC)
+  if received_SxHxBxC is own_SxHxBxC:
+    return t
+  self_SxHxB = jnp.einsum('ikbi->ikb', mixing_SxHxBxS)
+  return t + self_SxHxB[..., None] * (own_SxHxBxC - received_SxHxBxC)
 
 
 def embedding_losses(mixing_SxHxBxS, embs, sizes, teacher_embs=None):
@@ -131,24 +160,32 @@ def client_terms(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, targets_HxBxC, h
 
 
 def terms(private_logits, labels, public_logits, embs, sizes, net: Network, config,
-          rng, teachers: Teachers | None = None) -> Metrics:
-  """Every stacked client's loss terms ([S] each) from its outputs this step.
+          rng, step=1, teachers: Teachers | None = None) -> Metrics:
+  """Every stacked client's loss terms ([S] each) from its outputs at step `step` (1-based).
 
   `private_logits`/`public_logits` are [S, H, B, C] over all groups, `labels`
   [S, B], `embs` the public embeddings per group, `sizes` the groups' sizes;
   the targets mix `teachers` (teachers that lag) or, by default, the live
   public outputs. The students' public outputs carry the gradient either way.
   """
-  m_SxHxBxS, probs, own = mixing(public_logits, net, config, rng, teachers)
-  targets = losses.mix_targets(m_SxHxBxS, probs, own)
+  m_SxHxBxS, received, own = mixing(public_logits, net, config, rng, step, teachers)
+  target_SxHxBxC = targets(m_SxHxBxS, received, own)
   has_target_SxH = m_SxHxBxS.sum(axis=(2, 3)) > 0
   teacher_embs = None if teachers is None else teachers.embs
   emb_S = (embedding_losses(m_SxHxBxS, embs, sizes, teacher_embs) if config.nu_emb
            else jnp.zeros(labels.shape[0], private_logits.dtype))
   return jax.vmap(lambda *a: client_terms(*a, config=config))(
-      private_logits, labels, public_logits, targets, has_target_SxH, emb_S)
+      private_logits, labels, public_logits, target_SxHxBxC, has_target_SxH, emb_S)
 
 
-def total_loss(metrics: Metrics, net: Network):
-  """The sum of the active clients' losses: what the step differentiates."""
-  return jnp.where(net.active_S, metrics.loss, 0.0).sum()
+def total_loss(metrics: Metrics, net: Network, public_only=None):
+  """The sum of the active clients' losses: what the step differentiates.
+
+  `public_only` (a config): the distillation terms only, nu_main KD_main +
+  nu_aux KD_aux + nu_emb emb, without the private CE (DP-SGD takes its
+  gradient apart, `privacy.private_grad`).
+  """
+  loss = metrics.loss if public_only is None else (
+      public_only.nu_main * metrics.kd_main + public_only.nu_aux * metrics.kd_aux
+      + public_only.nu_emb * metrics.emb)
+  return jnp.where(net.active_S, loss, 0.0).sum()

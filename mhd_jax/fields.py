@@ -8,6 +8,7 @@ each field means is documented in `configs/default.py`.
 import numpy as np
 
 from mhd_jax import compression
+from mhd_jax import resnet
 
 
 def is_int(x) -> bool:
@@ -92,6 +93,7 @@ FIELDS = {
     'model.dtype': (_STR, None, ''),
     'model.aux_backbone_grad': (_BOOL, None, ''),
     'model.fused_passes': (_BOOL, None, ''),
+    'model.norm': (_STR, lambda v: v in resnet.NORMS, ' or '.join(resnet.NORMS)),
     'optimizer.name': (_STR, None, ''),
     'optimizer.learning_rate': (_NUM, lambda v: not v < 0,
                                 '>= 0 (a negative rate is gradient ascent)'),

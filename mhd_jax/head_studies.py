@@ -21,6 +21,7 @@ SUPERVISED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1, 'num
 # The methods the studies compare (studies.py and network_studies.py read them from here).
 NAIVE = {'num_heads': 1}
 MHD = {'num_heads': 3}
+# The FedAvg baseline: weights averaged every 10 steps, no distillation.
 FEDAVG = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1, 'average_every': 10}
 # The issue's harsh setting: 10 clients, one class each.
 ONE_CLASS_EACH = {'num_clients': 10, 'skew': 1.0}

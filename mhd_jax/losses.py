@@ -78,8 +78,14 @@ def _random_choice(logw_NxHxN, rng, ids_N):
   return jnp.argmax(logw_NxHxN + jax.vmap(row)(ids_N), axis=-1)
 
 
-def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None, own_NxHxBxC=None):
+def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
+                   own_NxHxBxC=None):
   """M[i, k, b, j]: how much candidate j contributes to client i's head-k target on example b.
+
+  `own_NxHxBxC` (default `probs_NxHxBxC`): what client i holds of its own head
+  k-1, the candidate j = i; it differs from P[i] when P is what the peers
+  receive after compression (`compression.transmit`), which never carries a
+  client's outputs to itself.
 
   Rows sum to 1 where client i has a candidate for head k, else to 0. With
   conf[j, k, b] = max_c P[j, k, b, c] and "neighbours" the candidates j != i
@@ -97,9 +103,8 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None, own
       k-1 (whichever of the two exists gets weight 1): the own head keeps what
       walks shorter than k brought, the neighbour adds one more hop, and an
       own head sure of its own class (skew 1) cannot crowd the neighbour out.
-  `own_NxHxBxC`, when given, are the probabilities of the own-head candidates
-  (j = i) where they differ from `probs` (teachers that lag: the neighbours'
-  outputs are old, a client's own are live); see `mix_targets`.
+  (It also differs under teachers that lag: the neighbours' outputs are old, a
+  client's own are live; see `mix_targets`.)
   """
   n, h, b, _ = probs_NxHxBxC.shape
   w_NxHxN = jnp.transpose(weights_HxNxN, (1, 0, 2))
@@ -107,7 +112,7 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None, own
   cand_NxHxBxN = jnp.broadcast_to((w_NxHxN > 0)[:, :, None, :], (n, h, b, n))
   conf_NxHxBxN = jnp.broadcast_to(
       jnp.transpose(probs_NxHxBxC.max(-1), (1, 2, 0))[None], (n, h, b, n))
-  if own_NxHxBxC is not None:
+  if own_NxHxBxC is not None:  # the diagonal: the client's own, undecoded confidence
     conf_NxHxBxN = jnp.where(jnp.eye(n, dtype=bool)[:, None, None, :],
                              own_NxHxBxC.max(-1)[..., None], conf_NxHxBxN)
   neighbour_NxHxBxN = cand_NxHxBxN & ~jnp.eye(n, dtype=bool)[:, None, None, :]

@@ -126,6 +126,8 @@ def make_model(model_config, num_heads: int, num_classes: int) -> MultiHeadClass
   kwargs = {'width': model_config.width, 'dtype': jnp.dtype(model_config.dtype)}
   if name in ('mlp', 'cnn'):
     kwargs['depth'] = model_config.depth
+  if name.startswith('resnet'):
+    kwargs['norm'] = model_config.get('norm', 'batch')
   return MultiHeadClassifier(BACKBONES[name](**kwargs), num_heads, num_classes,
                              aux_backbone_grad=model_config.aux_backbone_grad,
                              fused_passes=model_config.get('fused_passes', False))

@@ -27,15 +27,9 @@ DP_BACKBONES = ('mlp', 'cnn')
 
 def supports_dp(model_config) -> bool:
   """Whether per-example gradients of this model (`config.model`, or a dict of its fields) are
-  per-example: no batch statistics.
-
-  Every ResNet here normalises with `resnet.BatchNorm` and has no norm choice.
-  A GroupNorm variant would qualify: `resnet.ResNet` takes its norm as the
-  `functools.partial(BatchNorm, ...)` it passes to each block, so a
-  `model.norm = 'group'` field could pass `nn.GroupNorm` there instead (no
-  batch statistics, no segments), and be listed here.
-  """
-  return model_config['name'] in DP_BACKBONES
+  per-example: no batch statistics (mlp, cnn, and the ResNets with `model.norm = 'group'`)."""
+  return (model_config['name'] in DP_BACKBONES
+          or model_config.get('norm', 'batch') == 'group')
 
 
 def _vmap_norms_B(losses_fn, params, x_BxF, y_B):
@@ -163,6 +157,16 @@ def client_epsilons(config, private_sizes, steps: int) -> list[float]:
   return [cache[int(n)] for n in private_sizes]
 
 
+ACCOUNTANT = 'dp_accounting 0.6 PLDAccountant, Poisson sampling q = batch_size / n_i'
+
+
+def summary_block(config) -> dict:
+  """summary.json's `dp` block: what the reported ε assumes."""
+  dp = config.dp
+  return {'delta': float(dp.delta), 'noise_multiplier': float(dp.noise_multiplier),
+          'clip_norm': float(dp.clip_norm), 'accountant': ACCOUNTANT}
+
+
 def config_problems(config) -> list[str]:
   """One line per DP choice the run cannot honour (ranges are checked in FIELDS)."""
   dp = config.dp
@@ -181,5 +185,6 @@ def config_problems(config) -> list[str]:
   for where, model in models:
     if not supports_dp(model):
       out.append(f'dp.enabled with {where}.name={model["name"]!r}: its BatchNorm mixes examples, '
-                 f'so per-example clipping bounds nothing; use {" or ".join(DP_BACKBONES)}.')
+                 f'so per-example clipping bounds nothing; use {" or ".join(DP_BACKBONES)}, '
+                 f"or {where}.norm='group'.")
   return out

@@ -128,3 +128,13 @@ def log_eval(step, acc, writer) -> None:
     scalars.update(writers.per_client(f'private_acc_head{k}', acc.private_NxH[:, k]))
     scalars.update(writers.per_client(f'shared_acc_head{k}', acc.shared_NxH[:, k]))
   writer.write_scalars(step, scalars)
+
+
+def log_privacy(step, epsilons_N, dp_block: dict, writer) -> None:
+  """ε of every client after `step` steps: the log line, a metrics.jsonl record and TensorBoard."""
+  eps = np.asarray(epsilons_N, np.float64)
+  logging.info('DP after %d steps: epsilon per client %s at delta %g (noise %g, clip %g; %s)',
+               step, np.round(eps, 3).tolist(), dp_block['delta'],
+               dp_block['noise_multiplier'], dp_block['clip_norm'], dp_block['accountant'])
+  writer.write_record({'step': step, 'dp': dict(dp_block, epsilon=eps.tolist())})
+  writer.write_scalars(step, writers.per_client('epsilon', eps))

@@ -6,6 +6,7 @@ presets have torchvision's exact parameter counts (11,689,512 and 21,797,672).
 """
 
 import functools
+import math
 from typing import Any, Sequence
 
 from flax import linen as nn
@@ -87,6 +88,27 @@ def _per_segment(fn, x, sizes):
           *(jnp.stack([o[k] for o in outs]) for k in range(1, len(outs[0]))))
 
 
+NORMS = ('batch', 'group')  # model.norm: the ResNets' normalisation
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm over gcd(32, C) groups of the C channels (32 for every width here >= 32).
+
+  No batch statistics: each example is normalised on its own, so examples never
+  interact and per-example gradients are per example (DP-SGD, privacy.py).
+  """
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.GroupNorm(num_groups=math.gcd(32, x.shape[-1]), epsilon=self.epsilon,
+                        dtype=self.dtype, param_dtype=self.param_dtype,
+                        scale_init=self.scale_init)(x)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs with a residual; a 1x1 conv + BN projection on shape change.
 
@@ -97,6 +119,7 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
   strides: int = 1
   zero_init_last_bn: bool = False
+  norm: str = 'batch'
 
   @nn.compact
   def __call__(self, x):
@@ -134,6 +157,8 @@ class ResNet(nn.Module):
     zero_init_last_bn: init the scale of each block's last BN to zero, so each
       block starts as identity (Goyal et al. 2017); torchvision's
       `zero_init_residual`. Off by default, like torchvision.
+    norm: 'batch' (BatchNorm, `segments` honoured) or 'group' (`GroupNorm`: no
+      batch statistics, `segments` has nothing to separate; DP-SGD needs it).
   """
   stage_sizes: Sequence[int]
   stem: str = 'imagenet'
@@ -141,6 +166,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   zero_init_last_bn: bool = False
+  norm: str = 'batch'
 
   @nn.compact
   def __call__(self, x, train: bool, segments: tuple[int, ...] | None = None):
@@ -149,9 +175,15 @@ class ResNet(nn.Module):
           f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    norm = functools.partial(BatchNorm, use_running_average=not train, segments=segments,
-                             momentum=self.bn_momentum, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    if self.norm not in NORMS:
+      raise ValueError(f'ResNet norm must be one of {", ".join(NORMS)}, got {self.norm!r}.')
+    if self.norm == 'group':
+      norm = functools.partial(GroupNorm, epsilon=1e-5, dtype=self.dtype,
+                               param_dtype=jnp.float32)
+    else:
+      norm = functools.partial(BatchNorm, use_running_average=not train, segments=segments,
+                               momentum=self.bn_momentum, epsilon=1e-5,
+                               dtype=self.dtype, param_dtype=jnp.float32)
 
     if self.stem == 'imagenet':
       x = conv(self.width, (7, 7), 2, padding=((3, 3), (3, 3)),

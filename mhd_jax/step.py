@@ -30,6 +30,7 @@ from mhd_jax import clients
 from mhd_jax import distill
 from mhd_jax import lag
 from mhd_jax import models
+from mhd_jax import privacy
 from mhd_jax import state as state_lib
 
 
@@ -108,15 +109,46 @@ def private_batches(batch, specs):
                for a, s in zip(firsts, specs))
 
 
-def _loss(params, state, private, public, net, rng, specs, config, for_each, teachers):
+def _loss(params, state, private, public, net, rng, specs, config, for_each, step, teachers,
+          dp=False):
+  """The active clients' summed loss (without the private CE under `dp`: `_private_grads`
+  gives its gradient) and (metrics, batch statistics)."""
   outs = [for_each(functools.partial(client_outputs, spec.model), in_axes=(0, 0, 0, None))(
       params[g], state.groups[g].batch_stats, private[g]['image'], public)
           for g, spec in enumerate(specs)]
   metrics = distill.terms(
       jnp.concatenate([o[0] for o in outs]), jnp.concatenate([p['label'] for p in private]),
       jnp.concatenate([o[1] for o in outs]), [o[2] for o in outs],
-      [s.num_clients for s in specs], net, config, rng, teachers)
-  return distill.total_loss(metrics, net), (metrics, tuple(o[3] for o in outs))
+      [s.num_clients for s in specs], net, config, rng, step, teachers)
+  loss = distill.total_loss(metrics, net, config if dp else None)
+  return loss, (metrics, tuple(o[3] for o in outs))
+
+
+def per_example_ce(model, params, x_BxF, y_B):
+  """[B] cross-entropy of head 0 on each private example (a model without batch statistics)."""
+  logits_HxBxC, _, _ = models.forward(model, params, {}, x_BxF, train=True)
+  logp_BxC = jax.nn.log_softmax(logits_HxBxC[0])
+  return -jnp.take_along_axis(logp_BxC, y_B[:, None], axis=1)[:, 0]
+
+
+def _private_grads(params, private, net, rng, specs, dp_config, for_each):
+  """Per group, every client's DP-SGD gradient of its private CE (`privacy.private_grad`).
+
+  Client i's noise key is fold_in(rng', id_i), rng' a key split off the step's
+  key: it depends on the client's id only, never on another client's data or
+  on how many clients are stacked beside it.
+  """
+  dp_rng = jax.random.split(rng)[1]  # a stream apart from the target draws' fold_in(rng, id)
+  keys_S = jax.vmap(lambda i: jax.random.fold_in(dp_rng, i))(net.ids_S)
+  out = []
+  for g, (spec, first) in enumerate(zip(specs, state_lib.offsets(specs))):
+    fn = lambda p, x, y, key, model=spec.model: privacy.private_grad(
+        functools.partial(per_example_ce, model), p, x, y, dp_config.clip_norm,
+        dp_config.noise_multiplier, key)
+    out.append(for_each(fn, in_axes=(0, 0, 0, 0))(
+        params[g], private[g]['image'], private[g]['label'],
+        keys_S[first:first + spec.num_clients]))
+  return tuple(out)
 
 
 def _update(tx, params, grads, opt_state):
@@ -143,7 +175,9 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
     net: this step's `distill.Network` over the S clients. Inactive clients
       teach nobody, and their state comes back unchanged.
     specs: the groups (models, optimizers, sizes S_g).
-    config: reads nu_main, nu_aux, nu_emb, temperature, target, include_self.
+    config: reads nu_main, nu_aux, nu_emb, temperature, target, include_self, and where
+      present wire (`compression.WireSpec`) and dp (DP-SGD on the private CE: its
+      gradient is `privacy.private_grad`'s, the distillation terms' is added as is).
     for_each: `(fn, in_axes) -> fn over clients` (`clients.for_each_client`).
   """
   rng = jax.random.fold_in(rng, state.step)
@@ -153,9 +187,13 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
   if state.lag is not None:
     teachers, buffers = lagged_teachers(state, batch['public_ahead']['image'], net, specs, config,
                                         for_each)
+  dp = config.get('dp') is not None and bool(config.dp.enabled)
   grads, (metrics, new_stats) = jax.grad(_loss, has_aux=True)(
       params, state, private, batch['public']['image'], net, rng, specs, config, for_each,
-      teachers)
+      state.step + 1, teachers, dp)
+  if dp:  # public terms' gradient + each client's DP-SGD gradient of its private CE
+    grads = jax.tree.map(jnp.add, grads,
+                         _private_grads(params, private, net, rng, specs, config.dp, for_each))
   groups = []
   for g, (spec, first) in enumerate(zip(specs, state_lib.offsets(specs))):
     # The optimizer is elementwise per client: vmap is the fast form on every backend.

@@ -31,6 +31,7 @@ from mhd_jax import network_studies
 from mhd_jax import study_metrics
 from mhd_jax import study_runs
 from mhd_jax import topology as topology_lib
+from mhd_jax import wire_studies
 from mhd_jax import workdir as wd
 
 ISOLATED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1,
@@ -41,7 +42,7 @@ MHD = head_studies.MHD
 # embeddings of different networks, which collapsed this variant (83.2 +- 3.9 shared, README):
 # embeddings are distilled from the single most confident source.
 MHD_EMB = {'num_heads': 3, 'nu_emb': 1.0, 'target': 'most_confident'}
-FEDAVG = head_studies.FEDAVG
+FEDAVG = head_studies.FEDAVG  # FedAvg every 10 steps, no distillation
 SUPERVISED = head_studies.SUPERVISED  # one model, labels of the union of the private data
 # Small and large clients for the `models` study when the base config has no two groups.
 SMALL = {'name': 'mlp', 'width': 32, 'depth': 1}
@@ -267,7 +268,9 @@ STUDIES: dict[str, Callable] = {'heterogeneity': heterogeneity, 'heads': heads,
                                 'topology': topology, 'models': models, 'methods': methods,
                                 'hops': head_studies.hops, 'efficiency': head_studies.efficiency,
                                 'recipes': head_studies.recipes,
-                                'dynamics': network_studies.dynamics}
+                                'dynamics': network_studies.dynamics,
+                                'communication': wire_studies.communication,
+                                'privacy': wire_studies.privacy}
 # Seeds per study when --seeds is not given: sized so the main tables fit in 40 min
 # on 2 cores (README, "When do auxiliary heads help?").
 DEFAULT_SEEDS = {'hops': 8, 'efficiency': 4, 'recipes': 4}

@@ -35,6 +35,7 @@ from mhd_jax import graph_schedule
 from mhd_jax import groups as groups_lib
 from mhd_jax import layout as layout_lib
 from mhd_jax import participation
+from mhd_jax import privacy
 from mhd_jax import programs
 from mhd_jax import progress
 from mhd_jax import report
@@ -166,6 +167,7 @@ class _Run:
   dynamics: tuple
   sent: np.ndarray
   fedavg: np.ndarray
+  epsilons: list | None = None  # DP runs: each client's ε at the end (`_epsilons`)
 
 
 def _prepare(config, workdir, adjacency, layout, data, lead):
@@ -209,6 +211,15 @@ def _average(state, dynamics, step, average_real, layout):
   net = programs.network_at(dynamics, step)
   return layout.pad_state(average_real(layout.unpad_state(state), net.adjacency_SxS,
                                        net.active_S))
+
+
+def _epsilons(config, data):
+  """Each client's ε after num_steps steps (PLD; seconds per distinct client size), or None
+  without DP."""
+  if not (config.get('dp') and config.dp.enabled):
+    return None
+  sizes = [len(idx) for idx in data.partition.client_indices]
+  return privacy.client_epsilons(config, sizes, config.num_steps)
 
 
 def _step_rng(config):
@@ -257,6 +268,9 @@ def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall)
         if stop and not last:
           mngr.wait_until_finished()
           raise safety.Preempted(step)
+    run.epsilons = _epsilons(config, data) if run.start_step < config.num_steps else None
+    if run.epsilons is not None:
+      progress.log_privacy(config.num_steps, run.epsilons, privacy.summary_block(config), writer)
   finally:
     profiler.close()
     mngr.wait_until_finished()
@@ -285,7 +299,11 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     acc = evaluate.accuracies(run.predict, run.state, data.eval_batches(), primary)
   steps_N = participation.steps_taken(run.dynamics[1], 1, config.num_steps)
   logging.info('final accuracies (%%):\n%s', progress.client_table(acc, steps_N))
-  summary = wd.Summary.create(config, acc, run.sent, run.fedavg, wall(), steps_N)
+  if run.epsilons is None:  # resumed from the final checkpoint (or no DP)
+    run.epsilons = _epsilons(config, data)
+  summary = wd.Summary.create(
+      config, acc, run.sent, run.fedavg, wall(), steps_N, run.epsilons,
+      privacy.summary_block(config) if run.epsilons is not None else None)
   if lead:
     wd.write_summary(workdir, summary)
     wd.write_per_class(workdir, wd.PerClass(acc.correct_NxHxC, acc.count_C, primary))

@@ -80,21 +80,26 @@ def finished(workdir: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ClientSummary:
-  """One client's final accuracies (fractions, one per head) and bytes it sends per step."""
+  """One client's final accuracies (fractions, one per head), bytes it sends per step, and
+  under DP its ε at the run's δ (None, and absent from the JSON, without DP)."""
   id: int
   private_acc: list[float]
   shared_acc: list[float]
   bytes_sent_per_step: int
   steps_taken: int | None = None  # steps it took part in (None in summaries from before)
+  epsilon: float | None = None  # under DP: its ε at the run's δ
 
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
   """summary.json: the run's final accuracies (fractions, one per head) and communication.
 
-  `mean_*_acc` average over clients; `bytes_sent_per_step` counts all clients;
-  `fedavg_bytes_per_round` is what FedAvg would send for the same models (0
-  in summaries written before it was recorded).
+  `mean_*_acc` average over clients; `bytes_sent_per_step` counts all clients
+  (the encoded bytes under `config.wire`); `fedavg_bytes_per_round` is what
+  FedAvg would send for the same models (0 in summaries written before it was
+  recorded). `dp` (DP runs only, else None and absent from the JSON):
+  {'delta', 'noise_multiplier', 'clip_norm', 'accountant'}, each client's ε in
+  `clients[i].epsilon`.
   """
   num_clients: int
   num_heads: int
@@ -105,31 +110,36 @@ class Summary:
   clients: list[ClientSummary]
   bytes_sent_per_step: int
   fedavg_bytes_per_round: int = 0
+  dp: dict | None = None
 
   @classmethod
-  def create(cls, config, acc, sent_N, fedavg_N, wall_seconds: float,
-             steps_N=None) -> 'Summary':
-    """From the final `evaluate.Accuracies`, the bytes each client sends (step, round) and the
-    steps each took part in."""
+  def create(cls, config, acc, sent_N, fedavg_N, wall_seconds: float, steps_N=None,
+             epsilons_N=None, dp: dict | None = None) -> 'Summary':
+    """From the final `evaluate.Accuracies`, the bytes each client sends (step, round), the
+    steps each took part in, and under DP each client's ε and the `dp` block."""
     steps = [None] * config.num_clients if steps_N is None else [int(t) for t in steps_N]
+    eps = [None] * config.num_clients if epsilons_N is None else [float(e) for e in epsilons_N]
     return cls(
         num_clients=config.num_clients, num_heads=config.num_heads, steps=config.num_steps,
         wall_seconds=wall_seconds,
         mean_private_acc=acc.private_NxH.mean(0).tolist(),
         mean_shared_acc=acc.shared_NxH.mean(0).tolist(),
         clients=[ClientSummary(i, acc.private_NxH[i].tolist(), acc.shared_NxH[i].tolist(),
-                               int(round(sent_N[i])), steps[i])
+                               int(round(sent_N[i])), steps[i], eps[i])
                  for i in range(config.num_clients)],
         bytes_sent_per_step=int(round(sent_N.sum())),
-        fedavg_bytes_per_round=int(fedavg_N.sum()))
+        fedavg_bytes_per_round=int(fedavg_N.sum()), dp=dp)
 
   def to_json(self) -> dict:
     """The JSON object of summary.json (its keys in this order; optional fields that are None,
-    as in summaries written before they existed, are left out)."""
+    as in summaries written before they existed or without DP, are left out)."""
     out = dataclasses.asdict(self)
+    if self.dp is None:
+      del out['dp']
     for c in out['clients']:
-      if c['steps_taken'] is None:
-        del c['steps_taken']
+      for key in ('steps_taken', 'epsilon'):
+        if c[key] is None:
+          del c[key]
     return out
 
   @classmethod

@@ -51,6 +51,8 @@ def test_dp_overhead_quick():
   assert row['ratio_dp_vs_plain'] == pytest.approx(row['dp_step_ms'] / row['plain_step_ms'],
                                                    rel=2e-3, abs=1e-3)
   assert row['plain_step_ms'] > 0 and row['dp_step_ms'] > 0
+  assert row['ratio_full_dp_vs_plain'] == pytest.approx(
+      row['full_dp_step_ms'] / row['full_plain_step_ms'], rel=2e-3, abs=1e-3)
 
 
 def _accelerator():

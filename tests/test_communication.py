@@ -4,9 +4,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
+from configs import default
 from mhd_jax import communication
+from mhd_jax import compression
+from mhd_jax import groups
 from mhd_jax import models
+from mhd_jax import state as state_lib
 from mhd_jax import topology
 
 
@@ -43,3 +48,30 @@ def test_fedavg_moves_two_copies_of_the_parameters():
   num_params = 16 * 5 + 5 + 2 * (5 * 3 + 3)  # backbone Dense + two heads
   assert communication.param_bytes(params) == 4 * num_params
   assert communication.fedavg_bytes_per_round(params) == 8 * num_params
+
+
+def _encoded_nbytes(spec, b, c):
+  """Bytes of the arrays `compression.encode` makes for one head's [B, C] block."""
+  probs = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (1, b, c)))
+  return sum(a.nbytes for a in compression.encode(probs, spec) if a is not None)
+
+
+@pytest.mark.parametrize('wire', [dict(), dict(topk=3, bits=4), dict(topk=1, bits=8),
+                                  dict(topk=3, bits=8, heads_sent=1, every=2)])
+def test_costs_count_the_encoded_arrays(wire):
+  """Complete graph of 3, 3 heads, default rule: each client's heads 0 and 1 go to 2 peers, on
+  the steps they are sent; each block is exactly the encoded arrays' bytes."""
+  config = default.get_config()
+  config.num_clients, config.data.public_batch_size = 3, 7
+  config.wire.update(wire)
+  spec = compression.WireSpec.from_config(config)
+  specs = groups.make_specs(config, 10)
+  state = state_lib.init_state(specs, (8, 8, 1), jax.random.PRNGKey(0))
+  sent, fedavg = communication.costs(specs, state, topology.complete(3), (8, 8, 1), config)
+  block = _encoded_nbytes(spec, 7, 10)
+  heads = min(spec.heads_sent or 2, 2)  # source heads 0..H-2 are read
+  np.testing.assert_allclose(sent, [2 * heads * block / spec.every] * 3)
+  if not wire:  # full precision: the float32 outputs, as before compression existed
+    assert block == 7 * 10 * 4
+  assert fedavg[0] == communication.fedavg_bytes_per_round(
+      jax.tree.map(lambda x: x[0], state.groups[0].params))

@@ -58,6 +58,8 @@ BAD = {
                          'dp.clip_norm=inf bounds no gradient'),
     'dp with batchnorm': ('default', {'dp.enabled': True, 'model.name': 'resnet18_cifar'}, 1,
                           "dp.enabled with model.name='resnet18_cifar': its BatchNorm mixes"),
+    'unknown norm': ('default', {'model.norm': 'layer'}, 1,
+                     "config.model.norm must be batch or group, got 'layer'."),
 }
 # What launch.py prints for two of them, in its own process: exit status 2, one line, no
 # traceback (the others take the same path: `ConfigError` from `train_and_evaluate`).

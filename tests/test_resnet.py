@@ -133,3 +133,28 @@ def test_unknown_stem_raises():
   with pytest.raises(ValueError, match='stem'):
     resnet.ResNet(stage_sizes=(1,), stem='vit').init(
         jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+
+
+def test_group_norm_resnet_keeps_examples_apart_and_allows_dp():
+  """model.norm='group': no batch statistics, each example's outputs its own; DP accepted."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from mhd_jax import config_check  # pylint: disable=g-import-not-at-top
+  from mhd_jax import privacy  # pylint: disable=g-import-not-at-top
+  model = resnet.ResNet18Cifar(width=4, norm='group')
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3))  # 2x2 left at the last stage
+  variables = model.init(jax.random.PRNGKey(1), x, train=True)
+  assert set(variables) == {'params'}
+  out = model.apply(variables, x, train=True)
+  other = model.apply(variables, x.at[1:].set(0.0), train=True)
+  np.testing.assert_allclose(out[0], other[0], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(out[1], other[1])
+  batch = resnet.ResNet18Cifar(width=4)  # BatchNorm: example 0 moves with the others
+  v = batch.init(jax.random.PRNGKey(1), x, train=True)
+  a = batch.apply(v, x, train=True, mutable=['batch_stats'])[0]
+  b = batch.apply(v, x.at[1:].set(0.0), train=True, mutable=['batch_stats'])[0]
+  assert not np.allclose(a[0], b[0], atol=1e-4)
+  config = default.get_config()
+  config.model.name, config.model.norm, config.dp.enabled = 'resnet18_cifar', 'group', True
+  assert privacy.supports_dp(config.model) and not privacy.config_problems(config)
+  config.model.norm = 'batch'
+  assert privacy.config_problems(config)

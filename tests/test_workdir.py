@@ -92,3 +92,14 @@ def test_a_resumed_writer_keeps_records_up_to_its_step_and_writes_no_second_hpar
   acc = plugin_event_accumulator.EventAccumulator(wd.path(workdir, wd.TENSORBOARD))
   acc.Reload()
   assert len(acc.Tensors('_hparams_/session_start_info')) == 1
+
+
+def test_a_dp_summary_round_trips_and_an_old_one_has_no_epsilon(tmp_path):
+  assert wd.Summary.from_json(OLD_SUMMARY).clients[0].epsilon is None
+  dp = dict(OLD_SUMMARY, dp={'delta': 1e-5, 'noise_multiplier': 1.0, 'clip_norm': 1.0,
+                             'accountant': 'pld'},
+            clients=[dict(c, epsilon=3.5 + c['id']) for c in OLD_SUMMARY['clients']])
+  summary = wd.Summary.from_json(dp)
+  assert summary.clients[1].epsilon == 4.5 and summary.dp['delta'] == 1e-5
+  assert summary.to_json() == dp
+  assert wd.Summary.from_json(OLD_SUMMARY).to_json() == OLD_SUMMARY
