@@ -104,7 +104,7 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
       walks shorter than k brought, the neighbour adds one more hop, and an
       own head sure of its own class (skew 1) cannot crowd the neighbour out.
   (It also differs under teachers that lag: the neighbours' outputs are old, a
-  client's own are live; see `mix_targets`.)
+  client's own are live; see `distill.targets`.)
   """
   n, h, b, _ = probs_NxHxBxC.shape
   w_NxHxN = jnp.transpose(weights_HxNxN, (1, 0, 2))
@@ -139,18 +139,10 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
   raise ValueError(f'unknown target rule {rule!r}; choose one of {", ".join(TARGET_RULES)}.')
 
 
-def mix_targets(mixing_NxHxBxN, probs_NxHxBxC, own_NxHxBxC=None):
-  """Target distributions T[i, k, b] = sum_j M[i, k, b, j] P[j, k, b].
-
-  With `own_NxHxBxC`, candidate j = i contributes own[i, k, b] instead of P[i, k, b].
-  """
-  if own_NxHxBxC is None:
-    return jnp.einsum('ikbj,jkbc->ikbc', mixing_NxHxBxN, probs_NxHxBxC, precision=_HIGHEST)
-  n = mixing_NxHxBxN.shape[0]
-  diag_NxHxB = mixing_NxHxBxN[jnp.arange(n), :, :, jnp.arange(n)]
-  others = mixing_NxHxBxN * ~jnp.eye(n, dtype=bool)[:, None, None, :]
-  return (jnp.einsum('ikbj,jkbc->ikbc', others, probs_NxHxBxC, precision=_HIGHEST)
-          + diag_NxHxB[..., None] * own_NxHxBxC)
+def mix_targets(mixing_NxHxBxN, probs_NxHxBxC):
+  """Target distributions T[i, k, b] = sum_j M[i, k, b, j] P[j, k, b] (with own heads that
+  differ from P: `distill.targets`)."""
+  return jnp.einsum('ikbj,jkbc->ikbc', mixing_NxHxBxN, probs_NxHxBxC, precision=_HIGHEST)
 
 
 def mix_embeddings(mixing_NxBxN, emb_NxBxD):

@@ -7,6 +7,7 @@ import pytest
 
 from mhd_jax import checkpoint
 from mhd_jax import data as data_lib
+from mhd_jax import distill
 from mhd_jax import layout as layout_lib
 from mhd_jax import losses
 from mhd_jax import programs
@@ -208,7 +209,7 @@ def test_own_head_candidate_is_live_under_every_rule(rule):
   weights = losses.candidate_weights(adjacency, h, include_self=True)
   key = jax.random.PRNGKey(3)
   m = losses.mixing_weights(probs, weights, rule, key, own_NxHxBxC=own)
-  targets = losses.mix_targets(m, probs, own)
+  targets = distill.targets(m, probs, own)
   for i in range(n):
     mine = probs.at[i].set(own[i])
     m_i = losses.mixing_weights(mine, weights, rule, key)
