@@ -17,9 +17,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from mhd_jax import config_check
-from mhd_jax import safety
-from mhd_jax import train
+from mhd_jax.run import config_check
+from mhd_jax.run import safety
+from mhd_jax.run import train
 
 
 def _flags(argv=None):

@@ -17,7 +17,7 @@ alternate with one window of stacked steps of the same count; `step_ms` and
 `single_step_ms` are medians over `--repeats` windows (each ended by
 `block_until_ready`), `ratio_vs_n_single` is the median over rounds of
 stacked / (N x single). N = 1 is the single-client program itself (ratio 1).
-`auto` does what a run does (`mhd_jax.autotune.fastest`): it times its
+`auto` does what a run does (`mhd_jax.placement.autotune.fastest`): it times its
 compiled candidates (vmap, hybrid, loop) for `MEASURE_STEPS` steps each, and
 its row repeats the timed row of the strategy it chose (`chose`, with the
 milliseconds it measured, and `best_timed`: the fastest in the timed rows).
@@ -348,8 +348,8 @@ def measure_model(run, args, model, rows) -> bool:
   compiled).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from mhd_jax import clients  # pylint: disable=g-import-not-at-top
-  from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
+  from mhd_jax.placement import clients  # pylint: disable=g-import-not-at-top
+  from mhd_jax.population import groups as groups_lib  # pylint: disable=g-import-not-at-top
   config, image, classes = make_config(model)
   config.model.fused_passes = args.fused
   b, b_pub = config.data.batch_size, config.data.public_batch_size
@@ -458,7 +458,7 @@ def _auto_row(run, row, benches, measured) -> None:
   """`strategy='auto'` as a run does it: `autotune.fastest` over the compiled candidates
   (`MEASURE_STEPS` steps each), then the winner's timed row with the choice and the
   measured milliseconds; the candidates are released after."""
-  from mhd_jax import autotune  # pylint: disable=g-import-not-at-top
+  from mhd_jax.placement import autotune  # pylint: disable=g-import-not-at-top
   ok = {s: b for s, b in benches.items() if s in measured and not isinstance(b, Exception)}
   try:
     if ok:

@@ -34,7 +34,7 @@ DEFAULT_N = {'resnet18_cifar': '1,2,4,8,16,32', 'default': '1,2,4,8,16,32,64'}
 
 
 class AutoBench:
-  """`strategy='auto'` as a run does it (`mhd_jax.autotune`): compile each candidate, time
+  """`strategy='auto'` as a run does it (`mhd_jax.placement.autotune`): compile each candidate, time
   `config.strategy_measure_steps` steps of each, keep the fastest (no cache: always measures).
 
   `choose()` returns the winner's Bench, labelled 'auto'; its `compile_s` is the candidates'
@@ -43,8 +43,8 @@ class AutoBench:
   """
 
   def __init__(self, config, image, num_clients: int, devices: int):
-    from mhd_jax import autotune  # pylint: disable=g-import-not-at-top
-    from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax.placement import autotune  # pylint: disable=g-import-not-at-top
+    from mhd_jax.population import groups as groups_lib  # pylint: disable=g-import-not-at-top
     self.config, self.num_clients = config, num_clients
     auto = config.copy_and_resolve_references()
     auto.strategy = 'auto'
@@ -52,7 +52,7 @@ class AutoBench:
     self.candidates = [common.Bench(config, image, num_clients, s, devices) for s in strategies]
 
   def choose(self) -> common.Bench:
-    from mhd_jax import autotune  # pylint: disable=g-import-not-at-top
+    from mhd_jax.placement import autotune  # pylint: disable=g-import-not-at-top
     if len(self.candidates) == 1:  # nothing to measure (no convolutions): labelled as it runs
       return self.candidates[0]
     t = time.perf_counter()

@@ -139,10 +139,10 @@ class Bench:
                adjacency=None, num_classes: int = 10, batch=None):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from mhd_jax import clients  # pylint: disable=g-import-not-at-top
-    from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
-    from mhd_jax import state as state_lib  # pylint: disable=g-import-not-at-top
-    from mhd_jax import layout as layout_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax.placement import clients  # pylint: disable=g-import-not-at-top
+    from mhd_jax.population import groups as groups_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax.population import state as state_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax.placement import layout as layout_lib  # pylint: disable=g-import-not-at-top
     self.jax = jax
     config = config.copy_and_resolve_references()
     config.num_clients = self.num_clients = num_clients
@@ -188,7 +188,7 @@ class Bench:
   def make_step(self, specs, adjacency, config, layout):
     """The run's step program (`programs.train_step`) as `(state, batch, rng) -> (state, metrics)`."""
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from mhd_jax import programs  # pylint: disable=g-import-not-at-top
+    from mhd_jax.run import programs  # pylint: disable=g-import-not-at-top
     step = programs.train_step(layout, specs, config, self.strategy)
     net, first_bad = programs.static_dynamics(adjacency), np.zeros(len(adjacency), np.int32)
     return self.jax.jit(lambda state, batch, rng: step(state, batch, rng, first_bad, net)[:2],

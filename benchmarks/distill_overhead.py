@@ -30,9 +30,9 @@ class PrivateOnly(common.Bench):
     import jax  # pylint: disable=g-import-not-at-top
     from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
-    from mhd_jax import losses  # pylint: disable=g-import-not-at-top
-    from mhd_jax import clients  # pylint: disable=g-import-not-at-top
-    from mhd_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+    from mhd_jax.algorithm import losses  # pylint: disable=g-import-not-at-top
+    from mhd_jax.placement import clients  # pylint: disable=g-import-not-at-top
+    from mhd_jax.population import state as state_lib  # pylint: disable=g-import-not-at-top
     from mhd_jax import models  # pylint: disable=g-import-not-at-top
     del adjacency, config
     (spec,) = layout.padded_specs(specs)

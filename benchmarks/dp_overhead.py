@@ -47,8 +47,8 @@ class PrivateGradStep(common.Bench):
   def make_step(self, specs, adjacency, config, layout):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from mhd_jax import losses  # pylint: disable=g-import-not-at-top
-    from mhd_jax import privacy  # pylint: disable=g-import-not-at-top
+    from mhd_jax.algorithm import losses  # pylint: disable=g-import-not-at-top
+    from mhd_jax.wire import privacy  # pylint: disable=g-import-not-at-top
     del adjacency, layout
     (spec,) = specs
     dp, clip = self.dp, config.dp.clip_norm

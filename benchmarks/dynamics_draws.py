@@ -28,8 +28,8 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  from mhd_jax import graph_schedule  # pylint: disable=g-import-not-at-top
-  from mhd_jax import participation  # pylint: disable=g-import-not-at-top
+  from mhd_jax.network import graph_schedule  # pylint: disable=g-import-not-at-top
+  from mhd_jax.network import participation  # pylint: disable=g-import-not-at-top
 
   common.emit(common.machine())
   sizes = [8] if args.quick else [int(n) for n in args.clients.split(',')]

@@ -45,9 +45,9 @@ class DynamicBench(common.Bench):
 
   def make_step(self, specs, adjacency, config, layout):
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from mhd_jax import graph_schedule  # pylint: disable=g-import-not-at-top
-    from mhd_jax import participation  # pylint: disable=g-import-not-at-top
-    from mhd_jax import programs  # pylint: disable=g-import-not-at-top
+    from mhd_jax.network import graph_schedule  # pylint: disable=g-import-not-at-top
+    from mhd_jax.network import participation  # pylint: disable=g-import-not-at-top
+    from mhd_jax.run import programs  # pylint: disable=g-import-not-at-top
     del adjacency  # the config's topology, through its schedule
     if self.tau:  # Bench lowers with self.state after this returns: give it its lag buffers
       publics = np.stack([np.asarray(self.batch['public']['image'])] * self.tau)

@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grid_rows = 0            # topology = 'torus': grid rows, dividing num_clients (0 = squarest)
   c.radius = 0.5             # topology = 'random_geometric': link length in the unit square
 
-  # A network that changes with the step (mhd_jax/graph_schedule.py, participation.py, lag.py,
+  # A network that changes with the step (mhd_jax/network/graph_schedule.py, participation.py, lag.py,
   # docs/dynamics.md). Every draw depends only on (seed, step): a resume is exact. The defaults
   # are the paper's setting: the fixed graph, every client every step, no lag.
   c.dynamics = ml_collections.ConfigDict()
@@ -151,7 +151,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.grad_clip = 0.0  # global-norm clip per client; 0 = off
 
   # What each client sends (its softmax outputs on the public batch) and how it is encoded;
-  # the options compose (mhd_jax/compression.py). Defaults send everything as float32.
+  # the options compose (mhd_jax/wire/compression.py). Defaults send everything as float32.
   c.wire = ml_collections.ConfigDict()
   c.wire.topk = 0            # classes sent per example: the k largest with their ids (the
                              # receiver spreads the rest evenly); 0 = all C
@@ -160,7 +160,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              # a later one get no neighbour target); 0 = all
   c.wire.every = 1           # outputs are sent on every r-th step only (none in between)
 
-  # DP-SGD on each client's private term (mhd_jax/privacy.py, docs/privacy.md): per-example
+  # DP-SGD on each client's private term (mhd_jax/wire/privacy.py, docs/privacy.md): per-example
   # clipping and Gaussian noise; ε per client at dp.delta, by the PLD accountant, assuming
   # Poisson sampling with q = data.batch_size / (the client's private examples).
   c.dp = ml_collections.ConfigDict()

@@ -15,7 +15,7 @@ import pytest
 
 from configs import default
 from mhd_jax import models
-from mhd_jax import train
+from mhd_jax.run import train
 
 # The partitionable threefry PRNG (JAX's default) compiles random initialisers
 # several times more slowly on CPU (ResNet-18 init: 12 s vs 3.5 s). The tests
@@ -98,7 +98,8 @@ def hand_accuracies(workdir):
   """([N, H] private, [N, H] shared) accuracy of a finished digits run, recomputed without
   `evaluate.py`: the final checkpoint's logits on the raw test split, argmax against the
   labels; private accuracy over the test examples of the client's class block."""
-  from mhd_jax import explore, partition  # pylint: disable=g-import-not-at-top
+  from mhd_jax.outputs import explore
+  from mhd_jax.data import partition  # pylint: disable=g-import-not-at-top
   from mhd_jax.data import digits  # pylint: disable=g-import-not-at-top
   run = explore.load(workdir)
   c = run.config

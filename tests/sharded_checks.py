@@ -21,13 +21,13 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import layout as layout_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import programs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mhd_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.algorithm import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.algorithm import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.placement import layout as layout_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.population import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.run import programs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.run import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests import test_step as ts  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 (fake) devices')
@@ -119,7 +119,7 @@ def test_each_device_holds_and_runs_only_its_clients():
   hlo = step.lower(state, layout.place_batch(ts.make_batch(0, n=n)), jax.random.PRNGKey(7),
                    np.zeros(n, np.int32), programs.static_dynamics(complete(n))).compile().as_text()
   specs2 = ts.make_specs('cnn', n=2)
-  single = jax.jit(step_lib.make_train_step(specs2, complete(2), config, strategy)).lower(
+  single = jax.jit(programs.make_train_step(specs2, complete(2), config, strategy)).lower(
       state_lib.init_state(specs2, ts.IMAGE, jax.random.PRNGKey(0)), ts.make_batch(0, n=2),
       jax.random.PRNGKey(7)).compile().as_text()
   assert hlo.count(' convolution(') == single.count(' convolution(') > 0

@@ -76,26 +76,87 @@ def test_no_import_cycle():
   assert cycle is None, ' -> '.join(cycle)
 
 
+PACKAGES = ('models', 'population', 'network', 'wire', 'algorithm', 'placement', 'data',
+            'outputs', 'run', 'studies')
+
+
+def package_of(module: str) -> str:
+  """'mhd_jax.algorithm.step' -> 'algorithm'; top-level modules ('mhd_jax.config_base') -> ''."""
+  parts = module.split('.')
+  return parts[1] if len(parts) > 2 or module.removeprefix('mhd_jax.') in PACKAGES else ''
+
+
+def allowed_imports() -> dict[str, set[str]]:
+  """{package: the packages it may import}, read from the 'May import:' line of each
+  package's docstring (the rule is stated once, where a reader of the package sees it)."""
+  rules = {}
+  for package in PACKAGES:
+    doc = ast.get_docstring(ast.parse(open(os.path.join(PACKAGE, package, '__init__.py')).read()))
+    line = ' '.join(doc.split()).split('May import: ')[1].split('.')[0]
+    rules[package] = ({p.strip().strip('`') for p in line.split(',')} & set(PACKAGES)
+                      if not line.startswith('nothing of mhd_jax') else set())
+  return rules
+
+
+def package_violations(graph, rules) -> list[str]:
+  """Every import from a package into one its docstring does not allow (config_base, the
+  shared leaf, and the top-level package are open to all)."""
+  return [f'{m} imports {d}' for m, deps in sorted(graph.items()) for d in sorted(deps)
+          if package_of(m) and package_of(d) and package_of(d) != package_of(m)
+          and package_of(d) not in rules[package_of(m)]]
+
+
+def test_every_module_lives_in_a_package():
+  assert {m for m in imports() if not package_of(m)} == {'mhd_jax', 'mhd_jax.config_base'}
+
+
+def test_packages_import_only_what_their_docstring_allows():
+  assert not package_violations(imports(), allowed_imports())
+
+
+def test_package_rules_are_layered():
+  """The rules themselves: the algorithm knows no placement or run, placement no run, and
+  the allowed imports form no cycle between packages."""
+  rules = allowed_imports()
+  assert not rules['algorithm'] & {'placement', 'run', 'outputs', 'studies', 'data'}
+  assert not rules['placement'] & {'run', 'outputs', 'studies'}
+  assert not rules['models'] and not rules['network']
+  assert _cycle(rules) is None
+
+
 def test_placement_and_the_algorithm_stay_apart():
   graph = imports()
   # The layout places clients; it knows nothing of the step or of evaluation.
-  assert not _reaches(graph, 'mhd_jax.layout') & {'mhd_jax.step', 'mhd_jax.evaluate',
-                                                   'mhd_jax.programs', 'mhd_jax.train'}
-  # The step and the distillation know nothing of meshes, padding or the run.
-  for module in ('mhd_jax.step', 'mhd_jax.distill', 'mhd_jax.losses'):
-    assert not _reaches(graph, module) & {'mhd_jax.layout', 'mhd_jax.programs', 'mhd_jax.train',
-                                          'mhd_jax.checkpoint'}, module
+  assert not _reaches(graph, 'mhd_jax.placement.layout') & {
+      'mhd_jax.algorithm.step', 'mhd_jax.algorithm.evaluate', 'mhd_jax.run.programs',
+      'mhd_jax.run.train'}
   # Low-level modules do not reach up to the config checks.
-  for module in ('mhd_jax.checkpoint', 'mhd_jax.state', 'mhd_jax.clients'):
-    assert 'mhd_jax.config_check' not in _reaches(graph, module), module
+  for module in ('mhd_jax.outputs.checkpoint', 'mhd_jax.population.state',
+                 'mhd_jax.placement.clients'):
+    assert 'mhd_jax.run.config_check' not in _reaches(graph, module), module
 
 
 def test_the_import_graph_is_read_right():
-  """Not vacuous: the parser sees the edges that exist, and a planted cycle is found."""
+  """Not vacuous: the parser sees the edges that exist, and a planted cycle or a planted
+  climbing import is found."""
   graph = imports()
-  assert 'mhd_jax.distill' in graph['mhd_jax.step']
-  assert 'mhd_jax.state' in graph['mhd_jax.layout']
+  assert 'mhd_jax.algorithm.distill' in graph['mhd_jax.algorithm.step']
+  assert 'mhd_jax.population.state' in graph['mhd_jax.placement.layout']
   assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+  planted = {**graph, 'mhd_jax.algorithm.step': graph['mhd_jax.algorithm.step']
+             | {'mhd_jax.placement.layout'}}
+  assert package_violations(planted, allowed_imports()) == [
+      'mhd_jax.algorithm.step imports mhd_jax.placement.layout']
+
+
+def test_no_module_is_over_300_lines():
+  long = {m: n for m, path in _paths().items() if (n := len(open(path).readlines())) > 300}
+  assert not long, long
+
+
+def _paths() -> dict[str, str]:
+  return {_module_name(os.path.join(folder, name)): os.path.join(folder, name)
+          for folder, _, files in os.walk(PACKAGE) for name in files if name.endswith('.py')}
 
 
 def test_docs_architecture_names_every_module():

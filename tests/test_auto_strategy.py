@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from mhd_jax import autotune
-from mhd_jax import clients
-from mhd_jax import train
+from mhd_jax.placement import autotune
+from mhd_jax.placement import clients
+from mhd_jax.run import train
 from tests import test_step as ts
 from tests.conftest import read_records, short_config
 

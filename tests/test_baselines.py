@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mhd_jax import baselines
-from mhd_jax import state as state_lib
-from mhd_jax import topology
+from mhd_jax.algorithm import baselines
+from mhd_jax.network import topology
+from mhd_jax.population import state as state_lib
 
 
 def test_averaging_matrix_is_row_stochastic_over_self_and_neighbours():

@@ -79,7 +79,7 @@ def test_count_flops_by_hand():
 
 def test_resnet_flops_match_published_counts():
   """The backbones' forward multiply-adds at 224 px are torchvision's (1.81 G, 3.66 G) plus heads."""
-  from mhd_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
+  from mhd_jax.population import groups as groups_lib  # pylint: disable=g-import-not-at-top
   acc = _accelerator()
   for name, published_gmacs in (('resnet18', 1.8136), ('resnet34', 3.6637)):
     config, image, classes = acc.make_config(name)
@@ -142,7 +142,7 @@ def test_peak_by_device_kind():
 
 
 def test_dynamics_draws_quick():
-  from mhd_jax import graph_schedule  # pylint: disable=g-import-not-at-top
+  from mhd_jax.network import graph_schedule  # pylint: disable=g-import-not-at-top
   rows = run_benchmark('dynamics_draws.py')
   assert [r['draw'] for r in rows] == [f'schedule={k}' for k in graph_schedule.SCHEDULES] + [
       'participation=bernoulli']

@@ -6,11 +6,11 @@ import numpy as np
 import optax
 
 from configs import default
-from mhd_jax import communication
 from mhd_jax import models
-from mhd_jax import state as state_lib
-from mhd_jax import step as step_lib
-from mhd_jax import topology
+from mhd_jax.network import topology
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
+from mhd_jax.wire import communication
 
 N, H, C, B, B_PUB = 3, 3, 5, 4, 6
 IMAGE = (8, 8, 1)
@@ -84,7 +84,7 @@ def _after_step(specs, state, batch, config, perturb):
       group.params)
   state = state_lib.TrainState(step=state.step,
                          groups=(state_lib.Group(params, group.batch_stats, group.opt_state),))
-  step = jax.jit(step_lib.make_train_step(specs, ADJ, config))
+  step = jax.jit(programs.make_train_step(specs, ADJ, config))
   new, _ = step(state, batch, jax.random.PRNGKey(1))
   return new.groups[0].params
 

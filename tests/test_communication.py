@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from configs import default
-from mhd_jax import communication
-from mhd_jax import compression
-from mhd_jax import groups
 from mhd_jax import models
-from mhd_jax import state as state_lib
-from mhd_jax import topology
+from mhd_jax.network import topology
+from mhd_jax.population import groups
+from mhd_jax.population import state as state_lib
+from mhd_jax.wire import communication
+from mhd_jax.wire import compression
 
 
 def _mlp(dtype='float32'):

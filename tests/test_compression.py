@@ -1,4 +1,4 @@
-"""Tests for mhd_jax/compression.py: identity at full precision, a reference codec, byte counts."""
+"""Tests for mhd_jax/wire/compression.py: identity at full precision, a reference codec, byte counts."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mhd_jax import communication
-from mhd_jax import compression as comp
-from mhd_jax import losses
+from mhd_jax.algorithm import losses
+from mhd_jax.wire import communication
+from mhd_jax.wire import compression as comp
 
 
 def _probs(shape, seed=0, temperature=1.0):

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from configs import default
-from mhd_jax import config_check
-from mhd_jax import train
-from mhd_jax import workdir as wd
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.run import config_check
+from mhd_jax.run import train
 from tests.conftest import ROOT, short_config
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mhd_jax import checkpoint
-from mhd_jax import config_check
 from mhd_jax import data as data_lib
-from mhd_jax import fields
-from mhd_jax import groups as groups_lib
-from mhd_jax import step as step_lib
-from mhd_jax import topology
-from mhd_jax import train
+from mhd_jax.network import topology
+from mhd_jax.outputs import checkpoint
+from mhd_jax.population import groups as groups_lib
+from mhd_jax.run import config_check
+from mhd_jax.run import fields
+from mhd_jax.run import programs
+from mhd_jax.run import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -107,7 +107,7 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   specs = groups_lib.make_specs(config, data.num_classes)
   state = checkpoint.abstract_state(specs, data.image_shape)
   # Traced once for all clients ('vmap'); the strategies agree (test_strategies.py).
-  step = step_lib.make_train_step(specs, topology.build(config), config, 'vmap')
+  step = programs.make_train_step(specs, topology.build(config), config, 'vmap')
   new_state, metrics = jax.eval_shape(step, state, batch, jax.random.PRNGKey(0))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert jax.tree.leaves(state.groups[0].batch_stats)  # ResNets carry batch statistics

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from mhd_jax import config_check
 from mhd_jax import data as data_lib
 from mhd_jax.data import digits
+from mhd_jax.run import config_check
 from tests.conftest import ROOT, short_config
 
 REAL_LOAD = digits._load_digits  # pylint: disable=protected-access
@@ -139,14 +139,15 @@ def test_dataset_modules_import_no_package_init_so_nothing_cycles():
 _DIGITS_WITHOUT_TF = r"""
 import importlib, sys
 from configs import default
-from mhd_jax import config_check, data
+from mhd_jax import data
+from mhd_jax.run import config_check
 config = default.get_config()
 config_check.validate(config)
 next(data.get_data(config).train_batches(0))
 loaded = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tensorflow_datasets'})
 assert not loaded, f'the digits path loaded {loaded}'
 for first in ('mhd_jax.data.tfds_data', 'mhd_jax.data.prepare', 'mhd_jax.data.digits',
-              'mhd_jax.data.contract', 'mhd_jax.config_check', 'mhd_jax.train'):
+              'mhd_jax.data.contract', 'mhd_jax.run.config_check', 'mhd_jax.run.train'):
   for m in [m for m in sys.modules if m.startswith('mhd_jax')]:
     del sys.modules[m]
   importlib.import_module(first)  # each module can be the first one imported

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from mhd_jax import train
+from mhd_jax.run import train
 from tests.conftest import short_config
 
 BLOCKS = [np.arange(0, 4), np.arange(4, 7), np.arange(7, 10)]  # primary classes per client

@@ -7,8 +7,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from mhd_jax import state as state_lib
-from mhd_jax import step as step_lib
+from mhd_jax.algorithm import step as step_lib
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
 from tests.test_step import (ADJ, C, IMAGE, N, assert_trees_close, distill_config, make_batch,
                              make_specs, run_steps)
 
@@ -40,14 +41,14 @@ def test_a_clients_noised_update_ignores_the_other_clients_private_data():
       size=other['private']['image'][1].shape)
   other['private']['label'][1] = (other['private']['label'][1] + 1) % C
   state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_train_step(specs, adjacency, config))
+  step = jax.jit(programs.make_train_step(specs, adjacency, config))
   a, _ = step(state, batch, jax.random.PRNGKey(0))
   b, _ = step(state, other, jax.random.PRNGKey(0))
   for i in range(N):
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x[i], y[i])), a.groups, b.groups)
     assert all(jax.tree.leaves(same)) == (i != 1), f'client {i}'
   # The noise is there, and differs between clients: a noiseless step moves elsewhere.
-  quiet, _ = jax.jit(step_lib.make_train_step(specs, adjacency, _dp(config, 0.0, 0.5)))(
+  quiet, _ = jax.jit(programs.make_train_step(specs, adjacency, _dp(config, 0.0, 0.5)))(
       state, batch, jax.random.PRNGKey(0))
   diff = jax.tree.map(lambda x, y: x - y, a.groups[0].params, quiet.groups[0].params)
   d0, d1 = (np.concatenate([np.ravel(x[i]) for x in jax.tree.leaves(diff)]) for i in (0, 1))
@@ -65,7 +66,7 @@ def test_each_example_is_clipped_on_a_constructed_batch():
   batch['private']['image'][:, 0] *= 40.0  # one example per client far beyond the clip norm
   batch['private']['image'][:, 1] *= 1e-3  # and one well within it
   state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
-  new, _ = jax.jit(step_lib.make_train_step(specs, ADJ, config))(
+  new, _ = jax.jit(programs.make_train_step(specs, ADJ, config))(
       state, batch, jax.random.PRNGKey(0))
 
   def one(params, x, y):

@@ -14,12 +14,12 @@ from tensorboard.util import tensor_util
 import pytest
 
 import mhd_jax
-from mhd_jax import config_check
 from mhd_jax import data as data_lib
-from mhd_jax import safety
-from mhd_jax import train
-from mhd_jax import workdir as wd
-from mhd_jax import writers
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.outputs import writers
+from mhd_jax.run import config_check
+from mhd_jax.run import safety
+from mhd_jax.run import train
 from tests.conftest import ROOT, read_records, short_config
 
 # Long enough (seconds of training) to be interrupted midway, after its first checkpoint.

@@ -7,15 +7,15 @@ import numpy as np
 
 from configs import default
 import mhd_jax
-from mhd_jax import evaluate
-from mhd_jax import graph_schedule
-from mhd_jax import layout as layout_lib
-from mhd_jax import participation
-from mhd_jax import programs
-from mhd_jax import progress
-from mhd_jax import state as state_lib
-from mhd_jax import step as step_lib
-from mhd_jax import train
+from mhd_jax.algorithm import evaluate
+from mhd_jax.algorithm import step as step_lib
+from mhd_jax.network import graph_schedule
+from mhd_jax.network import participation
+from mhd_jax.placement import layout as layout_lib
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
+from mhd_jax.run import progress
+from mhd_jax.run import train
 from tests import test_step as ts
 from tests.conftest import read_records, short_config
 

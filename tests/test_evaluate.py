@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mhd_jax import evaluate
+from mhd_jax.algorithm import evaluate
 
 # 2 clients, 2 heads, 3 classes. Client 0 owns class 0, client 1 classes 1 and 2.
 PRIMARY = np.array([[1, 0, 0], [0, 1, 1]], bool)

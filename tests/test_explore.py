@@ -12,9 +12,9 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.util import tensor_util
 
 import mhd_jax
-from mhd_jax import checkpoint
 from mhd_jax import data as data_lib
-from mhd_jax import workdir as wd
+from mhd_jax.outputs import checkpoint
+from mhd_jax.outputs import workdir as wd
 from tests.conftest import ROOT, hand_accuracies, read_records
 
 

@@ -15,11 +15,12 @@ import pytest
 
 from configs import default
 from mhd_jax import models
-from mhd_jax import groups as groups_lib
-from mhd_jax import state as state_lib
-from mhd_jax import resnet
-from mhd_jax import step as step_lib
-from mhd_jax import workdir as wd
+from mhd_jax.algorithm import step as step_lib
+from mhd_jax.models import resnet
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.population import groups as groups_lib
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
 from tests import test_step as ts
 
 # float32 throughout; the two paths differ only in reduction and fusion order.
@@ -109,7 +110,7 @@ def test_fused_step_matches_per_client_reference(strategy, name):
   specs = tiny_specs(True, name)
   assert specs[0].model.fused_passes
   state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_train_step(specs, ts.ADJ, config, strategy))
+  step = jax.jit(programs.make_train_step(specs, ts.ADJ, config, strategy))
   rng = jax.random.PRNGKey(3)
   ref = state.groups[0]
   for s in range(2):
@@ -138,7 +139,7 @@ def test_fused_private_batch_of_one_client_never_reaches_another(strategy):
   other['private']['image'][1] = 3.0 * rng.normal(size=other['private']['image'][1].shape)
   other['private']['label'][1] = (other['private']['label'][1] + 1) % ts.C
   state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_train_step(specs, adjacency, config, strategy))
+  step = jax.jit(programs.make_train_step(specs, adjacency, config, strategy))
   a, _ = step(state, batch, jax.random.PRNGKey(0))
   b, _ = step(state, other, jax.random.PRNGKey(0))
   for i in range(ts.N):

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 import launch
-from mhd_jax import checkpoint
-from mhd_jax import workdir as wd
+from mhd_jax.outputs import checkpoint
+from mhd_jax.outputs import workdir as wd
 from tests.conftest import ROOT
 
 # --config.FIELD=VALUE overrides, each alone malformed.
@@ -159,7 +159,7 @@ def test_real_process_refuses_in_one_line(argv, tmp_path):
 _FULL_ON_SAVE = """
 import errno, sys
 import launch
-from mhd_jax import checkpoint
+from mhd_jax.outputs import checkpoint
 def full(directory):
   raise OSError(errno.ENOSPC, 'No space left on device', directory)
 checkpoint._write_checksums = full

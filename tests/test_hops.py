@@ -4,9 +4,9 @@ import dataclasses
 
 import numpy as np
 
-from mhd_jax import study_metrics as sm
-from mhd_jax import topology
-from mhd_jax import workdir as wd
+from mhd_jax.network import topology
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.studies import metrics as sm
 
 
 def _matrix_power_reach(a, k):

@@ -1,4 +1,4 @@
-"""Tests for mhd_jax/lag.py: the lagged outputs are those of the tau-steps-old models on this
+"""Tests for mhd_jax/network/lag.py: the lagged outputs are those of the tau-steps-old models on this
 step's public batch, with the senders' activity, through jit and a resume."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mhd_jax import lag
+from mhd_jax.network import lag
 
 N, H, B, C, D = 3, 2, 4, 5, 6
 

@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mhd_jax import checkpoint
 from mhd_jax import data as data_lib
-from mhd_jax import distill
-from mhd_jax import layout as layout_lib
-from mhd_jax import losses
-from mhd_jax import programs
-from mhd_jax import state as state_lib
+from mhd_jax.algorithm import distill
+from mhd_jax.algorithm import losses
+from mhd_jax.outputs import checkpoint
+from mhd_jax.placement import layout as layout_lib
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
 from tests import test_dynamics_step as tds
 from tests import test_step as ts
 from tests.conftest import short_config

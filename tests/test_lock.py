@@ -9,8 +9,8 @@ import time
 import pytest
 
 import launch
-from mhd_jax import config_check
-from mhd_jax import workdir as wd
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.run import config_check
 from tests.conftest import ROOT
 
 _HOLD = ('import sys, time; sys.path.insert(0, {root!r}); from mhd_jax import workdir; '

@@ -1,4 +1,4 @@
-"""Tests for mhd_jax/losses.py: loss values by hand, gradients, target rules."""
+"""Tests for mhd_jax/algorithm/losses.py: loss values by hand, gradients, target rules."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mhd_jax import losses
+from mhd_jax.algorithm import losses
 
 
 def _lse(row):

@@ -10,10 +10,10 @@ import pytest
 
 import launch
 import mhd_jax
-from mhd_jax import optim
-from mhd_jax import state as state_lib
-from mhd_jax import safety
-from mhd_jax import train
+from mhd_jax.population import optim
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import safety
+from mhd_jax.run import train
 from tests.conftest import short_config
 
 

@@ -1,4 +1,4 @@
-"""Tests for mhd_jax/participation.py: who takes part in each step, from (seed, step), a trace
+"""Tests for mhd_jax/network/participation.py: who takes part in each step, from (seed, step), a trace
 file or a straggler cadence, with one compile for every step."""
 
 import jax
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from mhd_jax import config_check
-from mhd_jax import participation as part_lib
+from mhd_jax.network import participation as part_lib
+from mhd_jax.run import config_check
 from tests.test_schedules import assert_traced_step_matches_eager_and_compiles_once
 
 _jitted = jax.jit(part_lib.active_at)

@@ -1,10 +1,10 @@
-"""Tests for mhd_jax/partition.py: invariants, skew, Dirichlet, errors, config dispatch."""
+"""Tests for mhd_jax/data/partition.py: invariants, skew, Dirichlet, errors, config dispatch."""
 
 import ml_collections
 import numpy as np
 import pytest
 
-from mhd_jax import partition
+from mhd_jax.data import partition
 
 C = 10
 

@@ -1,4 +1,4 @@
-"""Tests for mhd_jax/privacy.py: DP-SGD's clipping and noise, per client; ε from the accountant."""
+"""Tests for mhd_jax/wire/privacy.py: DP-SGD's clipping and noise, per client; ε from the accountant."""
 
 import dp_accounting
 from dp_accounting import pld
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from mhd_jax import losses
 from mhd_jax import models
-from mhd_jax import privacy
+from mhd_jax.algorithm import losses
+from mhd_jax.wire import privacy
 
 
 def _linear_losses(params, x_Bx3, y_B):
@@ -160,8 +160,8 @@ def test_config_problems_refuse_an_infinite_epsilon(noise, clip, needle):
 def test_a_dp_runs_summary_reports_the_accountants_epsilon(tmp_path):
   """A tiny DP run: summary.json's ε of each client is the PLD accountant's for its q = B / n_i,
   and the log record and TensorBoard carry the same values."""
-  from mhd_jax import train  # pylint: disable=g-import-not-at-top
-  from mhd_jax import workdir as wd  # pylint: disable=g-import-not-at-top
+  from mhd_jax.run import train  # pylint: disable=g-import-not-at-top
+  from mhd_jax.outputs import workdir as wd  # pylint: disable=g-import-not-at-top
   from tests.conftest import read_records, short_config  # pylint: disable=g-import-not-at-top
   config = short_config(**{'num_steps': 10, 'eval_every': 10, 'log_every': 10, 'num_clients': 3,
                            'dp.enabled': True, 'dp.noise_multiplier': 1.3, 'dp.clip_norm': 0.7})

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from mhd_jax import config_check
-from mhd_jax import train
+from mhd_jax.run import config_check
+from mhd_jax.run import train
 from tests.conftest import short_config
 
 

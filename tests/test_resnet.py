@@ -1,4 +1,4 @@
-"""Tests for mhd_jax/resnet.py: torchvision param counts, shapes, BN, dtypes."""
+"""Tests for mhd_jax/models/resnet.py: torchvision param counts, shapes, BN, dtypes."""
 
 import math
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mhd_jax import resnet
+from mhd_jax.models import resnet
 
 
 class _OneHead(nn.Module):
@@ -138,8 +138,8 @@ def test_unknown_stem_raises():
 def test_group_norm_resnet_keeps_examples_apart_and_allows_dp():
   """model.norm='group': no batch statistics, each example's outputs its own; DP accepted."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  from mhd_jax import config_check  # pylint: disable=g-import-not-at-top
-  from mhd_jax import privacy  # pylint: disable=g-import-not-at-top
+  from mhd_jax.run import config_check  # pylint: disable=g-import-not-at-top
+  from mhd_jax.wire import privacy  # pylint: disable=g-import-not-at-top
   model = resnet.ResNet18Cifar(width=4, norm='group')
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3))  # 2x2 left at the last stage
   variables = model.init(jax.random.PRNGKey(1), x, train=True)

@@ -1,4 +1,4 @@
-"""Tests for mhd_jax/graph_schedule.py: each schedule's graphs, their draws from (seed, step),
+"""Tests for mhd_jax/network/graph_schedule.py: each schedule's graphs, their draws from (seed, step),
 and one compile for every step."""
 
 import jax
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from mhd_jax import config_check
-from mhd_jax import graph_schedule as gs
-from mhd_jax import topology
+from mhd_jax.network import graph_schedule as gs
+from mhd_jax.network import topology
+from mhd_jax.run import config_check
 
 
 def _config(num_clients=6, topology_name='complete', **dynamics):

@@ -6,10 +6,10 @@ import signal
 
 import pytest
 
-from mhd_jax import communication
-from mhd_jax import report
-from mhd_jax import safety
-from mhd_jax import train
+from mhd_jax.outputs import report
+from mhd_jax.run import safety
+from mhd_jax.run import train
+from mhd_jax.wire import communication
 from tests.conftest import short_config
 
 

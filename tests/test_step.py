@@ -7,10 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from mhd_jax import distill
 from mhd_jax import models
-from mhd_jax import state as state_lib
-from mhd_jax import step as step_lib
+from mhd_jax.algorithm import distill
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
 from tests.conftest import ConvBN
 
 N, H, C, B, B_PUB = 3, 3, 5, 4, 6
@@ -124,7 +124,7 @@ def reference_step(spec, group, batch, adjacency, config, rng, step):
 
 def run_steps(specs, adjacency, config, batches, strategy='vmap', seed=0):
   state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(seed))
-  step = jax.jit(step_lib.make_train_step(specs, adjacency, config, strategy))
+  step = jax.jit(programs.make_train_step(specs, adjacency, config, strategy))
   for batch in batches:
     state, metrics = step(state, batch, jax.random.PRNGKey(7))
   return state, metrics
@@ -143,7 +143,7 @@ def test_stacked_step_matches_per_client_reference(target, include_self, model):
   specs = make_specs(model)
   state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
   batches = [make_batch(s) for s in range(2)]
-  step = jax.jit(step_lib.make_train_step(specs, ADJ, config))
+  step = jax.jit(programs.make_train_step(specs, ADJ, config))
   rng = jax.random.PRNGKey(3)
   ref = state.groups[0]
   for s, batch in enumerate(batches):
@@ -172,7 +172,7 @@ def test_zero_adjacency_is_independent_training():
   assert np.all(metrics.kd_main == 0) and np.all(metrics.emb == 0)
   init = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
   alone_specs = make_specs(n=1)
-  alone_step = jax.jit(step_lib.make_train_step(alone_specs, np.zeros((1, 1)), config))
+  alone_step = jax.jit(programs.make_train_step(alone_specs, np.zeros((1, 1)), config))
   for i in range(N):
     alone = state_lib.TrainState(step=init.step, groups=(jax.tree.map(lambda x: x[i:i + 1],
                                                                init.groups[0]),))
@@ -202,7 +202,7 @@ def test_private_batch_of_one_client_never_reaches_another(strategy, target):
   other['private']['image'][1] = rng.normal(size=other['private']['image'][1].shape)
   other['private']['label'][1] = (other['private']['label'][1] + 1) % C
   state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_train_step(specs, adjacency, config, strategy))
+  step = jax.jit(programs.make_train_step(specs, adjacency, config, strategy))
   a, _ = step(state, batch, jax.random.PRNGKey(0))
   b, _ = step(state, other, jax.random.PRNGKey(0))
   for i in range(N):
@@ -248,7 +248,7 @@ def test_aux_backbone_grad_false_keeps_aux_losses_off_the_backbone():
     config.nu_aux = nu_aux
     specs = make_specs(aux_backbone_grad=aux_backbone_grad)
     state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
-    params = step_lib.make_train_step(specs, ADJ, config)(state, batch, rng)[0].groups[0].params
+    params = programs.make_train_step(specs, ADJ, config)(state, batch, rng)[0].groups[0].params
     return state.groups[0].params, params
   init, stopped = one_step(False, 0.7)
   _, no_aux = one_step(True, 0.0)

@@ -4,14 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from mhd_jax import clients
-from mhd_jax import state as state_lib
-from mhd_jax import step as step_lib
+from mhd_jax.placement import clients
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
 from tests import test_step as ts
 
 
 def compiled_step(specs, config, strategy):
-  step = jax.jit(step_lib.make_train_step(specs, ts.ADJ, config, strategy))
+  step = jax.jit(programs.make_train_step(specs, ts.ADJ, config, strategy))
   state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
   return step.lower(state, ts.make_batch(0), jax.random.PRNGKey(7)).compile().as_text()
 

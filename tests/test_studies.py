@@ -9,10 +9,10 @@ import types
 import numpy as np
 import pytest
 
-from mhd_jax import config_check
-from mhd_jax import studies
-from mhd_jax import study_runs
-from mhd_jax import workdir as wd
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.run import config_check
+from mhd_jax.studies import cli as studies
+from mhd_jax.studies import runs as study_runs
 from tests.conftest import ROOT
 
 
@@ -170,7 +170,7 @@ def _summaries(shared: dict) -> dict:
 
 
 def test_dynamics_tables_mark_differences_beyond_the_noise_against_the_baseline():
-  from mhd_jax import network_studies as ns  # pylint: disable=g-import-not-at-top
+  from mhd_jax.studies import network as ns  # pylint: disable=g-import-not-at-top
   axes = {'availability p': {'p=1.0': {}, 'p=0.4': {'dynamics.availability': 0.4}}}
   summaries = _summaries({
       'MHD (H=3): static, full': [80, 81, 82], 'MHD (H=3): availability p p=0.4': [60, 61, 62],
@@ -214,7 +214,7 @@ def test_dynamics_study_quick_form_runs_every_axis_that_draws(tmp_path):
 
 def test_dynamics_study_runs_fedavg_on_every_axis_but_staleness():
   from configs import default  # pylint: disable=g-import-not-at-top
-  from mhd_jax import network_studies as ns  # pylint: disable=g-import-not-at-top
+  from mhd_jax.studies import network as ns  # pylint: disable=g-import-not-at-top
   variants, _ = ns.dynamics(default.get_config(), study_runs.Options((0,)))
   assert len(variants) == 8 + 8 + 6  # MHD and naive at 8 points, FedAvg at all but 2
   assert not [v for v in variants if v.startswith('FedAvg') and 'staleness' in v]

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from mhd_jax import autotune
-from mhd_jax import checkpoint
-from mhd_jax import distill
-from mhd_jax import evaluate
-from mhd_jax import safety
-from mhd_jax import timing
-from mhd_jax import train
+from mhd_jax.algorithm import distill
+from mhd_jax.algorithm import evaluate
+from mhd_jax.outputs import checkpoint
+from mhd_jax.placement import autotune
+from mhd_jax.run import safety
+from mhd_jax.run import timing
+from mhd_jax.run import train
 from tests.conftest import read_records, short_config
 
 SLOW = 1000.0  # fake seconds that evaluation, checkpoints, restoring and compiling each take

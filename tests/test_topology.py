@@ -1,10 +1,10 @@
-"""Tests for mhd_jax/topology.py: every builder, parsing, validation, build(config)."""
+"""Tests for mhd_jax/network/topology.py: every builder, parsing, validation, build(config)."""
 
 import ml_collections
 import numpy as np
 import pytest
 
-from mhd_jax import topology
+from mhd_jax.network import topology
 
 
 def _assert_adjacency(a, n):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 import mhd_jax
-from mhd_jax import baselines
-from mhd_jax import checkpoint
 from mhd_jax import models
-from mhd_jax import state as state_lib
-from mhd_jax import step as step_lib
-from mhd_jax import train
-from mhd_jax import workdir as wd
+from mhd_jax.algorithm import baselines
+from mhd_jax.outputs import checkpoint
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.population import state as state_lib
+from mhd_jax.run import programs
+from mhd_jax.run import train
 from tests import test_step as ts
 from tests.conftest import ConvBN, read_records, short_config
 
@@ -57,7 +57,7 @@ def assert_trees_equal(a, b):
 def test_checkpoint_round_trip_keeps_batch_stats_and_optimizer_state(tmp_path):
   specs = ts.make_specs('convbn')
   state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
-  state, _ = jax.jit(step_lib.make_train_step(specs, ts.ADJ, ts.distill_config()))(
+  state, _ = jax.jit(programs.make_train_step(specs, ts.ADJ, ts.distill_config()))(
       state, ts.make_batch(0), jax.random.PRNGKey(1))
   group = state.groups[0]
   assert all(np.any(x != 0) for x in jax.tree.leaves(group.batch_stats['backbone']['BatchNorm_0']))

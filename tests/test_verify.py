@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import mhd_jax
-from mhd_jax import checkpoint
-from mhd_jax import config_check
-from mhd_jax import train
+from mhd_jax.outputs import checkpoint
+from mhd_jax.run import config_check
+from mhd_jax.run import train
 from tests.conftest import short_config
 
 

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mhd_jax import compression
-from mhd_jax import distill
-from mhd_jax import losses
+from mhd_jax.algorithm import distill
+from mhd_jax.algorithm import losses
+from mhd_jax.wire import compression
 from tests.test_step import ADJ, IMAGE, distill_config, make_batch, make_specs, run_steps
 
 

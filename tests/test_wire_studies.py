@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 
-from mhd_jax import compression
-from mhd_jax import privacy
-from mhd_jax import studies
-from mhd_jax import workdir as wd
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.studies import cli as studies
+from mhd_jax.wire import compression
+from mhd_jax.wire import privacy
 from tests.test_studies import _study
 
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 from tensorboard.backend.event_processing import plugin_event_accumulator
 
-from mhd_jax import workdir as wd
-from mhd_jax import writers
+from mhd_jax.outputs import workdir as wd
+from mhd_jax.outputs import writers
 from tests.conftest import short_config
 
 # summary.json as `train` wrote it before `workdir.Summary` existed (2 clients, 2 heads).

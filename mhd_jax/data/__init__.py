@@ -12,6 +12,9 @@ never loads TensorFlow). `config_check` reads the same `EMBEDDED` and
       digits.py     the embedded sklearn digits
       tfds_data.py  TFDS datasets by random access (TensorFlow)
       prepare.py    `python -m mhd_jax.data.prepare`: one-time TFDS preparation
+      partition.py  the public set and the non-iid client sets
+
+May import: nothing of mhd_jax but `config_base`.
 """
 
 from typing import Sequence

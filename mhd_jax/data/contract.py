@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mhd_jax import partition as partition_lib
+from mhd_jax.data import partition as partition_lib
 
 Batch = dict
 

@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from mhd_jax import partition as partition_lib
 from mhd_jax.data import contract
+from mhd_jax.data import partition as partition_lib
 
 NUM_EXAMPLES = 1797  # sklearn's load_digits, before the train/test split
 

@@ -41,8 +41,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mhd_jax import config_base
-from mhd_jax import partition as partition_lib
 from mhd_jax.data import contract
+from mhd_jax.data import partition as partition_lib
 
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _STATS = {'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

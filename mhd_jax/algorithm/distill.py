@@ -1,0 +1,191 @@
+"""Multi-head distillation over the stacked clients: who teaches whom, the targets, the loss.
+
+Loss of client i (docs/algorithm.md):
+
+    L_i = CE(z_i^0(x_i), y_i)
+        + nu_main * KD_T(t_i^0 || z_i^0(u))
+        + nu_aux  * sum_{k>=1} KD_T(t_i^k || z_i^k(u))
+        + nu_emb  * mean_u ||e_i(u) - sg(t_i^emb)||^2
+
+The targets t_i^k mix the candidates' public outputs (`losses.mixing_weights`)
+and are constants: the gradient of sum_i L_i with respect to client i's
+parameters is the gradient of L_i alone.
+
+Everything here is over the S stacked clients a `Network` describes: the
+clients that are not active this step (unavailable, or padding that fills a
+device mesh) teach nobody, and their own terms are left out of the total.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from mhd_jax.algorithm import losses
+from mhd_jax.population import state as state_lib
+from mhd_jax.wire import compression
+
+
+@flax.struct.dataclass
+class Network:
+  """Who talks this step, over the S stacked clients; an input of the step (no recompiles)."""
+  adjacency_SxS: jax.Array  # float32, A[i, j] > 0 when i learns from j
+  active_S: jax.Array       # bool: the client teaches and learns this step
+  ids_S: jax.Array          # int32 client ids (padding: ids >= N); they key the random draws
+
+  @classmethod
+  def static(cls, adjacency_NxN) -> 'Network':
+    """Every client active, ids 0..N-1."""
+    n = len(adjacency_NxN)
+    return cls(jnp.asarray(adjacency_NxN, jnp.float32), jnp.ones(n, bool),
+               jnp.arange(n, dtype=jnp.int32))
+
+
+@flax.struct.dataclass
+class Metrics:
+  """Each client's loss terms this step, arrays [S] (or [N] once the padding is dropped)."""
+  loss: jax.Array
+  ce: jax.Array
+  kd_main: jax.Array
+  kd_aux: jax.Array
+  emb: jax.Array
+  train_acc: jax.Array
+
+  def as_dict(self) -> dict:
+    return {k: getattr(self, k) for k in TERMS}
+
+
+TERMS = tuple(f.name for f in dataclasses.fields(Metrics))  # metrics.jsonl's names, in order
+
+
+@flax.struct.dataclass
+class Teachers:
+  """What the neighbours sent when it is not their live public outputs (teachers that lag:
+  `lag.read_and_push`), on the public batch the students train on this step."""
+  logits_SxHxBxC: jax.Array
+  embs: Any            # per group [n_g, B, D_g]; None without embedding distillation
+  sent_S: jax.Array    # bool: the sender was active when it computed them
+
+
+def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
+           teachers: Teachers | None = None):
+  """(M [S, H, B, S] mixing weights, P [S, H, B, C] what the peers receive, O [S, H, B, C]
+  the clients' own outputs) of training step `step` (1-based, may be traced).
+
+  P[j, k] and O[j, k] are candidate j's softmax(z_j^{src(k)} / T) for head k.
+  The senders' outputs are the live public ones or, with `teachers` (teachers
+  that lag), what the neighbours sent tau steps ago; P is them after
+  `compression.transmit` (what a peer decodes under `config.wire`; zeros for
+  heads or steps not sent, whose neighbour weights
+  `compression.neighbour_weights` drops). O is always live and never crosses
+  the wire: client i's own head k-1 (the candidate j = i, `include_self`) is
+  weighed by O[i]'s confidence and mixed as O[i] (`targets`; docs/dynamics.md).
+  Only active clients learn, and only from senders that were active when they
+  computed what they sent and are linked to them in this step's graph.
+  """
+  live = net.active_S.astype(jnp.float32)
+  senders = live if teachers is None else teachers.sent_S.astype(jnp.float32)
+  adjacency = net.adjacency_SxS * live[:, None] * senders[None, :]
+  h = public_logits_SxHxBxC.shape[1]
+  weights_HxSxS = losses.candidate_weights(adjacency, h, config.include_self)
+  own = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
+  sender_logits = jax.lax.stop_gradient(
+      public_logits_SxHxBxC if teachers is None else teachers.logits_SxHxBxC)
+  spec = compression.config_spec(config)
+  if spec is None and teachers is None:
+    return losses.mixing_weights(own, weights_HxSxS, config.target, rng, net.ids_S), own, own
+  if spec is None:
+    got = losses.source_probs(sender_logits, config.temperature)
+  else:
+    sent = compression.transmit(jax.nn.softmax(sender_logits / config.temperature, axis=-1),
+                                spec, step)
+    got = sent[:, jnp.maximum(jnp.arange(h) - 1, 0)]  # receiver head k reads source src(k)
+    weights_HxSxS = compression.neighbour_weights(weights_HxSxS, spec, step)
+  m = losses.mixing_weights(got, weights_HxSxS, config.target, rng, net.ids_S, own_NxHxBxC=own)
+  return m, got, own
+
+
+def targets(mixing_SxHxBxS, received_SxHxBxC, own_SxHxBxC):
+  """T[i, k] = sum_{j != i} M[i, k, :, j] P[j, k] + M[i, k, :, i] O[i, k]: the neighbours'
+  outputs as received, the own head as it is.
+
+  Written as the full mixture of P plus M[i, k, :, i] (O[i, k] - P[i, k]), which is
+  exactly +0 when nothing is compressed, so full precision changes no bit.
+  """
+  t = losses.mix_targets(mixing_SxHxBxS, received_SxHxBxC)
+  if received_SxHxBxC is own_SxHxBxC:
+    return t
+  self_SxHxB = jnp.einsum('ikbi->ikb', mixing_SxHxBxS)
+  return t + self_SxHxB[..., None] * (own_SxHxBxC - received_SxHxBxC)
+
+
+def embedding_losses(mixing_SxHxBxS, embs, sizes, teacher_embs=None):
+  """[S] embedding terms; `embs` per group ([n_g, B, D_g]), `sizes` the groups' client counts.
+
+  Client i's target follows head 0's mixing, restricted to candidates whose
+  embedding size matches i's (renormalised; examples whose source has another
+  size carry no embedding loss). The targets mix `teacher_embs` (same layout;
+  teachers that lag) or, by default, `embs` themselves. Head 0 has no own-head
+  candidate, so every embedding target is a neighbour's.
+  """
+  teacher_embs = embs if teacher_embs is None else teacher_embs
+  firsts = state_lib.firsts(sizes)
+  dims = [e.shape[-1] for e in embs]
+  out = []
+  for g, emb in enumerate(embs):
+    same = [h for h in range(len(embs)) if dims[h] == dims[g]]
+    cols = jnp.concatenate([jnp.arange(firsts[h], firsts[h] + sizes[h]) for h in same])
+    m_nxBxM = mixing_SxHxBxS[firsts[g]:firsts[g] + sizes[g], 0][:, :, cols]
+    total_nxB = m_nxBxM.sum(-1)
+    m_nxBxM = m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]
+    teachers = jax.lax.stop_gradient(jnp.concatenate([teacher_embs[h] for h in same]))
+    targets = losses.mix_embeddings(m_nxBxM, teachers)
+    out.append(jax.vmap(losses.embedding_mse)(emb, targets, (total_nxB > 0).astype(emb.dtype)))
+  return jnp.concatenate(out)
+
+
+def client_terms(logits_priv_HxBxC, labels_B, logits_pub_HxBxC, targets_HxBxC, has_target_H,
+                 emb_loss, config) -> Metrics:
+  """The loss terms of one client given its (constant) targets and embedding term."""
+  t = config.temperature
+  kd_H = jnp.stack([losses.kd(targets_HxBxC[k], logits_pub_HxBxC[k], t)
+                    for k in range(logits_pub_HxBxC.shape[0])]) * has_target_H
+  ce = losses.cross_entropy(logits_priv_HxBxC[0], labels_B)
+  loss = (ce + config.nu_main * kd_H[0] + config.nu_aux * kd_H[1:].sum()
+          + config.nu_emb * emb_loss)
+  return Metrics(loss=loss, ce=ce, kd_main=kd_H[0], kd_aux=kd_H[1:].sum(), emb=emb_loss,
+                 train_acc=jnp.mean(jnp.argmax(logits_priv_HxBxC[0], -1) == labels_B))
+
+
+def terms(private_logits, labels, public_logits, embs, sizes, net: Network, config,
+          rng, step=1, teachers: Teachers | None = None) -> Metrics:
+  """Every stacked client's loss terms ([S] each) from its outputs at step `step` (1-based).
+
+  `private_logits`/`public_logits` are [S, H, B, C] over all groups, `labels`
+  [S, B], `embs` the public embeddings per group, `sizes` the groups' sizes;
+  the targets mix `teachers` (teachers that lag) or, by default, the live
+  public outputs. The students' public outputs carry the gradient either way.
+  """
+  m_SxHxBxS, received, own = mixing(public_logits, net, config, rng, step, teachers)
+  target_SxHxBxC = targets(m_SxHxBxS, received, own)
+  has_target_SxH = m_SxHxBxS.sum(axis=(2, 3)) > 0
+  teacher_embs = None if teachers is None else teachers.embs
+  emb_S = (embedding_losses(m_SxHxBxS, embs, sizes, teacher_embs) if config.nu_emb
+           else jnp.zeros(labels.shape[0], private_logits.dtype))
+  return jax.vmap(lambda *a: client_terms(*a, config=config))(
+      private_logits, labels, public_logits, target_SxHxBxC, has_target_SxH, emb_S)
+
+
+def total_loss(metrics: Metrics, net: Network, public_only=None):
+  """The sum of the active clients' losses: what the step differentiates.
+
+  `public_only` (a config): the distillation terms only, nu_main KD_main +
+  nu_aux KD_aux + nu_emb emb, without the private CE (DP-SGD takes its
+  gradient apart, `privacy.private_grad`).
+  """
+  loss = metrics.loss if public_only is None else (
+      public_only.nu_main * metrics.kd_main + public_only.nu_aux * metrics.kd_aux
+      + public_only.nu_emb * metrics.emb)
+  return jnp.where(net.active_S, loss, 0.0).sum()

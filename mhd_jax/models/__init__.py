@@ -1,0 +1,11 @@
+"""The multi-head classifiers: backbones, heads, and the one spelling of `model.apply`.
+
+Owns: the backbones (`BACKBONES`: MLP, CNN, ResNets), `MultiHeadClassifier`,
+`forward`, `make_model`. Knows nothing of clients, stacking or distillation.
+
+May import: nothing of mhd_jax.
+"""
+
+from mhd_jax.models.multihead import BACKBONES, CNN, DTYPES, MLP, MultiHeadClassifier, forward, make_model
+
+__all__ = ['BACKBONES', 'CNN', 'DTYPES', 'MLP', 'MultiHeadClassifier', 'forward', 'make_model']

@@ -1,0 +1,8 @@
+"""What a run leaves behind and how to read it back: the workdir.
+
+Owns: the workdir schema, `Summary`, metadata and the lock (`workdir`), the
+checkpoint format (`checkpoint`), metric writers (`writers`), the end-of-run
+report (`report`) and `mhd_jax.load` for notebooks (`explore`).
+
+May import: models, population, network, algorithm, placement, data.
+"""

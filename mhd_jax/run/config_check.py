@@ -1,0 +1,254 @@
+"""Checks a config before anything heavy runs; one message per problem.
+
+`validate(config)` runs the checks that need no data (names, ranges, the
+graph, device layout); `validate_partition` runs once the partition exists,
+before any model is built. Both raise `ConfigError`, whose message has one
+line per problem; `launch.py` prints those lines and exits with status 2.
+"""
+
+import logging as std_logging
+
+from absl import logging
+import jax
+import numpy as np
+
+from mhd_jax import config_base
+from mhd_jax import data as data_lib
+from mhd_jax import models
+from mhd_jax.algorithm import losses
+from mhd_jax.data import digits as digits_lib
+from mhd_jax.data import partition as partition_lib
+from mhd_jax.network import graph_schedule
+from mhd_jax.network import participation
+from mhd_jax.network import topology
+from mhd_jax.placement import clients
+from mhd_jax.population import groups as groups_lib
+from mhd_jax.population import optim
+from mhd_jax.run import fields
+from mhd_jax.wire import compression
+from mhd_jax.wire import privacy
+
+
+ConfigError = config_base.ConfigError  # raised here and by the workdir checks
+
+
+def _dataset_problem(name: str, data_dir: str = '') -> str | None:
+  """A name in `data.EMBEDDED` (the names `data.get_data` serves itself), or one TFDS knows
+  (looked up only then; whether it is prepared is checked when it is opened,
+  `data.tfds_data.open_source`, before any compile)."""
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)  # not absl's logging.ERROR, which is -2
+  try:
+    return _tfds_problem(name, data_dir)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _tfds_problem(name: str, data_dir: str) -> str | None:
+  if name in data_lib.EMBEDDED:
+    return None
+  embedded = ' or '.join(repr(n) for n in data_lib.EMBEDDED)
+  base = name.split(':')[0].split('/')[0]
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return (f'unknown dataset {name!r}: it is not {embedded}, and tensorflow-datasets is not '
+            'installed to look it up (pip install -r requirements.txt).')
+  try:
+    tfds.builder_cls(base)
+  except Exception:  # pylint: disable=broad-except  # tfds raises DatasetNotFoundError
+    return (f'unknown dataset {name!r}: config.data.name must be {embedded} or a TFDS '
+            'dataset name (e.g. cifar10, cifar100, imagenet2012).')
+  return None
+
+
+# The model fields a group may override: {name: ((is_type, type name), range check, meaning)}.
+_MODEL_FIELDS = {k[len('model.'):]: v for k, v in fields.FIELDS.items()
+                 if k.startswith('model.')}
+
+
+def _field_problems(config) -> tuple[list[str], list[str]]:
+  """(unknown, missing or mistyped fields; values out of range), one line each."""
+  flat = config_base.dotted(config.to_dict())
+  shape = [f'unknown field {k!r}: it is not a config field (see configs/default.py).'
+           for k in flat if k not in fields.FIELDS and not k.startswith('groups.')]
+  ranges = []
+  for field, ((is_type, type_name), ok, meaning) in fields.FIELDS.items():
+    if field not in flat:
+      shape.append(f'config.{field} is missing (see configs/default.py).')
+    elif not is_type(flat[field]):
+      shape.append(f'config.{field} must be {type_name}, got {flat[field]!r}.')
+    elif ok is not None and not ok(flat[field]):
+      ranges.append(f'config.{field} must be {meaning}, got {flat[field]!r}.')
+  return shape, ranges
+
+
+# (field, the mode field, the mode that uses it, the value that means unused)
+_DYNAMICS_MODES = (
+    ('dynamics.failure_p', 'dynamics.schedule', 'edge_failure', 0.0),
+    ('dynamics.cycle_graphs', 'dynamics.schedule', 'cycle', ''),
+    ('dynamics.availability', 'dynamics.participation', 'bernoulli', 1.0),
+    ('dynamics.trace_file', 'dynamics.participation', 'trace', ''),
+    ('dynamics.straggler_fraction', 'dynamics.participation', 'stragglers', 0.0),
+    ('dynamics.straggler_every', 'dynamics.participation', 'stragglers', 1),
+)
+
+
+def warnings(config) -> list[str]:
+  """Settings that run but are probably not meant, one line each (printed, not refused)."""
+  flat = config_base.dotted(config.to_dict())
+  out = [f'config.{k} is {v!r}: where the run uses it, its parameters turn non-finite and it '
+         'stops (exit 1).' for k, v in flat.items() if isinstance(v, float) and not np.isfinite(v)]
+  if fields.is_num(flat.get('optimizer.learning_rate')) and flat['optimizer.learning_rate'] == 0:
+    out.append('config.optimizer.learning_rate is 0: nothing will be learned.')
+  nu = [flat.get(k) for k in ('nu_main', 'nu_aux', 'nu_emb')]
+  if all(fields.is_num(v) and v == 0 for v in nu) and flat.get('topology') != 'none':
+    out.append('nu_main = nu_aux = nu_emb = 0: no distillation, so the topology has no effect.')
+  for field, mode, needed, unused in _DYNAMICS_MODES:  # set, but its mode is another
+    if flat.get(field, unused) != unused and flat.get(mode) != needed:
+      out.append(f'config.{field}={flat[field]!r} has no effect unless config.{mode}='
+                 f'{needed!r} (it is {flat.get(mode)!r}).')
+  is_int = fields.is_int
+  if is_int(flat.get('optimizer.warmup_steps')) and is_int(flat.get('num_steps')) and (
+      flat['optimizer.warmup_steps'] >= flat['num_steps']):
+    out.append(f'optimizer.warmup_steps={flat["optimizer.warmup_steps"]} is not below '
+               f'num_steps={flat["num_steps"]}: the learning rate never reaches its value.')
+  return out
+
+
+def _range_problems(config) -> list[str]:
+  """Sizes that depend on several fields."""
+  problems = []
+  if config.data.name == 'digits' and fields.is_num(config.data.test_fraction):
+    num_test = int(round(config.data.test_fraction * digits_lib.NUM_EXAMPLES))
+    if not 1 <= num_test <= digits_lib.NUM_EXAMPLES - 1:
+      problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
+                      f'{digits_lib.NUM_EXAMPLES} digits for evaluation; both splits need '
+                      'examples.')
+  profile = config.get('profile') or {}
+  first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
+  is_int = fields.is_int
+  if is_int(first) and is_int(count) and is_int(config.num_steps) and count > 0 and not (
+      1 <= first and first + count - 1 <= config.num_steps):
+    problems.append(f'profile window of {count} steps from step {first} lies outside the run '
+                    f'(steps 1 to {config.num_steps}); set profile.start_step >= 1 and '
+                    'profile.num_steps >= 0 (0 = off) within num_steps.')
+  staleness = config.dynamics.staleness
+  if is_int(staleness) and is_int(config.num_steps) and staleness >= config.num_steps:
+    problems.append(f'dynamics.staleness={staleness} must be below num_steps={config.num_steps}: '
+                    'every target of the run would come from the initial models.')
+  return problems
+
+
+def _name_problems(config) -> list[str]:
+  """Choices that must be one of a known list."""
+  problems = []
+  dataset = _dataset_problem(config.data.name, config.data.data_dir)
+  if dataset:
+    problems.append(dataset)
+  group_models = [(f'groups.{name}.model.name', model.name)
+                  for name, _, model in groups_lib.group_configs(config)
+                  ] if config.groups and not groups_lib.problems(config, _MODEL_FIELDS) else []
+  for field, value, known in [
+      ('model.name', config.model.name, tuple(models.BACKBONES)),
+      *[(f, v, tuple(models.BACKBONES)) for f, v in group_models],
+      ('partition', config.partition, partition_lib.PARTITIONS),
+      ('target', config.target, losses.TARGET_RULES),
+      ('strategy', config.strategy, clients.STRATEGIES),
+      ('optimizer.name', config.optimizer.name, optim.OPTIMIZERS),
+      ('optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES),
+      ('model.dtype', config.model.dtype, models.DTYPES),
+      ('data.augment', config.data.augment, data_lib.AUGMENTS),
+      ('dynamics.schedule', config.dynamics.schedule, graph_schedule.SCHEDULES),
+      ('dynamics.participation', config.dynamics.participation, participation.MODES)]:
+    if value not in known:
+      what = 'model' if field.endswith('model.name') else field.removeprefix('dynamics.')
+      problems.append(f'unknown {what} {value!r}: config.{field} must be one of '
+                      f'{", ".join(known)}.')
+  return problems
+
+
+def _network_problems(config) -> list[str]:
+  """The graph, the schedule's graphs and the availability trace (host only, no compile)."""
+  found = []
+  try:
+    topology.build(config)
+  except ValueError as e:
+    found.append(str(e))
+  d = config.dynamics
+  if d.schedule == 'cycle':
+    try:
+      graph_schedule.base_graphs(config)
+    except ValueError as e:
+      found.append(str(e))
+  if d.participation == 'trace':
+    try:
+      participation.load_trace(d.trace_file, config.num_clients, config.num_steps)
+    except ValueError as e:
+      found.append(str(e))
+  return found
+
+
+def check_device_split(config, num_devices: int) -> list[str]:
+  """Problems with splitting batches over this host's `num_devices` devices.
+
+  Today's step keeps the whole population on one device, so nothing is split
+  yet. This checks the batches every client shares (public and evaluation),
+  which a split of the data axis over devices divides; it is the one place
+  that says how a config must fit the devices, for the sharding of the client
+  axis to extend (client padding, per-client batch splits).
+  """
+  problems = []
+  for field in ('public_batch_size', 'eval_batch_size'):
+    value = config.data[field]
+    if num_devices > 1 and value % num_devices:
+      problems.append(f'data.{field}={value} is not divisible by the device count '
+                      f'({num_devices}); use a multiple of {num_devices}.')
+  return problems
+
+
+def problems(config, num_devices: int | None = None) -> list[str]:
+  """Every problem found without loading data, one line each (empty: the config is fine)."""
+  shape, found = _field_problems(config)
+  if shape:
+    return shape + found  # the checks below need every field present and well typed
+  derived = found == []  # checks of several fields, made once each field is in range
+  found += ((_range_problems(config) if derived else [])
+            + groups_lib.problems(config, _MODEL_FIELDS) + _name_problems(config))
+  if derived:
+    found += _network_problems(config)
+    found += compression.config_problems(config) + privacy.config_problems(config)
+  if config.num_devices > jax.device_count():
+    found.append(f'num_devices={config.num_devices} but {jax.device_count()} device(s) are '
+                 'available; use 0 (all) or at most that many.')
+  found += check_device_split(
+      config, jax.local_device_count() if num_devices is None else num_devices)
+  return found
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Raises `ConfigError` listing every problem `problems` finds."""
+  found = problems(config, num_devices)
+  if found:
+    raise ConfigError(found)
+
+
+def validate_partition(part: partition_lib.Partition, config) -> None:
+  """Every client needs private examples, and the public set a whole public batch."""
+  num_public = len(part.public_indices)
+  if num_public < config.data.public_batch_size:
+    raise ConfigError([
+        f'public_fraction={config.public_fraction} leaves {num_public} public examples, fewer '
+        f'than data.public_batch_size={config.data.public_batch_size}; raise public_fraction or '
+        'lower public_batch_size.'])
+  topk = compression.topk_problems(config, part.num_classes)
+  if topk:
+    raise ConfigError(topk)
+  sizes = np.array([len(idx) for idx in part.client_indices])
+  empty = np.flatnonzero(sizes == 0).tolist()
+  if empty:
+    raise ConfigError([
+        f'the {config.partition} partition leaves clients {empty} without private examples '
+        f'({sizes.sum()} private examples for num_clients={config.num_clients}); use fewer '
+        'clients, a lower public_fraction or a larger dirichlet_alpha.'])
