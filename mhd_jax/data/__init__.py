@@ -8,7 +8,7 @@ never loads TensorFlow). `config_check` reads the same `EMBEDDED` and
 `AUGMENTS`, so validation and dispatch accept the same names.
 
     mhd_jax/data/
-      contract.py   Data, epoch_indices, eval_batches_from_arrays, AUGMENTS
+      contract.py   Data, epoch_indices, eval_batches_from_arrays, from_arrays, AUGMENTS
       digits.py     the embedded sklearn digits
       tfds_data.py  TFDS datasets by random access (TensorFlow)
       prepare.py    `python -m mhd_jax.data.prepare`: one-time TFDS preparation
