@@ -74,7 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.skew = 0.9               # probability that a private example goes to an owner of its
                              # class (else to a random client): 0 = iid, 1 = disjoint
   c.dirichlet_alpha = 0.5    # partition = 'dirichlet': concentration of the label partition
-  c.public_fraction = 0.3    # fraction of the training set made public (unlabelled)
+  c.public_fraction = 0.3    # fraction of the training set made public (unlabelled); 0 = none
+                             # (embedded datasets, runs that do not distil: topology='none')
 
   # none | complete | ring | chain | star | islands | random_regular | explicit | erdos_renyi |
   # small_world | torus | random_geometric (the random ones are drawn from seed)

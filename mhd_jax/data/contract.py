@@ -92,7 +92,8 @@ def from_arrays(config, client_ids: Sequence[int] | None, train, test, num_class
 
   `train` and `test` are (examples [M, ...], labels [M]). The private batch of client i at
   step s and the public batch of step s are `epoch_indices` of streams i and N: they depend
-  on (seed, stream, step) only.
+  on (seed, stream, step) only. With no public set (public_fraction = 0, which `config_check`
+  allows only in runs that do not distil) the public batch is zeros.
   """
   (train_x, train_y), (test_x, test_y) = train, test
   part = partition_lib.make(train_y, num_classes, config)
@@ -103,6 +104,8 @@ def from_arrays(config, client_ids: Sequence[int] | None, train, test, num_class
 
   def public(step: int) -> dict:
     pool = part.public_indices
+    if not len(pool):
+      return {'image': np.zeros((b_pub,) + train_x.shape[1:], train_x.dtype)}
     return {'image': train_x[pool[epoch_indices(config.seed, public_stream, step, len(pool),
                                                 b_pub)]]}
 

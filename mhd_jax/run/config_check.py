@@ -126,6 +126,8 @@ def _range_problems(config) -> list[str]:
       problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
                       f'{digits_lib.NUM_EXAMPLES} digits for evaluation; both splits need '
                       'examples.')
+  if config.public_fraction == 0:
+    problems += _no_public_problems(config)
   profile = config.get('profile') or {}
   first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
   is_int = fields.is_int
@@ -139,6 +141,20 @@ def _range_problems(config) -> list[str]:
     problems.append(f'dynamics.staleness={staleness} must be below num_steps={config.num_steps}: '
                     'every target of the run would come from the initial models.')
   return problems
+
+
+def _no_public_problems(config) -> list[str]:
+  """public_fraction = 0 leaves no public set: the embedded datasets then serve a public batch
+  of zeros (`data.contract.from_arrays`), which only a run that does not distil may ignore."""
+  if config.data.name not in data_lib.EMBEDDED:
+    return [f'public_fraction=0 (no public set) is served by the embedded datasets only '
+            f'({", ".join(data_lib.EMBEDDED)}); use a public_fraction in (0, 1).']
+  distilling = any(config[k] != 0 for k in ('nu_main', 'nu_aux', 'nu_emb'))
+  if distilling and (config.topology != 'none' or config.include_self):
+    return ["public_fraction=0 leaves no public set, which distillation reads; train in "
+            "isolation (topology='none' and include_self=False, or nu_main = nu_aux = nu_emb = "
+            "0) or use a public_fraction in (0, 1)."]
+  return []
 
 
 def _name_problems(config) -> list[str]:
@@ -237,7 +253,7 @@ def validate(config, num_devices: int | None = None) -> None:
 def validate_partition(part: partition_lib.Partition, config) -> None:
   """Every client needs private examples, and the public set a whole public batch."""
   num_public = len(part.public_indices)
-  if num_public < config.data.public_batch_size:
+  if config.public_fraction and num_public < config.data.public_batch_size:  # 0: none wanted
     raise ConfigError([
         f'public_fraction={config.public_fraction} leaves {num_public} public examples, fewer '
         f'than data.public_batch_size={config.data.public_batch_size}; raise public_fraction or '
