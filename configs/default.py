@@ -126,7 +126,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              # its group: same-architecture clients only); 0 = off
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'mlp'       # mlp | cnn | resnet18 | resnet34 | resnet18_cifar | resnet34_cifar
+  # mlp | cnn | resnet18 | resnet34 | resnet18_cifar | resnet34_cifar (cnn and the ResNets: 2-D
+  # images only), or the published MNIST-1D models at their published sizes (any input):
+  # linear (no hidden layer) | mnist1d_mlp | mnist1d_cnn | mnist1d_gru (mhd_jax/models/mnist1d.py)
+  c.model.name = 'mlp'
   c.model.width = 128        # MLP units / CNN base channels / ResNet base width (64 canonical)
   c.model.depth = 2          # MLP layers / CNN stages (mlp / cnn only)
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators); params stay float32
