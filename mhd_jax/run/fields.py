@@ -54,6 +54,8 @@ FIELDS = {
     'data.augment': (_STR, None, ''),
     'data.split_seed': (_INT, None, ''),
     'data.test_fraction': (_NUM, lambda v: not (v <= 0 or v >= 1), 'in (0, 1)'),
+    'data.num_samples': (_INT, _POS, '>= 1'),
+    'data.num_test': (_INT, _POS, '>= 1'),
     'data.batch_size': (_INT, _POS, '>= 1'),
     'data.public_batch_size': (_INT, _POS, '>= 1'),
     'data.eval_batch_size': (_INT, _POS, '>= 1'),
