@@ -16,6 +16,7 @@ from mhd_jax.data import mnist1d
 from mhd_jax.models import mnist1d as mnist1d_models
 from mhd_jax.placement import clients
 from mhd_jax.placement import layout
+from mhd_jax.run import config_check
 from mhd_jax.run import train
 from tests.conftest import short_config
 from tests.test_fuzz_config import _check  # pylint: disable=protected-access  # exit 2, one line
@@ -81,6 +82,13 @@ def test_bad_sizes_and_models_are_refused_in_one_line_before_any_data(name, tmp_
                                                                       monkeypatch):
   monkeypatch.setattr(mnist1d, 'load', lambda n: pytest.fail('data loaded before the checks'))
   _check(['--config.data.name=mnist1d', *BAD[name]], str(tmp_path / 'run'), capfd)
+
+
+@pytest.mark.parametrize('name', sorted(mnist1d_models.BACKBONES))
+def test_the_published_models_take_dp_sgd(name):
+  """No batch statistics: each example's gradient is its own, so DP-SGD may clip it."""
+  config = short_config(**{'data.name': 'mnist1d', 'model.name': name, 'dp.enabled': True})
+  assert config_check.problems(config, num_devices=1) == []
 
 
 def test_a_short_run_trains_and_reloads(cache, tmp_path):
