@@ -105,6 +105,7 @@ def test_a_short_run_trains_and_reloads(cache, tmp_path):
   np.testing.assert_allclose(run.accuracies().shared_NxH.mean(0), summary['mean_shared_acc'],
                              atol=1e-6)
 
+
 # Parameters of the published models (notebooks/models.py), counted with one head.
 PUBLISHED = {'linear': 410, 'mnist1d_mlp': 15_210, 'mnist1d_cnn': 5_210, 'mnist1d_gru': 5_134}
 

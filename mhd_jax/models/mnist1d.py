@@ -1,10 +1,11 @@
-"""The published MNIST-1D models as backbones (Greydanus & Kobak, ICML 2024; notebooks/models.py).
+"""The published MNIST-1D models as backbones (Greydanus & Kobak, ICML 2024).
 
-Each is the published network up to its last linear layer, which becomes our head 0,
-so with one head the parameter counts are the published ones: `linear` 410,
-`mnist1d_mlp` 15,210, `mnist1d_cnn` 5,210, `mnist1d_gru` 5,134 (PyTorch's GRU cell,
-written out: flax's `GRUCell` has four biases where PyTorch has six). Initialisation
-is flax's (LeCun normal kernels, orthogonal recurrent ones, zero biases), not PyTorch's.
+Each is the published network (notebooks/models.py of github.com/greydanus/mnist1d) up
+to its last linear layer, which becomes our head 0, so with one head the parameter
+counts are the published ones: `linear` 410, `mnist1d_mlp` 15,210, `mnist1d_cnn` 5,210,
+`mnist1d_gru` 5,134 (PyTorch's GRU cell, written out: flax's `GRUCell` has four biases
+where PyTorch has six). Initialisation is flax's (LeCun normal kernels, orthogonal
+recurrent ones, zero biases), not PyTorch's.
 
 Their sizes are the published ones (`model.width` and `model.depth` do not apply).
 The convolutional and recurrent ones read an example as a signal x_BxLxC over its
