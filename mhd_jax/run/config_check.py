@@ -17,6 +17,7 @@ from mhd_jax import data as data_lib
 from mhd_jax import models
 from mhd_jax.algorithm import losses
 from mhd_jax.data import digits as digits_lib
+from mhd_jax.data import mnist1d as mnist1d_lib
 from mhd_jax.data import partition as partition_lib
 from mhd_jax.network import graph_schedule
 from mhd_jax.network import neighbours
@@ -127,6 +128,10 @@ def _range_problems(config) -> list[str]:
       problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
                       f'{digits_lib.NUM_EXAMPLES} digits for evaluation; both splits need '
                       'examples.')
+  if config.data.name == 'mnist1d':
+    problems += _mnist1d_problems(config)
+  if config.public_fraction == 0:
+    problems += _no_public_problems(config)
   profile = config.get('profile') or {}
   first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
   is_int = fields.is_int
@@ -142,18 +147,47 @@ def _range_problems(config) -> list[str]:
   return problems
 
 
+def _mnist1d_problems(config) -> list[str]:
+  """Its sizes, and models that cannot read its 1-D signals (2-D convolutions)."""
+  names = _model_names(config)
+  built = names[1:] or names  # the groups' models replace config.model's
+  signal_models = ', '.join(n for n in models.BACKBONES if n not in models.IMAGE_BACKBONES)
+  return mnist1d_lib.size_problems(config.data.num_samples, config.data.num_test) + [
+      f'model {name!r} ({field}) convolves 2-D images [H, W, C]; mnist1d examples are 1-D '
+      f'signals [{mnist1d_lib.LENGTH}, 1]: use one of {signal_models}.'
+      for field, name in built if name in models.IMAGE_BACKBONES]
+
+
+def _no_public_problems(config) -> list[str]:
+  """public_fraction = 0 leaves no public set: the embedded datasets then serve a public batch
+  of zeros (`data.contract.from_arrays`), which only a run that does not distil may ignore."""
+  if config.data.name not in data_lib.EMBEDDED:
+    return [f'public_fraction=0 (no public set) is served by the embedded datasets only '
+            f'({", ".join(data_lib.EMBEDDED)}); use a public_fraction in (0, 1).']
+  distilling = any(config[k] != 0 for k in ('nu_main', 'nu_aux', 'nu_emb'))
+  if distilling and (config.topology != 'none' or config.include_self):
+    return ["public_fraction=0 leaves no public set, which distillation reads; train in "
+            "isolation (topology='none' and include_self=False, or nu_main = nu_aux = nu_emb = "
+            "0) or use a public_fraction in (0, 1)."]
+  return []
+
+
+def _model_names(config) -> list[tuple[str, str]]:
+  """(field, model name) of config.model and of each group (once the groups check out)."""
+  groups = [(f'groups.{name}.model.name', model.name)
+            for name, _, model in groups_lib.group_configs(config)
+            ] if config.groups and not groups_lib.problems(config, _MODEL_FIELDS) else []
+  return [('model.name', config.model.name)] + groups
+
+
 def _name_problems(config) -> list[str]:
   """Choices that must be one of a known list."""
   problems = []
   dataset = _dataset_problem(config.data.name, config.data.data_dir)
   if dataset:
     problems.append(dataset)
-  group_models = [(f'groups.{name}.model.name', model.name)
-                  for name, _, model in groups_lib.group_configs(config)
-                  ] if config.groups and not groups_lib.problems(config, _MODEL_FIELDS) else []
   for field, value, known in [
-      ('model.name', config.model.name, tuple(models.BACKBONES)),
-      *[(f, v, tuple(models.BACKBONES)) for f, v in group_models],
+      *[(f, v, tuple(models.BACKBONES)) for f, v in _model_names(config)],
       ('partition', config.partition, partition_lib.PARTITIONS),
       ('target', config.target, losses.TARGET_RULES),
       ('strategy', config.strategy, clients.STRATEGIES),
@@ -239,7 +273,7 @@ def validate(config, num_devices: int | None = None) -> None:
 def validate_partition(part: partition_lib.Partition, config) -> None:
   """Every client needs private examples, and the public set a whole public batch."""
   num_public = len(part.public_indices)
-  if num_public < config.data.public_batch_size:
+  if config.public_fraction and num_public < config.data.public_batch_size:  # 0: none wanted
     raise ConfigError([
         f'public_fraction={config.public_fraction} leaves {num_public} public examples, fewer '
         f'than data.public_batch_size={config.data.public_batch_size}; raise public_fraction or '
