@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from mhd_jax.outputs import workdir as wd
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.run import config_check
 from mhd_jax.studies import cli as studies
 from mhd_jax.studies import runs as study_runs
@@ -28,11 +28,12 @@ def test_chain_hops_averages_pairs_at_each_distance(tmp_path):
 
 
 def test_headline_takes_head0_private_and_last_head_shared():
-  client = lambda i, private, shared: wd.ClientSummary(i, private, shared, 0)
-  summary = wd.Summary(num_clients=2, num_heads=2, steps=1, wall_seconds=0.0,
-                       mean_private_acc=[0.8, 0.05], mean_shared_acc=[0.3, 0.7],
-                       clients=[client(0, [0.9, 0.1], [0.2, 0.6]),
-                                client(1, [0.7, 0.0], [0.4, 0.8])], bytes_sent_per_step=0)
+  client = lambda i, private, shared: summary_lib.ClientSummary(i, private, shared, 0)
+  summary = summary_lib.Summary(num_clients=2, num_heads=2, steps=1, wall_seconds=0.0,
+                                mean_private_acc=[0.8, 0.05], mean_shared_acc=[0.3, 0.7],
+                                clients=[client(0, [0.9, 0.1], [0.2, 0.6]),
+                                         client(1, [0.7, 0.0], [0.4, 0.8])],
+                                bytes_sent_per_step=0)
   h = studies.headline([summary, summary])
   assert np.isclose(h['private_mean'], 80.0) and np.isclose(h['shared_mean'], 70.0)
   assert h['private_std'] == 0.0

@@ -31,6 +31,7 @@ from mhd_jax.network import participation
 from mhd_jax.network import topology
 from mhd_jax.outputs import checkpoint
 from mhd_jax.outputs import report
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.outputs import writers
 from mhd_jax.placement import autotune
@@ -110,7 +111,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   `metrics.jsonl` (one JSON record per log/eval step), `tensorboard/`,
   `checkpoints/` and their metadata, and at the end `summary.json`,
   `per_class.npz` and `report/` (`workdir.py` says what each holds). Returns
-  the summary (`workdir.Summary.to_json()`).
+  the summary (`summary.Summary.to_json()`).
   On several processes (`distributed.initialize`), each saves its part of the
   checkpoints and process 0 alone writes the other files.
 
@@ -301,12 +302,13 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   logging.info('final accuracies (%%):\n%s', progress.client_table(acc, steps_N))
   if run.epsilons is None:  # resumed from the final checkpoint (or no DP)
     run.epsilons = _epsilons(config, data)
-  summary = wd.Summary.create(
+  summary = summary_lib.Summary.create(
       config, acc, run.sent, run.fedavg, wall(), steps_N, run.epsilons,
       privacy.summary_block(config) if run.epsilons is not None else None)
   if lead:
-    wd.write_summary(workdir, summary)
-    wd.write_per_class(workdir, wd.PerClass(acc.correct_NxHxC, acc.count_C, primary))
+    summary_lib.write_summary(workdir, summary)
+    summary_lib.write_per_class(workdir,
+                                summary_lib.PerClass(acc.correct_NxHxC, acc.count_C, primary))
     report.write(workdir, acc, adjacency, summary)
   safety.stop_if_terminated(early, config.num_steps)
   _sync('outputs written')  # no process returns before the workdir is complete

@@ -26,7 +26,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from mhd_jax.network import topology as topology_lib
-from mhd_jax.outputs import workdir as wd
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.run import config_check
 from mhd_jax.studies import heads as head_studies
 from mhd_jax.studies import metrics as study_metrics
@@ -49,7 +49,7 @@ SMALL = {'name': 'mlp', 'width': 32, 'depth': 1}
 LARGE = {'name': 'mlp', 'width': 256, 'depth': 3}
 
 
-def headline(summaries: list[wd.Summary], clients=None) -> dict:
+def headline(summaries: list[summary_lib.Summary], clients=None) -> dict:
   """Mean ± std over seeds of the main-head private and last-head shared accuracy (%).
 
   `clients`: the client ids to average over (default: all).
@@ -69,7 +69,7 @@ def grid_variants(rows: dict[str, dict], cols: dict[str, dict]) -> dict[str, dic
   return {f'{r}__{c}': {**ro, **co} for r, ro in rows.items() for c, co in cols.items()}
 
 
-def grid_results(rows, cols, summaries: dict[str, list[wd.Summary]]) -> dict:
+def grid_results(rows, cols, summaries: dict[str, list[summary_lib.Summary]]) -> dict:
   """{row: {col: headline}} from the summaries of `grid_variants(rows, cols)`."""
   return {r: {c: headline(summaries[f'{r}__{c}']) for c in cols} for r in rows}
 
@@ -183,7 +183,7 @@ def chain_hops(run_dir: str, last_head: bool = True) -> np.ndarray:
 
   Averaged over the ordered pairs (i, j) with |i - j| = d on the chain 0 - 1 - ... - (N-1).
   """
-  per_class = wd.read_per_class(run_dir)
+  per_class = summary_lib.read_per_class(run_dir)
   curves = study_metrics.hop_curves(per_class, topology_lib.chain(len(per_class.primary_NxC)))
   return curves['acc_HxD'][-1 if last_head else 0]
 

@@ -12,6 +12,7 @@ by `study_metrics.exceeds_noise` (more than two standard errors).
 import numpy as np
 
 from mhd_jax.network import topology
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.studies import metrics as sm
 
@@ -252,11 +253,11 @@ RECIPE_KEYS = ('shared_last', 'shared_best', 'private', 'far_last', 'far_best', 
 def _recipe_figures(run) -> dict:
   """One run's figures (%): shared acc of the last and best head, private acc of head 0,
   accuracy on classes >= FAR_HOPS hops away (last and best head; None if no such pair), AUC."""
-  z = wd.read_per_class(run.workdir)
+  z = summary_lib.read_per_class(run.workdir)
   pair_HxNxN = sm.pair_accuracies(z.correct_NxHxC, z.count_C, z.primary_NxC)
   far = sm.hop_distances(topology.build(run.config)) >= FAR_HOPS
   far_H = [100 * float(p[far].mean()) for p in pair_HxNxN] if far.any() else None
-  s = wd.read_summary(run.workdir)
+  s = summary_lib.read_summary(run.workdir)
   shared_H = 100 * np.asarray(s.mean_shared_acc)
   return {'shared_last': float(shared_H[-1]), 'shared_best': float(shared_H.max()),
           'private': 100 * s.mean_private_acc[0],

@@ -8,7 +8,7 @@ import numpy as np
 
 from mhd_jax.algorithm import losses
 from mhd_jax.outputs import report
-from mhd_jax.outputs import workdir as wd
+from mhd_jax.outputs import summary as summary_lib
 
 
 def hop_distances(adjacency_NxN) -> np.ndarray:
@@ -36,7 +36,7 @@ def pair_accuracies(correct_NxHxC, count_C, primary_NxC) -> np.ndarray:
   return hits_HxNxN / np.maximum(count_N, 1)[None, None, :]
 
 
-def hop_curves(per_class: wd.PerClass, adjacency_NxN) -> dict:
+def hop_curves(per_class: summary_lib.PerClass, adjacency_NxN) -> dict:
   """Every head's accuracy (%) against hop distance d = 1..max in the run's graph.
 
   acc_HxD[k, d-1] = mean over the ordered pairs (i, j) with D[i, j] = d of the
@@ -53,7 +53,7 @@ def hop_curves(per_class: wd.PerClass, adjacency_NxN) -> dict:
 
 
 def load_hop_curves(run_dir: str, adjacency_NxN) -> dict:
-  return hop_curves(wd.read_per_class(run_dir), adjacency_NxN)
+  return hop_curves(summary_lib.read_per_class(run_dir), adjacency_NxN)
 
 
 def reachability(adjacency_NxN, num_heads: int, nu_main: float, include_self: bool,

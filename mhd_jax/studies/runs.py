@@ -13,6 +13,7 @@ import multiprocessing
 import os
 from typing import NamedTuple, Sequence
 
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
 
@@ -69,7 +70,7 @@ def _train(run: Run) -> float:
   return train.train_and_evaluate(run.config, run.workdir)['wall_seconds']
 
 
-def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[wd.Summary]:
+def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[summary_lib.Summary]:
   """Trains the unfinished runs on `jobs` worker processes; returns every run's summary."""
   todo = [r for r in runs if not finished(r)]
   if todo:
@@ -84,4 +85,4 @@ def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[wd.Summa
           progress(f'[{n}/{len(todo)}] {futures[future].workdir}: {future.result():.0f} s')
     finally:
       os.environ['XLA_FLAGS'] = flags
-  return [wd.read_summary(r.workdir) for r in runs]
+  return [summary_lib.read_summary(r.workdir) for r in runs]
