@@ -9,6 +9,7 @@ import numpy as np
 from mhd_jax.algorithm import losses
 from mhd_jax.outputs import report
 from mhd_jax.outputs import summary as summary_lib
+from mhd_jax.outputs import workdir as wd
 
 
 def hop_distances(adjacency_NxN) -> np.ndarray:
@@ -103,6 +104,11 @@ def efficiency(steps_T, acc_T, bound_final: float | None = None) -> dict:
     if bound_final is not None:
       out[f'steps_{frac}_bound'] = steps_to(steps_T, acc_T, frac / 100 * bound_final)
   return out
+
+
+def run_auc(run_dir: str) -> float:
+  """A finished run's AUC (%): `efficiency` of its last head's shared accuracy over steps."""
+  return efficiency(*accuracy_curve(wd.read_metrics(run_dir)))['auc']
 
 
 def exceeds_noise(a, b) -> bool:
