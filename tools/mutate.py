@@ -43,7 +43,7 @@ class Bug:
 
 BUGS = (
     # The bugs issue 11 found unguarded.
-    Bug('bn_reinit_on_restore', 'mhd_jax/run/train.py',
+    Bug('bn_reinit_on_restore', 'mhd_jax/run/startup.py',
         "  return layout.pad_state(state), step, float(meta['wall_seconds']), "
         "meta.get('log_window')",
         "  return layout.pad_state(state.replace(groups=tuple(g.replace(batch_stats=jax.tree.map("

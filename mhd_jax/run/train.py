@@ -1,6 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Durability (see `checkpoint.py`, `safety.py`, `writers.py` and docs/durable_runs.md):
+It checks the config and the workdir, locks the workdir, lets `startup` restore or
+initialise the state and compile the step, runs the loop (`_train`) and writes
+the final results (`_run`). Durability (see `checkpoint.py`, `safety.py`,
+`writers.py` and docs/durable_runs.md):
 - the population is checkpointed every `checkpoint.every` steps and at the
   end; a run on a workdir that holds checkpoints resumes from the latest one
   and ends exactly as an uninterrupted run would, since the batch of step s
@@ -12,21 +15,15 @@ Durability (see `checkpoint.py`, `safety.py`, `writers.py` and docs/durable_runs
   clients, and no checkpoint of a bad state is ever written.
 """
 
-import dataclasses
-import itertools
 import os
 import time
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 
 from mhd_jax import data as data_lib
-from mhd_jax.algorithm import baselines
 from mhd_jax.algorithm import evaluate
-from mhd_jax.network import graph_schedule
 from mhd_jax.network import participation
 from mhd_jax.network import topology
 from mhd_jax.outputs import checkpoint
@@ -34,74 +31,14 @@ from mhd_jax.outputs import report
 from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.outputs import writers
-from mhd_jax.placement import autotune
-from mhd_jax.placement import clients
 from mhd_jax.placement import layout as layout_lib
 from mhd_jax.population import groups as groups_lib
 from mhd_jax.run import config_check
-from mhd_jax.run import programs
 from mhd_jax.run import progress
 from mhd_jax.run import safety
+from mhd_jax.run import startup
 from mhd_jax.run import timing
-from mhd_jax.wire import communication
 from mhd_jax.wire import privacy
-
-def _sync(name: str) -> None:
-  """Waits for every process (nothing to wait for on one)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
-def _initial_state(mngr, specs, data, config, layout, lead=True):
-  """(state, step, wall seconds so far, log window) from the newest checkpoint that verifies,
-  or a fresh population (with teachers that lag, its lag buffers filled: `_fresh_lag`).
-  The window (`progress.Window.record`) is None at a log step.
-
-  Checkpoints hold the real clients only (no padding), so any device count
-  can restore them; the state comes back padded and placed on the mesh.
-  Newer checkpoints that fail verification are skipped with one line each
-  (`checkpoint.restore_newest_verified`).
-  """
-  latest, image_shape = mngr.latest_step(), data.image_shape
-  if latest is None:
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    return _fresh_lag(layout.init_state(specs, image_shape, rng), specs, data, config,
-                      layout), 0, 0.0, None
-  if latest > config.num_steps:
-    raise config_check.ConfigError([
-        f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
-        f'{config.num_steps}; raise num_steps or choose another --workdir.'])
-  state, meta, step = checkpoint.restore_newest_verified(
-      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape, config)), lead)
-  _sync('checkpoints verified')
-  logging.info('resuming from the checkpoint of step %d in %s.', step, mngr.directory)
-  return layout.pad_state(state), step, float(meta['wall_seconds']), meta.get('log_window')
-
-
-def _fresh_lag(state, specs, data, config, layout):
-  """A fresh state with its lag buffers (teachers that lag tau >= 1 steps): the initial models'
-  outputs on the public batches of steps 1..tau (docs/dynamics.md); unchanged when tau = 0."""
-  tau = config.dynamics.staleness
-  if not tau:
-    return state
-  publics = [b['public']['image'] for b in itertools.islice(data.train_batches(0), tau)]
-  return programs.initial_lag(layout, specs, config, 'vmap')(
-      state, layout.replicate(np.stack(publics)))
-
-
-def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
-  """(strategy, compiled train step); 'auto' on a model with convolutions measures
-  (`autotune`). Compiled here, before the first step, so no step's time holds it."""
-  make = lambda s: programs.train_step(layout, specs, config, s)
-  per_device = [s.num_clients // layout.mesh.devices.size for s in layout.padded_specs(specs)]
-  t = time.time()
-  strategy, step = autotune.compile_fastest(
-      make, autotune.candidates(config, specs, image_shape, steps_left), args,
-      autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device,
-                         layout.mesh.devices.size),
-      config.get('strategy_measure_steps', 0))
-  logging.info('train step compiled in %.1f s.', time.time() - t)
-  return strategy, step
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
@@ -152,68 +89,6 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     lock.release()
 
 
-@dataclasses.dataclass
-class _Run:
-  """What the loop needs, built once by `_prepare` (the state changes as it trains)."""
-  specs: tuple
-  mngr: object
-  state: object
-  start_step: int
-  wall_before: float
-  window: progress.Window
-  train_step: object
-  predict: object
-  average: object
-  finite_state: object
-  dynamics: tuple
-  sent: np.ndarray
-  fedavg: np.ndarray
-  epsilons: list | None = None  # DP runs: each client's ε at the end (`_epsilons`)
-
-
-def _prepare(config, workdir, adjacency, layout, data, lead):
-  """(`_Run`, batches): the state restored or initialised, the programs compiled."""
-  specs = groups_lib.make_specs(config, data.num_classes)
-  mngr = wd.checkpoint_manager(workdir, config, lead)
-  state, start_step, wall_before, window = _initial_state(mngr, specs, data, config, layout,
-                                                          lead)
-  if lead:
-    wd.write_metadata(workdir, config, data)
-  dynamics = (graph_schedule.build(config), participation.build(config))
-  batches = map(layout.place_batch, data.train_batches(start_step))
-  train_step = None
-  if start_step < config.num_steps:
-    first = next(batches)
-    batches = itertools.chain([first], batches)
-    strategy, train_step = _compile_train_step(
-        config, specs, layout, data.image_shape,
-        (state, first, _step_rng(config), jnp.zeros(config.num_clients, jnp.int32), dynamics),
-        config.num_steps - start_step)
-  else:  # resumed from the final checkpoint: nothing to compile but the evaluation
-    strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
-  average_real = baselines.make_average(specs, adjacency)  # over the real clients only
-  sent, fedavg = communication.costs(specs, state, adjacency, data.image_shape, config)
-  logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
-               '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
-               config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
-               fedavg.mean())
-  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s).',
-               strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
-               layout.num_padding)
-  return _Run(
-      specs, mngr, state, start_step, wall_before, progress.Window.restore(window), train_step,
-      programs.predict(layout, specs, strategy),
-      jax.jit(lambda state, dynamics, step: _average(state, dynamics, step, average_real, layout)),
-      safety.make_state_check(layout), dynamics, sent, fedavg), batches
-
-
-def _average(state, dynamics, step, average_real, layout):
-  """FedAvg / gossip averaging over the real clients, on the graph and participants of `step`."""
-  net = programs.network_at(dynamics, step)
-  return layout.pad_state(average_real(layout.unpad_state(state), net.adjacency_SxS,
-                                       net.active_S))
-
-
 def _epsilons(config, data):
   """Each client's ε after num_steps steps (PLD; seconds per distinct client size), or None
   without DP."""
@@ -223,14 +98,10 @@ def _epsilons(config, data):
   return privacy.client_epsilons(config, sizes, config.num_steps)
 
 
-def _step_rng(config):
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-
-
-def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall):
+def _train(config, workdir, run: startup.Run, batches, layout, data, lead, early, wall):
   """The training loop from `run.start_step`; returns the last evaluation (None if no step)."""
   writer = writers.create(workdir, lead, config, run.start_step)
-  step_rng, first_bad = _step_rng(config), jnp.zeros(config.num_clients, jnp.int32)
+  step_rng, first_bad = startup.step_rng(config), jnp.zeros(config.num_clients, jnp.int32)
   every, acc, state, window = config.checkpoint.every, None, run.state, run.window
   primary, mngr = data.partition.primary_mask(), run.mngr
   timer = timing.StepTimer()  # steps/s over training steps only
@@ -290,8 +161,8 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   """
   if overwrite and lead:
     wd.clear_workdir(workdir)
-  _sync('workdir ready')
-  run, batches = _prepare(config, workdir, adjacency, layout, data, lead)
+  startup.sync('workdir ready')
+  run, batches = startup.prepare(config, workdir, adjacency, layout, data, lead)
   wall = lambda: run.wall_before + time.time() - start
   acc = _train(config, workdir, run, batches, layout, data, lead, early, wall)
   safety.stop_if_terminated(early, config.num_steps)
@@ -311,5 +182,5 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
                                 summary_lib.PerClass(acc.correct_NxHxC, acc.count_C, primary))
     report.write(workdir, acc, adjacency, summary)
   safety.stop_if_terminated(early, config.num_steps)
-  _sync('outputs written')  # no process returns before the workdir is complete
+  startup.sync('outputs written')  # no process returns before the workdir is complete
   return summary.to_json()
