@@ -35,7 +35,7 @@ ConfigError = config_base.ConfigError  # raised here and by the workdir checks
 def _dataset_problem(name: str, data_dir: str = '') -> str | None:
   """A name in `data.EMBEDDED` (the names `data.get_data` serves itself), or one TFDS knows
   (looked up only then; whether it is prepared is checked when it is opened,
-  `data.tfds_data.open_source`, before any compile)."""
+  `data.tfds_source.open_source`, before any compile)."""
   absl_logger = logging.get_absl_logger()
   level = absl_logger.level
   absl_logger.setLevel(std_logging.ERROR)  # not absl's logging.ERROR, which is -2
