@@ -197,6 +197,14 @@ BUGS = (
         '  buffer = push(buffer, step + staleness(buffer), ahead, active_N)\n'
         '  sent_N, outputs = read(buffer, step)\n  return sent_N, outputs, buffer',
         ('tests/test_lag.py',), 'the lagged slot overwritten before it is read'),
+    # The checks that need the data (issue 23).
+    Bug('batch_checked_against_all_clients', 'mhd_jax/run/config_check.py',
+        '  if config.data.batch_size > sizes[smallest]:',
+        '  if config.data.batch_size > sizes.sum():', ('tests/test_bad_inputs.py',),
+        'a batch checked against all private examples, not the smallest set'),
+    Bug('zero_size_parameters_missed', 'mhd_jax/population/groups.py',
+        '             if leaf.size == 0]', '             if leaf.size < 0]',
+        ('tests/test_bad_inputs.py',), 'a model that pools its images away is let through'),
 )
 
 

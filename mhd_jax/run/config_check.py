@@ -1,9 +1,10 @@
 """Checks a config before anything heavy runs; one message per problem.
 
 `validate(config)` runs the checks that need no data (names, ranges, the
-graph, device layout); `validate_partition` runs once the partition exists,
-before any model is built. Both raise `ConfigError`, whose message has one
-line per problem; `launch.py` prints those lines and exits with status 2.
+graph, device layout); `validate_data` runs once the dataset and its partition
+exist, before any model is compiled. Both raise `ConfigError`, whose message
+has one line per problem; `launch.py` prints those lines and exits with
+status 2.
 """
 
 import logging as std_logging
@@ -234,8 +235,22 @@ def validate(config, num_devices: int | None = None) -> None:
     raise ConfigError(found)
 
 
+def validate_data(config, data) -> None:
+  """The checks that need the dataset, before any model is compiled: the partition's sets
+  against the batches (`validate_partition`), every group's model against the image shape.
+
+  Raises:
+    ConfigError: one line per problem.
+  """
+  validate_partition(data.partition, config)
+  problems = groups_lib.shape_problems(config, data.num_classes, data.image_shape)
+  if problems:
+    raise ConfigError(problems)
+
+
 def validate_partition(part: partition_lib.Partition, config) -> None:
-  """Every client needs private examples, and the public set a whole public batch."""
+  """Every client needs a whole private batch of examples, and the public set a whole public
+  batch (a larger batch would hold each of the set's examples several times in every step)."""
   num_public = len(part.public_indices)
   if num_public < config.data.public_batch_size:
     raise ConfigError([
@@ -252,3 +267,9 @@ def validate_partition(part: partition_lib.Partition, config) -> None:
         f'the {config.partition} partition leaves clients {empty} without private examples '
         f'({sizes.sum()} private examples for num_clients={config.num_clients}); use fewer '
         'clients, a lower public_fraction or a larger dirichlet_alpha.'])
+  smallest = int(sizes.argmin())
+  if config.data.batch_size > sizes[smallest]:
+    raise ConfigError([
+        f'data.batch_size={config.data.batch_size} exceeds the {sizes[smallest]} private '
+        f'examples of client {smallest} (the smallest set of the {config.partition} '
+        f'partition); use data.batch_size <= {sizes[smallest]}, or fewer clients.'])

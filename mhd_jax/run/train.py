@@ -73,7 +73,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   layout = layout_lib.Layout.create(groups_lib.group_sizes(config),
                                     layout_lib.make_mesh(config.num_devices))
   data = data_lib.get_data(config, layout.local_client_ids())  # this process's clients
-  config_check.validate_partition(data.partition, config)
+  config_check.validate_data(config, data)  # before anything is written or compiled
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
   lock = wd.WorkdirLock(workdir)
   if lead:  # refuses a workdir in use before anything in it changes

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 from typing import NamedTuple, Sequence
 
+from mhd_jax import data as data_lib
 from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
@@ -48,10 +49,16 @@ def variant_runs(base, overrides: dict, seeds, workdir: str) -> list[Run]:
 
 
 def check(runs: Sequence[Run]) -> None:
-  """Raises `config_check.ConfigError` naming the first run whose config is refused."""
+  """Raises `config_check.ConfigError` naming the first run whose config is refused.
+
+  Every check a run makes before it trains, the dataset's included (its
+  partition against the batches, the models against its images), so a study
+  stops before any run trains.
+  """
   for run in runs:
     try:
       config_check.validate(run.config)
+      config_check.validate_data(run.config, data_lib.get_data(run.config))
       wd.check_workdir(run.workdir, run.config, overwrite=False)
     except config_check.ConfigError as e:
       raise config_check.ConfigError([f'{run.workdir}: {p}' for p in e.problems]) from None
