@@ -1,8 +1,13 @@
-"""Inputs refused once the data is known, in one line and before anything is written or compiled:
-a batch larger than a client's set, a model that pools its images away."""
+"""Inputs refused once the data is known, in one line and before anything is written or compiled
+(a batch larger than a client's set, a model that pools its images away), and a failed save,
+which ends the run in one line with status 1, never a hang."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,9 +15,11 @@ import launch
 from configs import default
 from configs import digits_hetero
 from mhd_jax import data as data_lib
+from mhd_jax.outputs import checkpoint
 from mhd_jax.population import groups
 from mhd_jax.run import config_check
 from mhd_jax.studies import runs as study_runs
+from tests.conftest import ROOT
 
 
 def _launch(tmp_path, capfd, *flags) -> tuple[int, list[str]]:
@@ -81,3 +88,48 @@ def test_launch_refuses_a_too_deep_model_in_one_line_before_writing(tmp_path, ca
   assert status == 2 and len(errors) == 1, errors
   assert errors[0].startswith('config error: config.model (cnn, depth 4) leaves nothing')
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_failed_save_raises_one_line_and_leaves_no_checkpoint(tmp_path):
+  mngr = checkpoint.manager(str(tmp_path / 'checkpoints'), default.get_config())
+  state = {'empty': jnp.zeros((0, 3)), 'w': jnp.ones(3)}  # orbax cannot save a zero-size array
+  with pytest.raises(checkpoint.SaveError) as e:
+    checkpoint.save(mngr, 7, state, 0.0, force=True)
+  assert str(e.value).startswith(f'saving the checkpoint of step 7 in {tmp_path}/checkpoints '
+                                 'failed: ValueError: Cannot save arrays with zero size')
+  assert '\n' not in str(e.value)
+  checkpoint.close(mngr)
+  assert mngr.all_steps() == []
+
+
+def test_a_save_that_fails_in_the_background_ends_the_run_with_status_1(tmp_path, capfd,
+                                                                        monkeypatch):
+  def broken(directory):
+    raise RuntimeError(f'cannot write the checksums in {directory}')
+  monkeypatch.setattr(checkpoint, '_write_checksums', broken)  # on orbax's finalize thread
+  status, errors = _launch(tmp_path, capfd, '--config.num_steps=2', '--config.checkpoint.every=1')
+  assert status == 1 and len(errors) == 1, errors
+  assert errors[0].startswith(f'error: saving a checkpoint in {tmp_path}/run/checkpoints failed: '
+                              'RuntimeError: cannot write the checksums')
+
+
+_SAVE_OF_A_ZERO_SIZE_LAYER = textwrap.dedent("""
+    import runpy, sys
+    from mhd_jax.population import groups
+    groups.shape_problems = lambda *args: []  # let the model through: its first save must fail
+    sys.argv = ['launch.py', '--workdir=' + sys.argv[1], '--config.model.name=cnn',
+                '--config.model.depth=4', '--config.model.width=4', '--config.strategy=vmap',
+                '--config.num_steps=2', '--config.checkpoint.every=1']
+    runpy.run_path('launch.py', run_name='__main__')
+""")
+
+
+@pytest.mark.slow
+def test_a_failed_save_ends_the_process_in_one_line_without_a_hang(tmp_path):
+  # A save that fails part-way leaves orbax threads that once held the exit for 300 s or more.
+  out = subprocess.run([sys.executable, '-c', _SAVE_OF_A_ZERO_SIZE_LAYER, str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=280)
+  errors = [line for line in out.stderr.splitlines() if 'error' in line.lower()]
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert len(errors) == 1 and errors[0].startswith(
+      'error: saving the checkpoint of step 1 in ') and 'zero size' in errors[0], errors

@@ -216,7 +216,7 @@ BUGS = (
     Bug('wire_every_skips_embedding', 'mhd_jax/wire/compression.py',
         'np.asarray(emb_read_NxN) * frac_H[0])', 'np.asarray(emb_read_NxN))',
         ('tests/test_wire_bytes.py',), 'embedding bytes counted on every step under wire.every'),
-    # The checks that need the data (issue 23).
+    # The checks that need the data, and a failed save (issue 23).
     Bug('batch_checked_against_all_clients', 'mhd_jax/run/config_check.py',
         '  if config.data.batch_size > sizes[smallest]:',
         '  if config.data.batch_size > sizes.sum():', ('tests/test_bad_inputs.py',),
@@ -224,6 +224,10 @@ BUGS = (
     Bug('zero_size_parameters_missed', 'mhd_jax/population/groups.py',
         '             if leaf.size == 0]', '             if leaf.size < 0]',
         ('tests/test_bad_inputs.py',), 'a model that pools its images away is let through'),
+    Bug('save_error_unwrapped', 'mhd_jax/outputs/checkpoint.py',
+        "    raise _failed(f'saving the checkpoint of step {step} in {mngr.directory}', e, "
+        'started) from e', '    raise',
+        ('tests/test_bad_inputs.py',), "orbax's exception of a failed save escapes as it is"),
 )
 
 

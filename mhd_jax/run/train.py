@@ -62,6 +62,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     config_check.ConfigError: a bad config, or a workdir of another run.
     safety.NonFiniteLossError: a loss term became NaN or Inf.
     safety.Preempted: SIGTERM arrived; the current step was checkpointed.
+    checkpoint.SaveError: a checkpoint could not be saved (one line; the cause chained).
   """
   start = time.time()
   layout_lib.initialize_distributed(config)  # before anything touches the devices
@@ -138,16 +139,17 @@ def _train(config, workdir, run: startup.Run, batches, layout, data, lead, early
           checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True,
                           extra=record and {'log_window': record})
         if stop and not last:
-          mngr.wait_until_finished()
+          checkpoint.wait(mngr)
           raise safety.Preempted(step)
     run.epsilons = _epsilons(config, data) if run.start_step < config.num_steps else None
     if run.epsilons is not None:
       progress.log_privacy(config.num_steps, run.epsilons, privacy.summary_block(config), writer)
   finally:
     profiler.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
+    try:
+      checkpoint.close(mngr)  # a failed save raises `checkpoint.SaveError` here at the latest
+    finally:
+      writer.close()
   run.state = state
   return acc
 
