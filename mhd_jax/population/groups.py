@@ -1,4 +1,5 @@
-"""The population's groups (architectures) from a config, and the checks of `config.groups`."""
+"""The population's groups (architectures) from a config, and their checks: `config.groups`, and
+each model against the images (`shape_problems`)."""
 
 import jax
 import jax.numpy as jnp
