@@ -19,6 +19,7 @@ from configs import default
 from mhd_jax import data as data_lib
 from mhd_jax.data import digits
 from mhd_jax.run import config_check
+from mhd_jax.run import data_check
 from tests.conftest import ROOT, short_config
 
 REAL_LOAD = digits._load_digits  # pylint: disable=protected-access
@@ -94,7 +95,7 @@ def test_with_no_public_set_the_public_batch_is_zeros_and_one_client_holds_all()
                            'public_fraction': 0.0, 'dynamics.staleness': 2})
   assert config_check.problems(config, num_devices=1) == []
   d = data_lib.get_data(config)
-  config_check.validate_partition(d.partition, config)
+  data_check.validate_partition(d.partition, config)
   assert [len(p) for p in d.partition.client_indices] == [len(d.train_labels)]
   batch = next(d.train_batches(3))
   for key in ('public', 'public_ahead'):
@@ -126,9 +127,9 @@ def test_dispatch_and_validation_read_one_registry_of_dataset_names(monkeypatch)
   served = object()
   monkeypatch.setitem(data_lib.EMBEDDED, 'toy', lambda c, ids: (served, c.data.name, ids))
   assert data_lib.get_data(config, [2]) == (served, 'toy', [2])
-  assert config_check._dataset_problem('toy') is None  # pylint: disable=protected-access
+  assert data_check.dataset_problem('toy') is None  # pylint: disable=protected-access
   monkeypatch.delitem(data_lib.EMBEDDED, 'toy')
-  problem = config_check._dataset_problem('toy')  # pylint: disable=protected-access
+  problem = data_check.dataset_problem('toy')  # pylint: disable=protected-access
   assert problem.startswith("unknown dataset 'toy'") and "'digits'" in problem
 
 

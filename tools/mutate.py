@@ -43,7 +43,7 @@ class Bug:
 
 BUGS = (
     # The bugs issue 11 found unguarded.
-    Bug('bn_reinit_on_restore', 'mhd_jax/run/train.py',
+    Bug('bn_reinit_on_restore', 'mhd_jax/run/startup.py',
         "  return layout.pad_state(state), step, float(meta['wall_seconds']), "
         "meta.get('log_window')",
         "  return layout.pad_state(state.replace(groups=tuple(g.replace(batch_stats=jax.tree.map("
@@ -197,6 +197,37 @@ BUGS = (
         '  buffer = push(buffer, step + staleness(buffer), ahead, active_N)\n'
         '  sent_N, outputs = read(buffer, step)\n  return sent_N, outputs, buffer',
         ('tests/test_lag.py',), 'the lagged slot overwritten before it is read'),
+    # The optimizer factory and the wire's embedding bytes (issue 23 found these unguarded).
+    Bug('warmup_skipped', 'mhd_jax/population/optim.py',
+        'optax.linear_schedule(0.0, lr, opt_config.warmup_steps)',
+        'optax.linear_schedule(lr, lr, opt_config.warmup_steps)',
+        ('tests/test_optim.py',), 'the constant schedule starts at the full rate: no warm-up'),
+    Bug('cosine_span_off', 'mhd_jax/population/optim.py',
+        'max(num_steps, opt_config.warmup_steps + 1))',
+        'max(num_steps + opt_config.warmup_steps, opt_config.warmup_steps + 1))',
+        ('tests/test_optim.py',), 'the cosine decay ends warmup_steps after num_steps'),
+    Bug('clip_after_optimizer', 'mhd_jax/population/optim.py',
+        'tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip), tx)',
+        'tx = optax.chain(tx, optax.clip_by_global_norm(opt_config.grad_clip))',
+        ('tests/test_optim.py',), 'the updates clipped instead of the gradients'),
+    Bug('grad_clip_ignored', 'mhd_jax/population/optim.py',
+        '  if opt_config.grad_clip:\n', '  if opt_config.grad_clip < 0:\n',
+        ('tests/test_optim.py',), 'optimizer.grad_clip ignored'),
+    Bug('wire_every_skips_embedding', 'mhd_jax/wire/compression.py',
+        'np.asarray(emb_read_NxN) * frac_H[0])', 'np.asarray(emb_read_NxN))',
+        ('tests/test_wire_bytes.py',), 'embedding bytes counted on every step under wire.every'),
+    # The checks that need the data, and a failed save (issue 23).
+    Bug('batch_checked_against_all_clients', 'mhd_jax/run/config_check.py',
+        '  if config.data.batch_size > sizes[smallest]:',
+        '  if config.data.batch_size > sizes.sum():', ('tests/test_bad_inputs.py',),
+        'a batch checked against all private examples, not the smallest set'),
+    Bug('zero_size_parameters_missed', 'mhd_jax/population/groups.py',
+        '             if leaf.size == 0]', '             if leaf.size < 0]',
+        ('tests/test_bad_inputs.py',), 'a model that pools its images away is let through'),
+    Bug('save_error_unwrapped', 'mhd_jax/outputs/checkpoint.py',
+        "    raise _failed(f'saving the checkpoint of step {step} in {mngr.directory}', e, "
+        'started) from e', '    raise',
+        ('tests/test_bad_inputs.py',), "orbax's exception of a failed save escapes as it is"),
 )
 
 

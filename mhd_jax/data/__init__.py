@@ -11,7 +11,8 @@ so the embedded path never loads TensorFlow). `config_check` reads the same
       contract.py   Data, epoch_indices, eval_batches_from_arrays, from_arrays, AUGMENTS
       digits.py     the embedded sklearn digits
       mnist1d.py    the embedded MNIST-1D, generated once and cached
-      tfds_data.py  TFDS datasets by random access (TensorFlow)
+      tfds_data.py  TFDS datasets by random access (TensorFlow): the pipeline
+      tfds_source.py  their records by index: builders, counted sources, labels
       prepare.py    `python -m mhd_jax.data.prepare`: one-time TFDS preparation
       partition.py  the public set and the non-iid client sets
 
