@@ -41,6 +41,32 @@ def test_headline_takes_head0_private_and_last_head_shared():
   assert np.isclose(tables.headline([summary], clients=[1])['shared_mean'], 80.0)
 
 
+def test_models_study_asks_claim5_three_ways():
+  """Small in the mix vs small alone, large in the mix vs large alone, and the one large client
+  vs the best small client of its own run; each from the right clients of the right run."""
+  def run(shared):  # last head's shared accuracy per client (head 0 differs, so heads matter)
+    clients = [summary_lib.ClientSummary(i, [0.0, 0.0], [0.0, a], 0) for i, a in enumerate(shared)]
+    return summary_lib.Summary(num_clients=4, num_heads=2, steps=1, wall_seconds=0.0,
+                               mean_private_acc=[0.0, 0.0], mean_shared_acc=[0.0, 0.0],
+                               clients=clients, bytes_sent_per_step=0)
+  base = types.SimpleNamespace(num_clients=4, get=lambda *_: {})
+  variants, analyse = claims.models(base, None)
+  assert variants['one large among small']['groups']['g1']['num_clients'] == 1
+  runs = {'small-only': [run([.1, .2, .9, .9]), run([.3, .4, .9, .9])],
+          'large-only': [run([.9, .9, .5, .6]), run([.9, .9, .7, .8])],
+          'mixed': [run([.7, .8, .2, .2]), run([.5, .6, .4, .4])],
+          'one large among small': [run([.1, .6, .3, .9]), run([.2, .1, .7, .8])]}
+  results, md, _ = analyse(runs, None)
+  c = results['claim5']
+  np.testing.assert_allclose(c['small in the mix'], [75, 55])
+  np.testing.assert_allclose(c['small alone'], [15, 35])
+  np.testing.assert_allclose(c['large in the mix'], [20, 40])
+  np.testing.assert_allclose(c['large alone'], [55, 75])
+  np.testing.assert_allclose(c['the large client'], [90, 80])
+  np.testing.assert_allclose(c['the best small client'], [60, 70])
+  assert '## Claim 5' in md and md.count('| ') >= 9
+
+
 def test_methods_study_writes_its_table_plot_and_numbers(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'mhd_jax.studies', 'methods', f'--workdir={tmp_path}', '--seeds=1',

@@ -119,11 +119,16 @@ def hops_table(hops: dict) -> str:
 
 
 def models(base, opts):
-  """Small-only, large-only and mixed populations (half small, half large clients).
+  """Small-only, large-only and mixed populations (half small, half large clients), and one
+  large client among small ones.
 
   Columns split the clients by position: the first half (small in the mix) and
   the second half (large in the mix), so every cell compares clients holding
-  the same data.
+  the same data. The paper's claim 5, three ways (↑ / ↓: beyond the noise):
+  the small clients of the mix against the small-only population, the large
+  ones against the large-only population, and, in a population of N - 1 small
+  clients and one large one (the last client), the large client against the
+  best small client of the same run (the last head's shared accuracy).
   """
   del opts
   if len(base.get('groups', {})) == 2:
@@ -133,21 +138,46 @@ def models(base, opts):
   n = base.num_clients
   half = n // 2
   populations = {'small-only': [(n, small)], 'large-only': [(n, large)],
-                 'mixed': [(half, small), (n - half, large)]}
+                 'mixed': [(half, small), (n - half, large)],
+                 'one large among small': [(n - 1, small), (1, large)]}
   variants = {name: {'groups': {f'g{g}': {'num_clients': k, 'model': m}
                                 for g, (k, m) in enumerate(groups)}}
               for name, groups in populations.items()}
+  grid = ('small-only', 'large-only', 'mixed')
 
   def analyse(summaries, runs):
     del runs
     results = {'grid': {
         name: {f'clients 0-{half - 1}': tables.headline(summaries[name], range(half)),
                f'clients {half}-{n - 1}': tables.headline(summaries[name], range(half, n))}
-        for name in populations}}
+        for name in grid}}
+    shared = lambda s, ids: [100 * s.clients[i].shared_acc[-1] for i in ids]
+    lone = summaries['one large among small']
+    results['claim5'] = {
+        'small in the mix': results['grid']['mixed'][f'clients 0-{half - 1}']['shared'],
+        'small alone': results['grid']['small-only'][f'clients 0-{half - 1}']['shared'],
+        'large in the mix': results['grid']['mixed'][f'clients {half}-{n - 1}']['shared'],
+        'large alone': results['grid']['large-only'][f'clients {half}-{n - 1}']['shared'],
+        'the large client': [shared(s, [n - 1])[0] for s in lone],
+        'the best small client': [max(shared(s, range(n - 1))) for s in lone]}
     md = tables.grid_markdown(results['grid'], 'population', len(summaries['mixed']))
-    return results, md, lambda path: tables.plot(results, 'population', path)
+    return results, md + claim5_markdown(results['claim5']), lambda path: tables.plot(
+        {'grid': results['grid']}, 'population', path)
 
   return variants, analyse
+
+
+def claim5_markdown(c: dict) -> str:
+  """The three comparisons of claim 5, mean ± std of the last head's shared accuracy (%)."""
+  rows = [('small clients: mixed vs small-only', 'small in the mix', 'small alone'),
+          ('large clients: mixed vs large-only', 'large in the mix', 'large alone'),
+          ('one large among small: the large client vs the best small one', 'the large client',
+           'the best small client')]
+  lines = ['\n## Claim 5\n', '| comparison | this | against |', '|---|---|---|']
+  for what, a, b in rows:
+    lines.append(f'| {what} | {tables.cell(c[a], tables.mark(c[a], c[b]))} | '
+                 f'{tables.cell(c[b])} |')
+  return '\n'.join(lines) + '\n\n↑ / ↓: beyond the noise (more than two standard errors).\n'
 
 
 def methods(base, opts):
