@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import launch
@@ -29,7 +30,8 @@ OVERRIDES = [
     'optimizer.name=rmsprop', 'optimizer.schedule=linear', 'optimizer.learning_rate=-1',
     'optimizer.momentum=1.5', 'optimizer.weight_decay=-1', 'optimizer.warmup_steps=-5',
     'optimizer.grad_clip=-1', 'nu_main=-5', 'nu_aux=-1', 'nu_emb=-0.1', 'target=loudest',
-    'strategy=fast', 'partition=zipf', 'topology=hypercube', 'num_devices=3', 'num_devices=-1',
+    'strategy=fast', 'partition=zipf', 'topology=hypercube', 'num_devices=-1',
+    f'num_devices={jax.device_count() + 1}',  # one more than there are, however many that is
     'data.augment=fancy', 'data.name=nosuchdataset', 'include_self=maybe', 'seed=x',
     'edge_prob=1.5', 'rewire_prob=-0.1', 'grid_rows=-1', 'radius=-1',
     'dynamics.schedule=gossip', 'dynamics.failure_p=1.5', 'dynamics.failure_p=-0.1',
