@@ -147,8 +147,10 @@ def test_disk_full_is_one_line(tmp_path, capfd, monkeypatch):
   assert 'config.json' in refusal[0] and not os.path.exists(workdir / 'config.json')
 
 
-@pytest.mark.parametrize('argv', [['--config.bogus_field=1'], ['--config=/no/such/file.py'],
-                                  ['--config.optimizer.learning_rate=-1']])
+@pytest.mark.parametrize('argv', [
+    ['--config.bogus_field=1'],  # the others, the same path in processes of their own: slow
+    pytest.param(['--config=/no/such/file.py'], marks=pytest.mark.slow),
+    pytest.param(['--config.optimizer.learning_rate=-1'], marks=pytest.mark.slow)])
 def test_real_process_refuses_in_one_line(argv, tmp_path):
   workdir = tmp_path / 'run'
   out = subprocess.run([sys.executable, 'launch.py', f'--workdir={workdir}', *argv], cwd=ROOT,
@@ -170,6 +172,7 @@ sys.exit(launch.main(['launch.py', '--workdir=' + sys.argv[1], '--config.num_ste
 """
 
 
+@pytest.mark.slow  # a launch.py process that trains
 def test_disk_full_on_orbax_background_save_is_one_line(tmp_path):
   # Raised on orbax's finalize thread, as a full disk would be, it reaches the loop wrapped the
   # way orbax wraps it; orbax's own tracebacks of it are dropped. A real process: training runs
