@@ -19,6 +19,7 @@ def run_benchmark(script, *flags):
   return records[1:]
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 @pytest.mark.parametrize('models', ['default'])  # resnet18_cifar: +50 s of compilation
 def test_client_scaling_quick(models):
   (row,) = run_benchmark('client_scaling.py', f'--models={models}')
@@ -32,6 +33,7 @@ def test_client_scaling_quick(models):
   assert row['compile_s'] > 0
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_distill_overhead_quick():
   (row,) = run_benchmark('distill_overhead.py', '--models=default')
   assert row['n_clients'] == 2
@@ -45,6 +47,7 @@ def test_distill_overhead_quick():
     assert row[key] > 0, key
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_dp_overhead_quick():
   (row,) = run_benchmark('dp_overhead.py')
   assert row['model'] == 'default' and row['n_clients'] == 2
@@ -103,6 +106,7 @@ def run_accelerator(tmp_path, *flags):
   return records[1:]
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_accelerator_quick(tmp_path):
   rows = run_accelerator(tmp_path)
   assert [(r['n_clients'], r['strategy']) for r in rows] == [
@@ -126,6 +130,7 @@ def test_accelerator_quick(tmp_path):
   assert auto['step_ms'] == timed[auto['chose']]['step_ms']
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_accelerator_budget_skips_the_rest(tmp_path):
   """A spent budget writes every remaining row as skipped and exits cleanly (no timing)."""
   rows = run_accelerator(tmp_path, '--budget_s=0.001', '--n=1,3', '--strategies=vmap,loop')
@@ -141,6 +146,7 @@ def test_peak_by_device_kind():
   assert peak('TPU v5 lite') == 197.0 and peak('TPU v5') == 459.0 and peak('cpu') is None
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_dynamics_draws_quick():
   from mhd_jax.network import graph_schedule  # pylint: disable=g-import-not-at-top
   rows = run_benchmark('dynamics_draws.py')

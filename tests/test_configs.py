@@ -116,6 +116,7 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   assert all(m.shape == (n,) for m in jax.tree.leaves(metrics))
 
 
+@pytest.mark.slow  # compiles the ResNet-18 step and predict of a real config
 def test_one_tfds_config_runs_end_to_end_under_mock_data(tmp_path):
   config = get_config('cifar100_resnet18', 'small')
   with tfds.testing.mock_data(num_examples=64):

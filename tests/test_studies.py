@@ -67,6 +67,7 @@ def test_models_study_asks_claim5_three_ways():
   assert '## Claim 5' in md and md.count('| ') >= 9
 
 
+@pytest.mark.slow  # a study end to end: 6 runs in worker processes
 def test_methods_study_writes_its_table_plot_and_numbers(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'mhd_jax.studies', 'methods', f'--workdir={tmp_path}', '--seeds=1',
@@ -96,6 +97,7 @@ def _study(name, workdir, *args):
       cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # a study's quick form: 4 runs in worker processes
 def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
   out = _study('hops', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
@@ -135,6 +137,7 @@ def _tiny_runs(tmp_path):
                          str(tmp_path / f'H{h}')) for h in (1, 2)]
 
 
+@pytest.mark.slow  # 4 runs in worker processes
 def test_parallel_runs_match_serial_runs_and_finished_runs_are_reused(tmp_path):
   serial = _tiny_runs(tmp_path / 'serial')
   parallel = _tiny_runs(tmp_path / 'parallel')
@@ -155,12 +158,16 @@ def test_parallel_runs_match_serial_runs_and_finished_runs_are_reused(tmp_path):
 
 def test_a_workdir_of_another_config_is_refused_up_front(tmp_path):
   runs = _tiny_runs(tmp_path)
-  study_runs.execute(runs[:1], jobs=1, progress=lambda _: None)
+  os.makedirs(runs[0].workdir)  # the H=1 run's config.json, as its training writes it
+  with open(wd.path(runs[0].workdir, wd.CONFIG), 'w') as f:
+    f.write(runs[0].config.to_json(indent=1, sort_keys=True))
+  study_runs.check(runs)  # its own config is accepted there
   other = study_runs.Run(runs[1].config, runs[0].workdir)  # H=2 into the H=1 run's workdir
   with pytest.raises(config_check.ConfigError, match='different config'):
     study_runs.check([other])
 
 
+@pytest.mark.slow  # two studies' quick forms: 9 runs in worker processes
 def test_efficiency_and_recipes_quick_forms_read_their_runs(tmp_path):
   for name in ('efficiency', 'recipes'):
     out = _study(name, tmp_path, '--quick', '--seeds=1', '--jobs=2')
@@ -215,6 +222,7 @@ def test_dynamics_tables_mark_differences_beyond_the_noise_against_the_baseline(
   assert base[-1] == '+0.0 |' and low[-1] == '-19.0 * |'
 
 
+@pytest.mark.slow  # a study's quick form: 12 runs in worker processes
 def test_dynamics_study_quick_form_runs_every_axis_that_draws(tmp_path):
   out = _study('dynamics', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
@@ -13,6 +14,7 @@ from mhd_jax.wire import privacy
 from tests.test_studies import _study
 
 
+@pytest.mark.slow  # a study's quick form: 4 runs in worker processes
 def test_communication_study_reports_bytes_and_accuracy(tmp_path):
   out = _study('communication', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
@@ -34,6 +36,7 @@ def test_communication_study_reports_bytes_and_accuracy(tmp_path):
   assert os.path.getsize(tmp_path / 'communication.png') > 10_000
 
 
+@pytest.mark.slow  # a study's quick form: 4 runs in worker processes
 def test_privacy_study_reports_epsilon_per_variant(tmp_path):
   out = _study('privacy', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
