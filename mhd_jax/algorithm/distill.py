@@ -17,6 +17,7 @@ device mesh) teach nobody, and their own terms are left out of the total.
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -94,8 +95,10 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
   sender_logits = jax.lax.stop_gradient(
       public_logits_SxHxBxC if teachers is None else teachers.logits_SxHxBxC)
   spec = compression.config_spec(config)
+  rule = functools.partial(losses.mixing_weights, rule=config.target, rng=rng, ids_N=net.ids_S,
+                           power=config.get('target_power', 1.0))
   if spec is None and teachers is None:
-    return losses.mixing_weights(own, weights_HxSxS, config.target, rng, net.ids_S), own, own
+    return rule(own, weights_HxSxS), own, own
   if spec is None:
     got = losses.source_probs(sender_logits, config.temperature)
   else:
@@ -103,7 +106,7 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
                                 spec, step)
     got = sent[:, jnp.maximum(jnp.arange(h) - 1, 0)]  # receiver head k reads source src(k)
     weights_HxSxS = compression.neighbour_weights(weights_HxSxS, spec, step)
-  m = losses.mixing_weights(got, weights_HxSxS, config.target, rng, net.ids_S, own_NxHxBxC=own)
+  m = rule(got, weights_HxSxS, own_NxHxBxC=own)
   return m, got, own
 
 

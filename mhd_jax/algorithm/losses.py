@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 TARGET_RULES = ('most_confident', 'mean', 'random', 'confidence_weighted', 'neighbours_first',
-                'neighbour_and_self')
+                'neighbour_and_self', 'relative_confidence', 'certainty_weighted',
+                'exp_entropy_weighted', 'class_relative')
 _HIGHEST = jax.lax.Precision.HIGHEST  # targets are mixtures of probabilities: keep f32 on TPU
 
 
@@ -57,6 +58,68 @@ def source_probs(teacher_logits_NxHxBxC, temperature):
   return jax.nn.softmax(teacher_logits_NxHxBxC[:, src] / temperature, axis=-1)
 
 
+# --------------------------------------------------------- sender scores
+# A score rule weighs candidate j in client i's target on example b by W[k, i, j] s_j[k, b]^power.
+# Each score s_j is a pure function of sender j's own outputs on the public batch, [S, H, B]
+# from P [S, H, B, C], so every receiver weighs a sender alike.
+
+
+def confidence(probs_SxHxBxC):
+  """conf[j, k, b] = max_c P[j, k, b, c]."""
+  return probs_SxHxBxC.max(-1)
+
+
+def relative_confidence(probs_SxHxBxC):
+  """conf[j, k, b] / mean_b' conf[j, k, b']: a sender's confidence against its own level."""
+  conf_SxHxB = confidence(probs_SxHxBxC)
+  return conf_SxHxB / jnp.maximum(conf_SxHxB.mean(-1, keepdims=True), 1e-30)
+
+
+def _entropy(probs_SxHxBxC):
+  return -jnp.sum(jax.scipy.special.xlogy(probs_SxHxBxC, probs_SxHxBxC), axis=-1)
+
+
+def certainty(probs_SxHxBxC):
+  """1 - H(P[j, k, b]) / log C: 0 for the uniform distribution, 1 for a one-hot."""
+  log_c = jnp.log(probs_SxHxBxC.shape[-1])
+  return jnp.maximum(1.0 - _entropy(probs_SxHxBxC) / log_c, 0.0)
+
+
+def exp_entropy(probs_SxHxBxC):
+  """exp(-H(P[j, k, b])): 1/C for the uniform distribution, 1 for a one-hot."""
+  return jnp.exp(-_entropy(probs_SxHxBxC))
+
+
+def class_relative(probs_SxHxBxC):
+  """P[j, k, b, c_b] / mean_b' P[j, k, b', c_b], c_b = argmax_c P[j, k, b, c].
+
+  The sender's probability of the class it predicts, against the mean
+  probability it gives that class over the public batch: about 1 for a sender
+  that calls every example c (or says nothing), up to ~C for one that names c
+  only on the examples of c (a balanced batch), B at most.
+  """
+  c_SxHxB = probs_SxHxBxC.argmax(-1)
+  p_SxHxB = jnp.take_along_axis(probs_SxHxBxC, c_SxHxB[..., None], -1)[..., 0]
+  prior_SxHxB = jnp.take_along_axis(probs_SxHxBxC.mean(-2), c_SxHxB, -1)
+  return p_SxHxB / jnp.maximum(prior_SxHxB, 1e-30)
+
+
+SCORES = {'confidence_weighted': confidence, 'relative_confidence': relative_confidence,
+          'certainty_weighted': certainty, 'exp_entropy_weighted': exp_entropy,
+          'class_relative': class_relative}
+
+
+def _by_candidate(score_fn, probs_NxHxBxC, own_NxHxBxC=None):
+  """score[i, k, b, j] = score_fn(P)[j, k, b], the diagonal j = i from O = `own_NxHxBxC`."""
+  n, h, b, _ = probs_NxHxBxC.shape
+  score_NxHxBxN = jnp.broadcast_to(
+      jnp.transpose(score_fn(probs_NxHxBxC), (1, 2, 0))[None], (n, h, b, n))
+  if own_NxHxBxC is None:
+    return score_NxHxBxN
+  return jnp.where(jnp.eye(n, dtype=bool)[:, None, None, :], score_fn(own_NxHxBxC)[..., None],
+                   score_NxHxBxN)
+
+
 def _best(score_NxHxBxN, allowed_NxHxBxN):
   """One-hot on the allowed candidate of largest score (all-zero where none is allowed)."""
   n = score_NxHxBxN.shape[-1]
@@ -79,7 +142,7 @@ def _random_choice(logw_NxHxN, rng, ids_N):
 
 
 def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
-                   own_NxHxBxC=None):
+                   own_NxHxBxC=None, power: float = 1.0):
   """M[i, k, b, j]: how much candidate j contributes to client i's head-k target on example b.
 
   `own_NxHxBxC` (default `probs_NxHxBxC`): what client i holds of its own head
@@ -97,6 +160,15 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
       `ids_N` (default 0..N-1: see `_random_choice`);
     confidence_weighted: W[k, i, j] conf[j, k, b] / sum_j' W[k, i, j'] conf[j', k, b],
       a mixture in which no single over-confident source wins outright;
+    the other score rules: the same mixture with conf replaced by the sender's
+      score s[j, k, b] (`SCORES`; P[j, k, b] written p, its batch mean
+      p_bar[j, k] = mean_b' P[j, k, b'], c_b = argmax_c p):
+      relative_confidence: conf[j, k, b] / mean_b' conf[j, k, b'];
+      certainty_weighted: 1 - H(p) / log C;
+      exp_entropy_weighted: exp(-H(p));
+      class_relative: p[c_b] / p_bar[j, k, c_b];
+    and every score rule raises its score to `power` (1: the score itself;
+      larger: closer to most_confident);
     neighbours_first: one-hot on the most confident neighbour; the own head
       only where client i has no neighbour candidate for head k;
     neighbour_and_self: 1/2 the most confident neighbour + 1/2 the own head
@@ -110,11 +182,8 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
   w_NxHxN = jnp.transpose(weights_HxNxN, (1, 0, 2))
   has_NxH = w_NxHxN.sum(-1) > 0
   cand_NxHxBxN = jnp.broadcast_to((w_NxHxN > 0)[:, :, None, :], (n, h, b, n))
-  conf_NxHxBxN = jnp.broadcast_to(
-      jnp.transpose(probs_NxHxBxC.max(-1), (1, 2, 0))[None], (n, h, b, n))
-  if own_NxHxBxC is not None:  # the diagonal: the client's own, undecoded confidence
-    conf_NxHxBxN = jnp.where(jnp.eye(n, dtype=bool)[:, None, None, :],
-                             own_NxHxBxC.max(-1)[..., None], conf_NxHxBxN)
+  # The diagonal (the own head k-1) is scored on the client's own, undecoded outputs.
+  conf_NxHxBxN = _by_candidate(confidence, probs_NxHxBxC, own_NxHxBxC)
   neighbour_NxHxBxN = cand_NxHxBxN & ~jnp.eye(n, dtype=bool)[:, None, None, :]
   self_NxHxBxN = cand_NxHxBxN & jnp.eye(n, dtype=bool)[:, None, None, :]
   if rule == 'mean':
@@ -127,8 +196,11 @@ def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
     ids = jnp.arange(n) if ids_N is None else ids_N
     choice_NxHxB = jnp.broadcast_to(_random_choice(logw, rng, ids)[:, :, None], (n, h, b))
     return jax.nn.one_hot(choice_NxHxB, n) * has_NxH[:, :, None, None]
-  if rule == 'confidence_weighted':
-    s = jnp.where(cand_NxHxBxN, w_NxHxN[:, :, None, :] * conf_NxHxBxN, 0.0)
+  if rule in SCORES:
+    score_NxHxBxN = _by_candidate(SCORES[rule], probs_NxHxBxC, own_NxHxBxC)
+    if power != 1:  # (power 1 leaves the score's bits as they are)
+      score_NxHxBxN = score_NxHxBxN ** power
+    s = jnp.where(cand_NxHxBxN, w_NxHxN[:, :, None, :] * score_NxHxBxN, 0.0)
     return s / jnp.maximum(s.sum(-1, keepdims=True), 1e-30)
   if rule == 'neighbours_first':
     has_neighbour = neighbour_NxHxBxN.any(-1, keepdims=True)

@@ -32,6 +32,7 @@ from mhd_jax.studies import heads as head_studies
 from mhd_jax.studies import metrics as study_metrics
 from mhd_jax.studies import network as network_studies
 from mhd_jax.studies import runs as study_runs
+from mhd_jax.studies import targets as target_studies
 from mhd_jax.studies import wire as wire_studies
 
 ISOLATED = {'nu_main': 0.0, 'nu_aux': 0.0, 'nu_emb': 0.0, 'num_heads': 1,
@@ -270,7 +271,8 @@ STUDIES: dict[str, Callable] = {'heterogeneity': heterogeneity, 'heads': heads,
                                 'recipes': head_studies.recipes,
                                 'dynamics': network_studies.dynamics,
                                 'communication': wire_studies.communication,
-                                'privacy': wire_studies.privacy}
+                                'privacy': wire_studies.privacy,
+                                'targets': target_studies.targets}
 # Seeds per study when --seeds is not given: sized so the main tables fit in 40 min
 # on 2 cores (README, "When do auxiliary heads help?").
 DEFAULT_SEEDS = {'hops': 8, 'efficiency': 4, 'recipes': 4}
