@@ -1,4 +1,4 @@
-"""What the network draws cost per step: `adjacency_at` and `active_at`, jitted, alone.
+"""What the network draws cost per step: `weights_at` and `active_at`, jitted, alone.
 
     python benchmarks/dynamics_draws.py
 
@@ -42,7 +42,7 @@ def main():
     draws = []
     for kind in graph_schedule.SCHEDULES:
       c.dynamics.schedule = kind
-      draws.append((f'schedule={kind}', graph_schedule.adjacency_at, graph_schedule.build(c)))
+      draws.append((f'schedule={kind}', graph_schedule.weights_at, graph_schedule.build(c)))
     c.dynamics.participation = 'bernoulli'
     draws.append(('participation=bernoulli', participation.active_at, participation.build(c)))
     for name, fn, tree in draws:

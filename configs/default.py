@@ -86,6 +86,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rewire_prob = 0.1        # topology = 'small_world': probability that a link is rewired
   c.grid_rows = 0            # topology = 'torus': grid rows, dividing num_clients (0 = squarest)
   c.radius = 0.5             # topology = 'random_geometric': link length in the unit square
+  # How each client's candidates are gathered in the step (docs/scale.md): 'dense' mixes over
+  # all N clients (time and memory ~ N^2), 'sparse' over a padded neighbour table of each
+  # client's links (~ N d, d the largest degree); both give the same step. 'auto' takes the
+  # table when no client has links to more than a quarter of the population (every sparse
+  # graph), dense otherwise (e.g. the complete graph). The run logs which one runs.
+  c.exchange = 'auto'        # auto | dense | sparse
 
   # A network that changes with the step (mhd_jax/network/graph_schedule.py, participation.py, lag.py,
   # docs/dynamics.md). Every draw depends only on (seed, step): a resume is exact. The defaults

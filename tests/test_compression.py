@@ -148,14 +148,15 @@ def test_bytes_per_step_with_heads_and_every():
 
 def test_neighbour_weights_drop_unreceived_sources_but_keep_the_own_head():
   a = np.ones((3, 3)) - np.eye(3)
-  w = losses.candidate_weights(jnp.asarray(a), 4, include_self=True)  # [H, N, N]
+  w = losses.candidate_weights(jnp.asarray(a), 4, include_self=True)  # [N, H, N]
   spec = comp.WireSpec(heads_sent=2, every=2)
-  got = np.asarray(comp.neighbour_weights(w, spec, 2))
+  eye = jnp.eye(3, dtype=bool)
+  got = np.asarray(comp.neighbour_weights(w, eye, spec, 2))
   # Receiver heads 0, 1, 2 read source heads 0, 0, 1 (sent); head 3 reads source head 2 (not).
-  np.testing.assert_array_equal(got[:3], np.asarray(w[:3]))
-  np.testing.assert_array_equal(got[3], np.eye(3))
-  off = np.asarray(comp.neighbour_weights(w, spec, 1))  # a step that sends nothing
-  np.testing.assert_array_equal(off, np.asarray(w) * np.eye(3))
+  np.testing.assert_array_equal(got[:, :3], np.asarray(w[:, :3]))
+  np.testing.assert_array_equal(got[:, 3], np.eye(3))
+  off = np.asarray(comp.neighbour_weights(w, eye, spec, 1))  # a step that sends nothing
+  np.testing.assert_array_equal(off, np.asarray(w) * np.eye(3)[:, None])
 
 
 def _wire_config(**wire):

@@ -92,7 +92,7 @@ def test_failed_links_carry_nothing():
   full = np.ones((ts.N, ts.N), np.float32) - np.eye(ts.N, dtype=np.float32)
   for run.seed in range(20):  # the first seed whose step-1 draw fails some links, keeps some
     schedule = graph_schedule.build(run)
-    a_1 = np.asarray(graph_schedule.adjacency_at(schedule, 1))
+    a_1 = np.asarray(graph_schedule.weights_at(schedule, 1))
     if 0 < a_1.sum() < full.sum():
       break
   assert 0 < a_1.sum() < full.sum()

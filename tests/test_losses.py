@@ -94,13 +94,13 @@ def test_embedding_mse_hand_computed_and_stops_target_gradient():
 def test_candidate_weights_include_self_only_for_aux_heads():
   a = jnp.array([[0.0, 1.0], [3.0, 0.0]])
   w = losses.candidate_weights(a, num_heads=3, include_self=True)
-  assert w.shape == (3, 2, 2)
-  np.testing.assert_array_equal(w[0], a)  # head 0: neighbours only
-  np.testing.assert_array_equal(w[1], [[1.0, 1.0], [3.0, 1.0]])
-  np.testing.assert_array_equal(w[2], [[1.0, 1.0], [3.0, 1.0]])
+  assert w.shape == (2, 3, 2)  # [N, H, N]
+  np.testing.assert_array_equal(w[:, 0], a)  # head 0: neighbours only
+  np.testing.assert_array_equal(w[:, 1], [[1.0, 1.0], [3.0, 1.0]])
+  np.testing.assert_array_equal(w[:, 2], [[1.0, 1.0], [3.0, 1.0]])
   w_off = losses.candidate_weights(a, num_heads=3, include_self=False)
   for k in range(3):
-    np.testing.assert_array_equal(w_off[k], a)
+    np.testing.assert_array_equal(w_off[:, k], a)
 
 
 def test_source_probs_head0_from_head0_head_k_from_head_k_minus_1():

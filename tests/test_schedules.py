@@ -19,7 +19,7 @@ def _config(num_clients=6, topology_name='complete', **dynamics):
   return c
 
 
-_jitted = jax.jit(gs.adjacency_at)  # one compile per schedule kind and size, not per step
+_jitted = jax.jit(gs.weights_at)  # one compile per schedule kind and size, not per step
 
 
 def _graphs(schedule, steps):
@@ -35,7 +35,7 @@ def _weighted_directed(n=7, seed=0):
 
 
 def _schedule(kind, base, **kw):
-  return gs.Schedule(kind=kind, graphs_GxNxN=jnp.asarray(base)[None], key=gs.stream_key(3, 2),
+  return gs.Schedule(kind=kind, graphs_GxNxK=jnp.asarray(base)[None], key=gs.stream_key(3, 2),
                      failure_p=jnp.float32(kw.get('failure_p', 0.0)), every=jnp.int32(1))
 
 
@@ -46,7 +46,7 @@ def test_static_is_the_base_graph_bit_for_bit():
   c = _config(topology_name='ring')
   schedule = gs.build(c)
   for t in (1, 2, 1000):
-    a = gs.adjacency_at(schedule, t)
+    a = gs.weights_at(schedule, t)
     assert a.dtype == jnp.float32
     np.testing.assert_array_equal(a, topology.build(c))
 
@@ -205,4 +205,4 @@ def assert_traced_step_matches_eager_and_compiles_once(fn, tree, steps=range(1, 
 @pytest.mark.parametrize('kind', gs.SCHEDULES)
 def test_traced_step_matches_eager_and_compiles_once(kind):
   c = _config(8, schedule=kind, failure_p=0.4, cycle_graphs='ring | chain', cycle_every=2)
-  assert_traced_step_matches_eager_and_compiles_once(gs.adjacency_at, gs.build(c))
+  assert_traced_step_matches_eager_and_compiles_once(gs.weights_at, gs.build(c))

@@ -38,7 +38,8 @@ def _reference(logits_SxHxBxC, net, config, rng, step):
   src = np.maximum(np.arange(h) - 1, 0)
   got = compression.transmit(jax.nn.softmax(logits_SxHxBxC / t, -1), spec, step)[:, src]
   w = compression.neighbour_weights(
-      losses.candidate_weights(net.adjacency_SxS, h, config.include_self), spec, step)
+      losses.candidate_weights(net.adjacency_SxS, h, config.include_self),
+      jnp.eye(s, dtype=bool), spec, step)
   ms, ts = [], []
   for i in range(s):
     probs = got.at[i].set(own[i])

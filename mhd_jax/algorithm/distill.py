@@ -17,31 +17,46 @@ device mesh) teach nobody, and their own terms are left out of the total.
 """
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mhd_jax.algorithm import losses
+from mhd_jax.network import neighbours
 from mhd_jax.population import state as state_lib
 from mhd_jax.wire import compression
 
 
 @flax.struct.dataclass
 class Network:
-  """Who talks this step, over the S stacked clients; an input of the step (no recompiles)."""
-  adjacency_SxS: jax.Array  # float32, A[i, j] > 0 when i learns from j
-  active_S: jax.Array       # bool: the client teaches and learns this step
-  ids_S: jax.Array          # int32 client ids (padding: ids >= N); they key the random draws
+  """Who talks this step, over the S stacked clients; an input of the step (no recompiles).
+
+  `weights_SxK[i, c] > 0` when client i learns from its candidate c. Dense
+  (`senders_SxK` None): candidate c is client c, the weights are the adjacency
+  [S, S]. Sparse: candidate c is client `senders_SxK[i, c]`, a row of a neighbour
+  table (`network.neighbours`), so the exchange costs O(S K), not O(S^2).
+  """
+  weights_SxK: jax.Array  # float32, A[i, cand(i, c)]
+  active_S: jax.Array     # bool: the client teaches and learns this step
+  ids_S: jax.Array        # int32 client ids (padding: ids >= N); they key the random draws
+  senders_SxK: jax.Array | None = None  # int32 table (padding: S); None: dense
 
   @classmethod
   def static(cls, adjacency_NxN) -> 'Network':
-    """Every client active, ids 0..N-1."""
+    """The dense network of a fixed graph, every client active, ids 0..N-1."""
     n = len(adjacency_NxN)
     return cls(jnp.asarray(adjacency_NxN, jnp.float32), jnp.ones(n, bool),
                jnp.arange(n, dtype=jnp.int32))
+
+  @property
+  def adjacency_SxS(self) -> jax.Array:
+    """A [S, S] of a dense network."""
+    if self.senders_SxK is not None:
+      raise ValueError('a sparse network has no adjacency matrix: read weights_SxK on its table.')
+    return self.weights_SxK
 
 
 @flax.struct.dataclass
@@ -72,8 +87,9 @@ class Teachers:
 
 def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
            teachers: Teachers | None = None):
-  """(M [S, H, B, S] mixing weights, P [S, H, B, C] what the peers receive, O [S, H, B, C]
-  the clients' own outputs) of training step `step` (1-based, may be traced).
+  """(M [S, H, B, K] mixing weights over each client's candidates, P [S, H, B, C] what the
+  peers receive, O [S, H, B, C] the clients' own outputs) of training step `step` (1-based,
+  may be traced).
 
   P[j, k] and O[j, k] are candidate j's softmax(z_j^{src(k)} / T) for head k.
   The senders' outputs are the live public ones or, with `teachers` (teachers
@@ -81,51 +97,59 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
   `compression.transmit` (what a peer decodes under `config.wire`; zeros for
   heads or steps not sent, whose neighbour weights
   `compression.neighbour_weights` drops). O is always live and never crosses
-  the wire: client i's own head k-1 (the candidate j = i, `include_self`) is
-  weighed by O[i]'s confidence and mixed as O[i] (`targets`; docs/dynamics.md).
+  the wire: client i's own head k-1 (its own column, `include_self`) is
+  weighed by its score on O[i] and mixed as O[i] (`targets`; docs/dynamics.md).
   Only active clients learn, and only from senders that were active when they
   computed what they sent and are linked to them in this step's graph.
   """
+  s, h = public_logits_SxHxBxC.shape[:2]
+  senders = net.senders_SxK
   live = net.active_S.astype(jnp.float32)
-  senders = live if teachers is None else teachers.sent_S.astype(jnp.float32)
-  adjacency = net.adjacency_SxS * live[:, None] * senders[None, :]
-  h = public_logits_SxHxBxC.shape[1]
-  weights_HxSxS = losses.candidate_weights(adjacency, h, config.include_self)
+  sent = live if teachers is None else teachers.sent_S.astype(jnp.float32)
+  w_SxK = net.weights_SxK * live[:, None] * neighbours.gather(sent, senders)
+  self_SxK = neighbours.is_self(senders, s)
+  weights_SxHxK = losses.candidate_weights(w_SxK, h, config.include_self, self_SxK)
   own = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
   sender_logits = jax.lax.stop_gradient(
       public_logits_SxHxBxC if teachers is None else teachers.logits_SxHxBxC)
   spec = compression.config_spec(config)
-  rule = functools.partial(losses.mixing_weights, rule=config.target, rng=rng, ids_N=net.ids_S,
-                           power=config.get('target_power', 1.0))
   if spec is None and teachers is None:
-    return rule(own, weights_HxSxS), own, own
-  if spec is None:
+    got = own
+  elif spec is None:
     got = losses.source_probs(sender_logits, config.temperature)
   else:
     sent = compression.transmit(jax.nn.softmax(sender_logits / config.temperature, axis=-1),
                                 spec, step)
     got = sent[:, jnp.maximum(jnp.arange(h) - 1, 0)]  # receiver head k reads source src(k)
-    weights_HxSxS = compression.neighbour_weights(weights_HxSxS, spec, step)
-  m = rule(got, weights_HxSxS, own_NxHxBxC=own)
+    weights_SxHxK = compression.neighbour_weights(weights_SxHxK, self_SxK, spec, step)
+  power = config.get('target_power', 1.0)
+  score_SxKxHxB = neighbours.gather(losses.scores(got, config.target, power), senders)
+  score_SxHxBxK = jnp.where(self_SxK[:, None, None, :],
+                            losses.scores(own, config.target, power)[..., None],
+                            jnp.moveaxis(score_SxKxHxB, 1, -1))
+  m = losses.candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, config.target, rng,
+                              net.ids_S, neighbours.gather(net.ids_S, senders))
   return m, got, own
 
 
-def targets(mixing_SxHxBxS, received_SxHxBxC, own_SxHxBxC):
-  """T[i, k] = sum_{j != i} M[i, k, :, j] P[j, k] + M[i, k, :, i] O[i, k]: the neighbours'
-  outputs as received, the own head as it is.
+def targets(mixing_SxHxBxK, received_SxHxBxC, own_SxHxBxC, senders_SxK=None):
+  """T[i, k] = sum_{c != i} M[i, k, :, c] P[c, k] + M[i, k, :, self] O[i, k]: the neighbours'
+  outputs as received, the own head as it is (candidates as in `Network`).
 
-  Written as the full mixture of P plus M[i, k, :, i] (O[i, k] - P[i, k]), which is
+  Written as the full mixture of P plus M[i, k, :, self] (O[i, k] - P[i, k]), which is
   exactly +0 when nothing is compressed, so full precision changes no bit.
   """
-  t = losses.mix_targets(mixing_SxHxBxS, received_SxHxBxC)
+  t = losses.mix_targets(mixing_SxHxBxK, received_SxHxBxC, senders_SxK)
   if received_SxHxBxC is own_SxHxBxC:
     return t
-  self_SxHxB = jnp.einsum('ikbi->ikb', mixing_SxHxBxS)
+  self_SxK = neighbours.is_self(senders_SxK, mixing_SxHxBxK.shape[0])
+  self_SxHxB = jnp.where(self_SxK[:, None, None, :], mixing_SxHxBxK, 0.0).sum(-1)
   return t + self_SxHxB[..., None] * (own_SxHxBxC - received_SxHxBxC)
 
 
-def embedding_losses(mixing_SxHxBxS, embs, sizes, teacher_embs=None):
-  """[S] embedding terms; `embs` per group ([n_g, B, D_g]), `sizes` the groups' client counts.
+def embedding_losses(mixing_SxHxBxK, embs, sizes, teacher_embs=None, senders_SxK=None):
+  """[S] embedding terms; `embs` per group ([n_g, B, D_g]), `sizes` the groups' client counts,
+  candidates as in `Network` (`senders_SxK`).
 
   Client i's target follows head 0's mixing, restricted to candidates whose
   embedding size matches i's (renormalised; examples whose source has another
@@ -139,12 +163,21 @@ def embedding_losses(mixing_SxHxBxS, embs, sizes, teacher_embs=None):
   out = []
   for g, emb in enumerate(embs):
     same = [h for h in range(len(embs)) if dims[h] == dims[g]]
-    cols = jnp.concatenate([jnp.arange(firsts[h], firsts[h] + sizes[h]) for h in same])
-    m_nxBxM = mixing_SxHxBxS[firsts[g]:firsts[g] + sizes[g], 0][:, :, cols]
-    total_nxB = m_nxBxM.sum(-1)
-    m_nxBxM = m_nxBxM / jnp.maximum(total_nxB, 1e-30)[..., None]
+    cols = np.concatenate([np.arange(firsts[h], firsts[h] + sizes[h]) for h in same])
+    m_nxBxK = mixing_SxHxBxK[firsts[g]:firsts[g] + sizes[g], 0]
+    rows = None  # dense: the same-size clients are the columns `cols`
+    if senders_SxK is None:
+      m_nxBxK = m_nxBxK[:, :, cols]
+    else:  # a table: each candidate's row in the same-size teachers (len(cols): none)
+      row_of = np.full(mixing_SxHxBxK.shape[0], len(cols), np.int32)
+      row_of[cols] = np.arange(len(cols))
+      rows = jnp.asarray(row_of).at[senders_SxK[firsts[g]:firsts[g] + sizes[g]]].get(
+          mode='fill', fill_value=len(cols))
+      m_nxBxK = jnp.where((rows < len(cols))[:, None, :], m_nxBxK, 0.0)
+    total_nxB = m_nxBxK.sum(-1)
+    m_nxBxK = m_nxBxK / jnp.maximum(total_nxB, 1e-30)[..., None]
     teachers = jax.lax.stop_gradient(jnp.concatenate([teacher_embs[h] for h in same]))
-    targets = losses.mix_embeddings(m_nxBxM, teachers)
+    targets = losses.mix_embeddings(m_nxBxK, teachers, rows)
     out.append(jax.vmap(losses.embedding_mse)(emb, targets, (total_nxB > 0).astype(emb.dtype)))
   return jnp.concatenate(out)
 
@@ -171,11 +204,12 @@ def terms(private_logits, labels, public_logits, embs, sizes, net: Network, conf
   the targets mix `teachers` (teachers that lag) or, by default, the live
   public outputs. The students' public outputs carry the gradient either way.
   """
-  m_SxHxBxS, received, own = mixing(public_logits, net, config, rng, step, teachers)
-  target_SxHxBxC = targets(m_SxHxBxS, received, own)
-  has_target_SxH = m_SxHxBxS.sum(axis=(2, 3)) > 0
+  m_SxHxBxK, received, own = mixing(public_logits, net, config, rng, step, teachers)
+  target_SxHxBxC = targets(m_SxHxBxK, received, own, net.senders_SxK)
+  has_target_SxH = m_SxHxBxK.sum(axis=(2, 3)) > 0
   teacher_embs = None if teachers is None else teachers.embs
-  emb_S = (embedding_losses(m_SxHxBxS, embs, sizes, teacher_embs) if config.nu_emb
+  emb_S = (embedding_losses(m_SxHxBxK, embs, sizes, teacher_embs, net.senders_SxK)
+           if config.nu_emb
            else jnp.zeros(labels.shape[0], private_logits.dtype))
   return jax.vmap(lambda *a: client_terms(*a, config=config))(
       private_logits, labels, public_logits, target_SxHxBxC, has_target_SxH, emb_S)

@@ -39,16 +39,18 @@ def embedding_mse(emb_BxD, target_BxD, weights_B=None):
   return jnp.mean(sq_B if weights_B is None else weights_B * sq_B)
 
 
-def candidate_weights(adjacency_NxN, num_heads: int, include_self: bool):
-  """W[k, i, j]: weight of client j as a source for client i's head k.
+def candidate_weights(w_SxK, num_heads: int, include_self: bool, self_SxK=None):
+  """W[i, k, c]: weight of candidate c as a source for client i's head k, [S, H, K].
 
-  Head 0 learns from the neighbours (A); heads k >= 1 also from the client's
-  own head k-1 when `include_self` is set.
+  Candidates are columns: every client (dense, K = S, `self_SxK` the diagonal by
+  default) or a neighbour table's (`network.neighbours`). Head 0 learns from the
+  neighbours (w); heads k >= 1 also from the client's own head k-1 (its own
+  column, `self_SxK`) when `include_self` is set.
   """
-  n = adjacency_NxN.shape[0]
-  eye = jnp.eye(n, dtype=adjacency_NxN.dtype)
-  return jnp.stack([adjacency_NxN + (include_self and k > 0) * eye
-                    for k in range(num_heads)])
+  if self_SxK is None:
+    self_SxK = jnp.eye(w_SxK.shape[0], dtype=bool)
+  own = self_SxK.astype(w_SxK.dtype)
+  return jnp.stack([w_SxK + (include_self and k > 0) * own for k in range(num_heads)], axis=1)
 
 
 def source_probs(teacher_logits_NxHxBxC, temperature):
@@ -59,9 +61,8 @@ def source_probs(teacher_logits_NxHxBxC, temperature):
 
 
 # --------------------------------------------------------- sender scores
-# A score rule weighs candidate j in client i's target on example b by W[k, i, j] s_j[k, b]^power.
-# Each score s_j is a pure function of sender j's own outputs on the public batch, [S, H, B]
-# from P [S, H, B, C], so every receiver weighs a sender alike.
+# Each score is a pure function of one sender's own outputs on the public batch: [S, H, B] from
+# P [S, H, B, C], so every receiver weighs a sender alike, whatever form the candidates take.
 
 
 def confidence(probs_SxHxBxC):
@@ -104,119 +105,148 @@ def class_relative(probs_SxHxBxC):
   return p_SxHxB / jnp.maximum(prior_SxHxB, 1e-30)
 
 
+# The score rules: a candidate's weight in a target is its edge weight x its score^power.
 SCORES = {'confidence_weighted': confidence, 'relative_confidence': relative_confidence,
           'certainty_weighted': certainty, 'exp_entropy_weighted': exp_entropy,
           'class_relative': class_relative}
 
 
-def _by_candidate(score_fn, probs_NxHxBxC, own_NxHxBxC=None):
-  """score[i, k, b, j] = score_fn(P)[j, k, b], the diagonal j = i from O = `own_NxHxBxC`."""
-  n, h, b, _ = probs_NxHxBxC.shape
-  score_NxHxBxN = jnp.broadcast_to(
-      jnp.transpose(score_fn(probs_NxHxBxC), (1, 2, 0))[None], (n, h, b, n))
-  if own_NxHxBxC is None:
-    return score_NxHxBxN
-  return jnp.where(jnp.eye(n, dtype=bool)[:, None, None, :], score_fn(own_NxHxBxC)[..., None],
-                   score_NxHxBxN)
+def scores(probs_SxHxBxC, rule: str, power: float = 1.0):
+  """[S, H, B]: what a sender's output weighs in `rule`: SCORES[rule](P)^power for a score
+  rule, else its confidence max_c P[j, k, b, c] (the one-hot rules pick by it)."""
+  if rule not in SCORES:
+    return confidence(probs_SxHxBxC)
+  score_SxHxB = SCORES[rule](probs_SxHxBxC)
+  return score_SxHxB if power == 1 else score_SxHxB ** power  # power 1 keeps the bits
 
 
-def _best(score_NxHxBxN, allowed_NxHxBxN):
+def _best(score_SxHxBxK, allowed_SxHxBxK):
   """One-hot on the allowed candidate of largest score (all-zero where none is allowed)."""
-  n = score_NxHxBxN.shape[-1]
-  choice = jnp.argmax(jnp.where(allowed_NxHxBxN, score_NxHxBxN, -jnp.inf), axis=-1)
-  return jax.nn.one_hot(choice, n) * allowed_NxHxBxN.any(-1, keepdims=True)
+  k = score_SxHxBxK.shape[-1]
+  choice = jnp.argmax(jnp.where(allowed_SxHxBxK, score_SxHxBxK, -jnp.inf), axis=-1)
+  return jax.nn.one_hot(choice, k) * allowed_SxHxBxK.any(-1, keepdims=True)
 
 
-def _random_choice(logw_NxHxN, rng, ids_N):
+def _random_choice(logw_SxHxK, rng, ids_S, cand_ids_SxK):
   """Per (client, head) a candidate drawn with probability softmax(logw) (Gumbel-max).
 
   The noise of candidate j for client i comes from fold_in(fold_in(rng, id_i),
-  id_j): a draw depends on the two clients' ids, not on their positions or on
-  how many other (e.g. padded) clients are stacked beside them.
+  id_j): a draw depends on the two clients' ids, not on their positions, on the
+  form of the candidates (dense or a neighbour table) or on how many other
+  (e.g. padded) clients are stacked beside them.
   """
-  def row(id_i):
+  def row(id_i, cand_K):
     key = jax.random.fold_in(rng, id_i)
     return jax.vmap(lambda id_j: jax.random.gumbel(jax.random.fold_in(key, id_j),
-                                                   (logw_NxHxN.shape[1],)), out_axes=1)(ids_N)
-  return jnp.argmax(logw_NxHxN + jax.vmap(row)(ids_N), axis=-1)
+                                                   (logw_SxHxK.shape[1],)), out_axes=1)(cand_K)
+  return jnp.argmax(logw_SxHxK + jax.vmap(row)(ids_S, cand_ids_SxK), axis=-1)
 
 
-def mixing_weights(probs_NxHxBxC, weights_HxNxN, rule: str, rng, ids_N=None,
-                   own_NxHxBxC=None, power: float = 1.0):
-  """M[i, k, b, j]: how much candidate j contributes to client i's head-k target on example b.
+def candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, rule: str, rng, ids_S,
+                     cand_ids_SxK):
+  """M[i, k, b, c]: how much candidate c contributes to client i's head-k target on example b.
 
-  `own_NxHxBxC` (default `probs_NxHxBxC`): what client i holds of its own head
-  k-1, the candidate j = i; it differs from P[i] when P is what the peers
-  receive after compression (`compression.transmit`), which never carries a
-  client's outputs to itself.
+  Candidates are the columns of `weights_SxHxK` (`candidate_weights`): a
+  candidate c of client i is allowed for head k where W[i, k, c] > 0; the
+  client's own head k-1 is its column `self_SxK` (under `include_self`), the
+  others are its neighbours. `score_SxHxBxK` is each candidate's score
+  (`scores`, the own column from the client's own, undecoded outputs),
+  `ids_S`/`cand_ids_SxK` the clients' and candidates' ids (the random draws).
 
   Rows sum to 1 where client i has a candidate for head k, else to 0. With
-  conf[j, k, b] = max_c P[j, k, b, c] and "neighbours" the candidates j != i
-  (the candidate j = i is the client's own head k-1, under `include_self`):
+  conf[i, k, b, c] the candidate's confidence on example b:
     most_confident: one-hot on the candidate of largest conf on example b;
-    mean: the normalised weights W[k, i, :], the same for every example;
+    mean: the normalised weights W[i, k, :], the same for every example;
     random: one-hot on a candidate drawn with probability proportional to
-      W[k, i, j], one draw per (client, head) per step, keyed by the clients'
-      `ids_N` (default 0..N-1: see `_random_choice`);
-    confidence_weighted: W[k, i, j] conf[j, k, b] / sum_j' W[k, i, j'] conf[j', k, b],
+      W[i, k, c], one draw per (client, head) per step, keyed by the clients'
+      ids (see `_random_choice`);
+    confidence_weighted: W[i, k, c] conf[c] / sum_c' W[i, k, c'] conf[c'],
       a mixture in which no single over-confident source wins outright;
-    the other score rules: the same mixture with conf replaced by the sender's
-      score s[j, k, b] (`SCORES`; P[j, k, b] written p, its batch mean
-      p_bar[j, k] = mean_b' P[j, k, b'], c_b = argmax_c p):
-      relative_confidence: conf[j, k, b] / mean_b' conf[j, k, b'];
+    the other score rules (`SCORES`): the same mixture with conf[c] replaced by
+      the candidate's score s[c] (raised to `target_power`; with p = P[c, k, b],
+      p_bar its mean over the public batch, c_b = argmax p):
+      relative_confidence: conf[c] / mean_b' conf[c] (over the examples b');
       certainty_weighted: 1 - H(p) / log C;
       exp_entropy_weighted: exp(-H(p));
-      class_relative: p[c_b] / p_bar[j, k, c_b];
-    and every score rule raises its score to `power` (1: the score itself;
-      larger: closer to most_confident);
+      class_relative: p[c_b] / p_bar[c_b];
     neighbours_first: one-hot on the most confident neighbour; the own head
       only where client i has no neighbour candidate for head k;
     neighbour_and_self: 1/2 the most confident neighbour + 1/2 the own head
       k-1 (whichever of the two exists gets weight 1): the own head keeps what
       walks shorter than k brought, the neighbour adds one more hop, and an
       own head sure of its own class (skew 1) cannot crowd the neighbour out.
-  (It also differs under teachers that lag: the neighbours' outputs are old, a
-  client's own are live; see `distill.targets`.)
   """
-  n, h, b, _ = probs_NxHxBxC.shape
-  w_NxHxN = jnp.transpose(weights_HxNxN, (1, 0, 2))
-  has_NxH = w_NxHxN.sum(-1) > 0
-  cand_NxHxBxN = jnp.broadcast_to((w_NxHxN > 0)[:, :, None, :], (n, h, b, n))
-  # The diagonal (the own head k-1) is scored on the client's own, undecoded outputs.
-  conf_NxHxBxN = _by_candidate(confidence, probs_NxHxBxC, own_NxHxBxC)
-  neighbour_NxHxBxN = cand_NxHxBxN & ~jnp.eye(n, dtype=bool)[:, None, None, :]
-  self_NxHxBxN = cand_NxHxBxN & jnp.eye(n, dtype=bool)[:, None, None, :]
+  s, h, b, k = score_SxHxBxK.shape
+  has_SxH = weights_SxHxK.sum(-1) > 0
+  cand_SxHxBxK = jnp.broadcast_to((weights_SxHxK > 0)[:, :, None, :], (s, h, b, k))
+  own_SxHxBxK = self_SxK[:, None, None, :]
+  neighbour_SxHxBxK = cand_SxHxBxK & ~own_SxHxBxK
+  self_SxHxBxK = cand_SxHxBxK & own_SxHxBxK
   if rule == 'mean':
-    m = w_NxHxN / jnp.maximum(w_NxHxN.sum(-1, keepdims=True), 1e-30)
-    return jnp.broadcast_to(m[:, :, None, :], (n, h, b, n))
+    m = weights_SxHxK / jnp.maximum(weights_SxHxK.sum(-1, keepdims=True), 1e-30)
+    return jnp.broadcast_to(m[:, :, None, :], (s, h, b, k))
   if rule == 'most_confident':
-    return _best(conf_NxHxBxN, cand_NxHxBxN)
+    return _best(score_SxHxBxK, cand_SxHxBxK)
   if rule == 'random':
-    logw = jnp.where(w_NxHxN > 0, jnp.log(jnp.maximum(w_NxHxN, 1e-30)), -jnp.inf)
-    ids = jnp.arange(n) if ids_N is None else ids_N
-    choice_NxHxB = jnp.broadcast_to(_random_choice(logw, rng, ids)[:, :, None], (n, h, b))
-    return jax.nn.one_hot(choice_NxHxB, n) * has_NxH[:, :, None, None]
+    logw = jnp.where(weights_SxHxK > 0, jnp.log(jnp.maximum(weights_SxHxK, 1e-30)), -jnp.inf)
+    choice_SxHxB = jnp.broadcast_to(_random_choice(logw, rng, ids_S, cand_ids_SxK)[:, :, None],
+                                    (s, h, b))
+    return jax.nn.one_hot(choice_SxHxB, k) * has_SxH[:, :, None, None]
   if rule in SCORES:
-    score_NxHxBxN = _by_candidate(SCORES[rule], probs_NxHxBxC, own_NxHxBxC)
-    if power != 1:  # (power 1 leaves the score's bits as they are)
-      score_NxHxBxN = score_NxHxBxN ** power
-    s = jnp.where(cand_NxHxBxN, w_NxHxN[:, :, None, :] * score_NxHxBxN, 0.0)
-    return s / jnp.maximum(s.sum(-1, keepdims=True), 1e-30)
+    w = jnp.where(cand_SxHxBxK, weights_SxHxK[:, :, None, :] * score_SxHxBxK, 0.0)
+    return w / jnp.maximum(w.sum(-1, keepdims=True), 1e-30)
   if rule == 'neighbours_first':
-    has_neighbour = neighbour_NxHxBxN.any(-1, keepdims=True)
-    return _best(conf_NxHxBxN, jnp.where(has_neighbour, neighbour_NxHxBxN, self_NxHxBxN))
+    has_neighbour = neighbour_SxHxBxK.any(-1, keepdims=True)
+    return _best(score_SxHxBxK, jnp.where(has_neighbour, neighbour_SxHxBxK, self_SxHxBxK))
   if rule == 'neighbour_and_self':
-    s = _best(conf_NxHxBxN, neighbour_NxHxBxN) + self_NxHxBxN
-    return s / jnp.maximum(s.sum(-1, keepdims=True), 1e-30)
+    w = _best(score_SxHxBxK, neighbour_SxHxBxK) + self_SxHxBxK
+    return w / jnp.maximum(w.sum(-1, keepdims=True), 1e-30)
   raise ValueError(f'unknown target rule {rule!r}; choose one of {", ".join(TARGET_RULES)}.')
 
 
-def mix_targets(mixing_NxHxBxN, probs_NxHxBxC):
-  """Target distributions T[i, k, b] = sum_j M[i, k, b, j] P[j, k, b] (with own heads that
-  differ from P: `distill.targets`)."""
-  return jnp.einsum('ikbj,jkbc->ikbc', mixing_NxHxBxN, probs_NxHxBxC, precision=_HIGHEST)
+def mixing_weights(probs_NxHxBxC, weights_NxHxN, rule: str, rng, ids_N=None,
+                   own_NxHxBxC=None, power: float = 1.0):
+  """`candidate_mixing` in the dense form, every client a candidate: M [N, H, B, N].
+
+  `own_NxHxBxC` (default `probs_NxHxBxC`): what client i holds of its own head
+  k-1, the candidate j = i; it differs from P[i] when P is what the peers
+  receive after compression (`compression.transmit`), which never carries a
+  client's outputs to itself. `ids_N` default 0..N-1; `power` the score rules' power.
+  """
+  n = probs_NxHxBxC.shape[0]
+  eye = jnp.eye(n, dtype=bool)
+  conf_NxHxB = scores(probs_NxHxBxC, rule, power)
+  own = conf_NxHxB if own_NxHxBxC is None else scores(own_NxHxBxC, rule, power)
+  score = jnp.where(eye[:, None, None, :], own[..., None],
+                    jnp.transpose(conf_NxHxB, (1, 2, 0))[None])
+  ids = jnp.arange(n) if ids_N is None else ids_N
+  return candidate_mixing(score, weights_NxHxN, eye, rule, rng, ids,
+                          jnp.broadcast_to(ids[None], (n, n)))
 
 
-def mix_embeddings(mixing_NxBxN, emb_NxBxD):
-  """Embedding targets from the head-0 mixing weights: sum_j M[i, b, j] e_j(u_b)."""
-  return jnp.einsum('ibj,jbd->ibd', mixing_NxBxN, emb_NxBxD, precision=_HIGHEST)
+def _candidates(x_S, senders_SxK):
+  """x[senders]: each row's candidates [S, K, ...] (padding, ids out of range, reads 0)."""
+  return x_S.at[senders_SxK].get(mode='fill', fill_value=0)
+
+
+def mix_targets(mixing_SxHxBxK, probs_SxHxBxC, senders_SxK=None):
+  """Target distributions T[i, k, b] = sum_c M[i, k, b, c] P[cand(i, c), k, b] (with own
+  heads that differ from P: `distill.targets`).
+
+  Dense (`senders_SxK` None): candidate c is client c, one contraction over the S
+  clients. On a neighbour table: candidate c of row i is client senders[i, c],
+  gathered, so the cost is O(S K) instead of O(S^2).
+  """
+  if senders_SxK is None:
+    return jnp.einsum('ikbj,jkbc->ikbc', mixing_SxHxBxK, probs_SxHxBxC, precision=_HIGHEST)
+  return jnp.einsum('ikbd,idkbc->ikbc', mixing_SxHxBxK, _candidates(probs_SxHxBxC, senders_SxK),
+                    precision=_HIGHEST)
+
+
+def mix_embeddings(mixing_NxBxK, emb_MxBxD, senders_NxK=None):
+  """Embedding targets from the head-0 mixing weights: sum_c M[i, b, c] e_{cand(i, c)}(u_b);
+  candidates as in `mix_targets` (a table's senders index the rows of `emb_MxBxD`)."""
+  if senders_NxK is None:
+    return jnp.einsum('ibj,jbd->ibd', mixing_NxBxK, emb_MxBxD, precision=_HIGHEST)
+  return jnp.einsum('ibd,idbe->ibe', mixing_NxBxK, _candidates(emb_MxBxD, senders_NxK),
+                    precision=_HIGHEST)

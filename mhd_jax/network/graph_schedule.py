@@ -1,11 +1,14 @@
-"""Communication graphs that change with the step: `adjacency_at(schedule, step)`.
+"""Communication graphs that change with the step: `weights_at(schedule, step)`.
 
-A `Schedule` is built once on the host from the config (`build`); `adjacency_at`
+A `Schedule` is built once on the host from the config (`build`); `weights_at`
 is pure and jittable with `step` a traced int32, so a graph that changes every
 step compiles once, and the graph of step s depends only on (seed, s), so a
 resume is exact. Steps are numbered as in the training loop, 1 .. num_steps
-(inside the step: `state.step + 1`). The matrix is over the real clients,
-`A[i, j] > 0` when i learns from j, as `topology.build` gives it.
+(inside the step: `state.step + 1`). The graph is over the real clients,
+`A[i, j] > 0` when i learns from j, as `topology.build` gives it: a dense
+[N, N] matrix, or its weights [N, K] on a neighbour table (`neighbours`, the
+sparse exchange). Every random draw is keyed by the pair of clients a link
+joins, never by a position in either form, so both forms draw the same graphs.
 
 Schedules (`SCHEDULES`, config.dynamics.schedule):
 - static: the base graph (`topology.build(config)`) at every step, unchanged.
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mhd_jax.network import neighbours
 from mhd_jax.network import topology
 
 SCHEDULES = ('static', 'matching', 'edge_failure', 'cycle')
@@ -42,12 +46,17 @@ CYCLE_FIELDS = ('num_islands', 'degree', 'adjacency', 'edge_prob', 'rewire_prob'
 
 @flax.struct.dataclass
 class Schedule:
-  """What `adjacency_at` needs; `kind` is static, the arrays are traced."""
+  """What `weights_at` needs; `kind` is static, the arrays are traced.
+
+  The graphs are weights on a neighbour table (`neighbours.Table`, the sparse
+  exchange) or, with `table` None, dense [N, N] matrices.
+  """
   kind: str = flax.struct.field(pytree_node=False)
-  graphs_GxNxN: jax.Array  # the base graph (G = 1), or the cycle's graphs in order
+  graphs_GxNxK: jax.Array  # the base graph (G = 1), or the cycle's graphs in order
   key: jax.Array           # stream_key(seed, 2): the step's draws fold the step in
   failure_p: jax.Array     # float32 scalar
   every: jax.Array         # int32 scalar, steps per graph of a cycle
+  table: neighbours.Table | None = None  # None: dense, column k = client k
 
 
 def parse_cycle(spec: str) -> list[tuple[str, dict[str, str]]]:
@@ -110,13 +119,20 @@ def base_graphs(config) -> np.ndarray:
   return np.stack(graphs)
 
 
-def build(config) -> Schedule:
-  """The schedule a config asks for; raises ValueError (one line) on a bad one."""
-  return Schedule(kind=config.dynamics.schedule,
-                  graphs_GxNxN=jnp.asarray(base_graphs(config)),
+def build(config, exchange: str | None = None) -> Schedule:
+  """The schedule a config asks for, dense or on a neighbour table as `exchange` (default
+  `config.exchange`) chooses (`neighbours.choose`); raises ValueError (one line) on a bad
+  one."""
+  graphs = base_graphs(config)
+  table, weights = neighbours.build(list(graphs))
+  neighbours.validate(table, weights)
+  if not neighbours.choose(exchange or config.get('exchange', 'auto'), graphs.shape[1],
+                           table.width):
+    table, weights = None, graphs
+  return Schedule(kind=config.dynamics.schedule, graphs_GxNxK=jnp.asarray(weights),
                   key=stream_key(config.seed, _STREAM),
                   failure_p=jnp.asarray(config.dynamics.failure_p, jnp.float32),
-                  every=jnp.asarray(config.dynamics.cycle_every, jnp.int32))
+                  every=jnp.asarray(config.dynamics.cycle_every, jnp.int32), table=table)
 
 
 def stream_key(seed: int, stream: int) -> jax.Array:
@@ -124,62 +140,79 @@ def stream_key(seed: int, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
 
 
-def links(a_NxN: jax.Array) -> jax.Array:
-  """[N, N] bool, symmetric: i and j are linked when either learns from the other."""
-  return (a_NxN > 0) | (a_NxN.T > 0)
+def _senders(table):
+  return None if table is None else table.senders_NxK
 
 
-def surviving_links(key: jax.Array, n: int, failure_p) -> jax.Array:
-  """[N, N] bool, symmetric: each unordered pair survives with probability 1 - failure_p."""
-  up = jnp.triu(jax.random.uniform(key, (n, n)) >= failure_p, 1)
-  return up | up.T
+def links(w_NxK: jax.Array, table: neighbours.Table | None = None) -> jax.Array:
+  """[N, K] bool, symmetric: i and j are linked when either learns from the other (i itself
+  and padding are not links)."""
+  n = w_NxK.shape[0]
+  return (((w_NxK > 0) | (neighbours.reverse(w_NxK, table) > 0))
+          & ~neighbours.is_self(_senders(table), n))
 
 
-def pair_bits(key: jax.Array, n: int) -> jax.Array:
-  """[N, N] uint32, symmetric: random bits per unordered pair, the order greedy matching uses."""
-  bits = jax.random.bits(key, (n, n), jnp.uint32)
-  i = jnp.arange(n)
-  return jnp.where(i[:, None] < i[None, :], bits, bits.T)
+def _pair_draw(key: jax.Array, draw, n: int, table) -> jax.Array:
+  """[N, K]: `draw(k)` with the key fold_in(fold_in(key, min(i, j)), max(i, j)) of each
+  entry's pair {i, j}: the two ends of a link see one draw, whatever the table's form."""
+  i = jnp.arange(n, dtype=jnp.int32)[:, None]
+  j = neighbours.ids(_senders(table), n)
+  fold = lambda a, b: draw(jax.random.fold_in(jax.random.fold_in(key, a), b))
+  return jax.vmap(jax.vmap(fold))(jnp.broadcast_to(jnp.minimum(i, j), j.shape),
+                                  jnp.maximum(i, j))
 
 
-def greedy_matching(link_NxN: jax.Array, bits_NxN: jax.Array) -> jax.Array:
-  """[N, N] bool, symmetric: the maximal matching greedy picks in increasing (bits, pair) order.
+def surviving_links(key: jax.Array, n: int, failure_p, table=None) -> jax.Array:
+  """[N, K] bool, symmetric: each unordered pair survives with probability 1 - failure_p."""
+  return _pair_draw(key, jax.random.uniform, n, table) >= failure_p
+
+
+def pair_bits(key: jax.Array, n: int, table=None) -> jax.Array:
+  """[N, K] uint32, symmetric: random bits per unordered pair, the order greedy matching uses."""
+  return _pair_draw(key, lambda k: jax.random.bits(k, dtype=jnp.uint32), n, table)
+
+
+def greedy_matching(link_NxK: jax.Array, bits_NxK: jax.Array, table=None) -> jax.Array:
+  """[N, K] bool, symmetric: the maximal matching greedy picks in increasing (bits, pair) order.
 
   Ties of the random bits (about E^2 / 2^33 pairs per step for E links) are
-  broken by the pair's index min(i, j) * N + max(i, j), so the order is total.
-  Computed in parallel rather than link by link: each round takes every free
-  link that is the first free link at both its ends (these share no client, and
-  greedy would take each of them), then drops the links of matched clients;
-  the first free link is always taken, so it ends, with no free link left.
+  broken by the pair (min(i, j), max(i, j)) in lexicographic order, so the
+  order is total. Computed in parallel rather than link by link: each round
+  takes every free link that is the first free link at both its ends (these
+  share no client, and greedy would take each of them), then drops the links
+  of matched clients; the first free link is always taken, so it ends, with
+  no free link left. Each round costs O(N K): on a neighbour table, O(N d).
   (A random permutation of the N^2 pairs would give distinct ranks, but its
   sort costs 20 ms per step at N = 256 on 2 CPU cores against 1.5 ms for the
   rounds: see docs/dynamics.md.)
   """
-  n = link_NxN.shape[0]
-  i = jnp.arange(n)
-  pair = jnp.minimum(i[:, None], i[None, :]) * n + jnp.maximum(i[:, None], i[None, :])
-  top_bits, top_pair = jnp.uint32(0xFFFFFFFF), jnp.int32(n * n)
+  n = link_NxK.shape[0]
+  i = jnp.arange(n, dtype=jnp.int32)[:, None]
+  j = neighbours.ids(_senders(table), n)
+  lo, hi = jnp.minimum(i, j), jnp.maximum(i, j)
+
+  def lowest(among, key):
+    top = jnp.array(jnp.iinfo(key.dtype).max, key.dtype)
+    low = jnp.where(among, key, top).min(axis=1, keepdims=True)
+    return among & (key == low)
 
   def round_(carry):
     matched, free = carry
-    b = jnp.where(free, bits_NxN, top_bits)
-    low_bits = b.min(axis=1)
-    tied = free & (b == low_bits[:, None])
-    low_pair = jnp.where(tied, pair, top_pair).min(axis=1)
-    first = tied & (pair == low_pair[:, None])   # the first free link at row i's end
-    take = first & first.T                         # ... and at column j's end
+    first = lowest(lowest(lowest(free, bits_NxK), lo), hi)  # the first free link at row i's end
+    take = first & neighbours.reverse(first, table)        # ... and at the other end
     busy = take.any(axis=1)
-    return matched | take, free & ~busy[:, None] & ~busy[None, :]
+    return matched | take, free & ~busy[:, None] & ~neighbours.gather(busy, _senders(table))
 
   matched, _ = jax.lax.while_loop(lambda c: c[1].any(), round_,
-                                  (jnp.zeros_like(link_NxN), link_NxN))
+                                  (jnp.zeros_like(link_NxK), link_NxK))
   return matched
 
 
-def adjacency_at(schedule: Schedule, step) -> jax.Array:
-  """[N, N] float32: the graph of training step `step` (1-based; may be traced)."""
+def weights_at(schedule: Schedule, step) -> jax.Array:
+  """[N, K] float32: the graph of training step `step` (1-based; may be traced), on the
+  schedule's table (dense: the [N, N] adjacency)."""
   step = jnp.asarray(step, jnp.int32)
-  graphs = schedule.graphs_GxNxN
+  graphs = schedule.graphs_GxNxK
   if schedule.kind == 'cycle':
     return graphs[((step - 1) // schedule.every) % graphs.shape[0]]
   base, n = graphs[0], graphs.shape[1]
@@ -187,9 +220,10 @@ def adjacency_at(schedule: Schedule, step) -> jax.Array:
     return base
   key = jax.random.fold_in(schedule.key, step)
   if schedule.kind == 'matching':
-    keep = greedy_matching(links(base), pair_bits(key, n))
+    keep = greedy_matching(links(base, schedule.table), pair_bits(key, n, schedule.table),
+                           schedule.table)
   elif schedule.kind == 'edge_failure':
-    keep = surviving_links(key, n, schedule.failure_p)
+    keep = surviving_links(key, n, schedule.failure_p, schedule.table)
   else:
     raise ValueError(f'unknown schedule {schedule.kind!r}; choose one of {", ".join(SCHEDULES)}.')
   return jnp.where(keep, base, 0.0)

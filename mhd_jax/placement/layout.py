@@ -24,6 +24,7 @@ asks; each process then feeds only the clients its devices hold
 """
 
 import dataclasses
+import os
 from typing import Sequence
 
 import jax
@@ -67,6 +68,15 @@ def make_mesh(num_devices: int = 0) -> Mesh:
                      f'{available} devices; use 0.')
   devices = jax.devices()[:n]
   return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def memory_bytes(mesh: Mesh) -> int:
+  """Memory the mesh's devices hold together: each accelerator's allocator limit, or on CPU
+  the host's physical memory (its devices share it)."""
+  stats = [d.memory_stats() or {} for d in mesh.devices.flat]
+  if all('bytes_limit' in s for s in stats):
+    return int(sum(s['bytes_limit'] for s in stats))
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +218,8 @@ class Layout:
 
   def network(self, net: distill.Network) -> distill.Network:
     """A network over the real clients, over the stacked ones: padding is inactive, teaches
-    nobody, and gets ids N, N+1, ... (jittable: `net` may be traced)."""
+    nobody, and gets ids N, N+1, ... (jittable: `net` may be traced). A table's rows move to
+    the stacked positions, its senders become stacked positions (padding: S)."""
     real = self.real_clients()
     if len(real) == sum(self.padded):
       return net
@@ -216,11 +227,16 @@ class Layout:
     pad_ids = np.setdiff1d(np.arange(s), real)
     ids = np.zeros(s, np.int32)
     ids[pad_ids] = n + np.arange(len(pad_ids))
-    return distill.Network(
-        adjacency_SxS=jnp.zeros((s, s), jnp.float32).at[np.ix_(real, real)].set(
-            net.adjacency_SxS),
-        active_S=jnp.zeros(s, bool).at[real].set(net.active_S),
-        ids_S=jnp.asarray(ids).at[real].set(net.ids_S))
+    active = jnp.zeros(s, bool).at[real].set(net.active_S)
+    ids = jnp.asarray(ids).at[real].set(net.ids_S)
+    if net.senders_SxK is None:
+      weights = jnp.zeros((s, s), jnp.float32).at[np.ix_(real, real)].set(net.weights_SxK)
+      return distill.Network(weights, active, ids)
+    k = net.senders_SxK.shape[1]
+    position = jnp.asarray(np.append(real, s), jnp.int32)  # real id -> stacked; N (padding) -> S
+    senders = jnp.asarray(np.where(np.arange(k) == 0, np.arange(s)[:, None], s), jnp.int32)
+    return distill.Network(jnp.zeros((s, k), jnp.float32).at[real].set(net.weights_SxK),
+                           active, ids, senders.at[real].set(position[net.senders_SxK]))
 
   def real(self, tree):
     """[S, ...] leaves over the stacked clients -> [N, ...] over the real ones."""

@@ -19,6 +19,7 @@ from mhd_jax.algorithm import losses
 from mhd_jax.data import digits as digits_lib
 from mhd_jax.data import partition as partition_lib
 from mhd_jax.network import graph_schedule
+from mhd_jax.network import neighbours
 from mhd_jax.network import participation
 from mhd_jax.network import topology
 from mhd_jax.placement import clients
@@ -164,6 +165,7 @@ def _name_problems(config) -> list[str]:
       ('model.dtype', config.model.dtype, models.DTYPES),
       ('data.augment', config.data.augment, data_lib.AUGMENTS),
       ('dynamics.schedule', config.dynamics.schedule, graph_schedule.SCHEDULES),
+      ('exchange', config.get('exchange', 'auto'), neighbours.EXCHANGES),
       ('dynamics.participation', config.dynamics.participation, participation.MODES)]:
     if value not in known:
       what = 'model' if field.endswith('model.name') else field.removeprefix('dynamics.')

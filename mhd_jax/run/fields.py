@@ -70,6 +70,7 @@ FIELDS = {
     'rewire_prob': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
     'grid_rows': (_INT, _NONNEG, '>= 0 (0 = the squarest grid)'),
     'radius': (_NUM, lambda v: not v < 0, '>= 0'),
+    'exchange': (_STR, None, ''),
     'dynamics.schedule': (_STR, None, ''),
     'dynamics.failure_p': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1]'),
     'dynamics.cycle_graphs': (_STR, None, ''),

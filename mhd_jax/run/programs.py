@@ -8,24 +8,30 @@ inside the program); metrics and predictions come back replicated.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mhd_jax.algorithm import distill
 from mhd_jax.algorithm import evaluate
 from mhd_jax.algorithm import step as step_lib
 from mhd_jax.data import contract as data_contract
 from mhd_jax.network import graph_schedule
+from mhd_jax.network import neighbours
 from mhd_jax.network import participation
 from mhd_jax.placement import clients
 from mhd_jax.placement import layout as layout_lib
 
 
-def static_dynamics(adjacency_NxN):
-  """The dynamics of a fixed graph where every client takes part every step (the paper's)."""
+def static_dynamics(adjacency_NxN, sparse: bool = False):
+  """The dynamics of a fixed graph where every client takes part every step (the paper's),
+  dense or on a neighbour table (`sparse`)."""
   n = len(adjacency_NxN)
   key = jax.random.PRNGKey(0)  # drawn from by neither
+  table, graphs = None, np.asarray(adjacency_NxN, np.float32)[None]
+  if sparse:
+    table, graphs = neighbours.build(list(graphs))
   schedule = graph_schedule.Schedule(
-      kind='static', graphs_GxNxN=jnp.asarray(adjacency_NxN, jnp.float32)[None], key=key,
-      failure_p=jnp.zeros((), jnp.float32), every=jnp.ones((), jnp.int32))
+      kind='static', graphs_GxNxK=jnp.asarray(graphs), key=key,
+      failure_p=jnp.zeros((), jnp.float32), every=jnp.ones((), jnp.int32), table=table)
   part = participation.Participation(
       mode='all', key=key, availability=jnp.ones((), jnp.float32), trace_NxT=jnp.ones((n, 1), bool),
       every_N=jnp.ones(n, jnp.int32), phase_N=jnp.zeros(n, jnp.int32))
@@ -41,8 +47,10 @@ def network_at(dynamics, step) -> distill.Network:
   """
   schedule, part = dynamics
   active_N = participation.active_at(part, step)
-  return distill.Network(graph_schedule.adjacency_at(schedule, step), active_N,
-                         jnp.arange(active_N.shape[0], dtype=jnp.int32))
+  table = schedule.table
+  return distill.Network(graph_schedule.weights_at(schedule, step), active_N,
+                         jnp.arange(active_N.shape[0], dtype=jnp.int32),
+                         None if table is None else table.senders_NxK)
 
 
 def watch_nonfinite(metrics: distill.Metrics, step, first_bad_N):

@@ -27,6 +27,7 @@ from mhd_jax import data as data_lib
 from mhd_jax.algorithm import baselines
 from mhd_jax.algorithm import evaluate
 from mhd_jax.network import graph_schedule
+from mhd_jax.network import neighbours
 from mhd_jax.network import participation
 from mhd_jax.network import topology
 from mhd_jax.outputs import checkpoint
@@ -179,6 +180,7 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
   if lead:
     wd.write_metadata(workdir, config, data)
   dynamics = (graph_schedule.build(config), participation.build(config))
+  exchange = _exchange(config, dynamics[0], layout, data.num_classes)
   batches = map(layout.place_batch, data.train_batches(start_step))
   train_step = None
   if start_step < config.num_steps:
@@ -196,9 +198,9 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
                '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
                config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
                fedavg.mean())
-  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s).',
-               strategy, layout.mesh.devices.size, jax.default_backend(), jax.process_count(),
-               layout.num_padding)
+  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s); '
+               'exchange %s.', strategy, layout.mesh.devices.size, jax.default_backend(),
+               jax.process_count(), layout.num_padding, exchange)
   return _Run(
       specs, mngr, state, start_step, wall_before, progress.Window.restore(window), train_step,
       programs.predict(layout, specs, strategy),
@@ -206,11 +208,23 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
       safety.make_state_check(layout), dynamics, sent, fedavg), batches
 
 
+def _exchange(config, schedule, layout, num_classes) -> str:
+  """What the step's exchange runs on, for the log; a forced one that cannot hold the
+  population is refused here, before anything compiles."""
+  sparse, s = schedule.table is not None, sum(layout.padded)
+  width = schedule.table.width if sparse else s
+  problem = neighbours.fits(sparse, s, width, config.num_heads, config.data.public_batch_size,
+                            num_classes, layout_lib.memory_bytes(layout.mesh))
+  if problem and config.get('exchange', 'auto') != 'auto':
+    raise config_check.ConfigError([problem])
+  return f'sparse (a neighbour table of {width} columns)' if sparse else 'dense'
+
+
 def _average(state, dynamics, step, average_real, layout):
   """FedAvg / gossip averaging over the real clients, on the graph and participants of `step`."""
   net = programs.network_at(dynamics, step)
-  return layout.pad_state(average_real(layout.unpad_state(state), net.adjacency_SxS,
-                                       net.active_S))
+  return layout.pad_state(average_real(layout.unpad_state(state), net.weights_SxK,
+                                       net.active_S, net.senders_SxK))
 
 
 def _epsilons(config, data):

@@ -4,6 +4,7 @@ Shapes: N clients, H heads, C classes, T evaluations. Distances follow the
 direction knowledge flows: A[i, j] > 0 means client i learns from client j.
 """
 
+import jax.numpy as jnp
 import numpy as np
 
 from mhd_jax.algorithm import losses
@@ -67,8 +68,8 @@ def reachability(adjacency_NxN, num_heads: int, nu_main: float, include_self: bo
   candidates W[k] (`losses.candidate_weights`, the client itself under
   `include_self`): R[k] = (W[k] > 0) R[k-1].
   """
-  w = np.asarray(losses.candidate_weights(np.asarray(adjacency_NxN, np.float32), num_heads,
-                                          include_self)) > 0
+  w = np.moveaxis(np.asarray(losses.candidate_weights(
+      jnp.asarray(adjacency_NxN, jnp.float32), num_heads, include_self)) > 0, 1, 0)
   r0 = hop_distances(w[0]) >= 0 if nu_main > 0 else np.eye(w.shape[1], dtype=bool)
   out = [r0]
   for k in range(1, num_heads):

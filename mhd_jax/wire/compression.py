@@ -29,7 +29,7 @@ a block is encoded; the four options compose:
 Receivers get nothing for a source head that is not sent (or on a step that
 sends nothing): `transmit` returns zeros there, and those zeros must not be
 candidates. The step does that with `neighbour_weights`, which zeroes
-W[k, i, j] (j != i) for every receiver head k whose source head src(k) is not
+W[i, k, c] (c a neighbour) for every receiver head k whose source head src(k) is not
 received; a client's own head k-1 (the diagonal, `include_self`) never crosses
 the wire and keeps its weight. A receiver head left without candidates gets
 all-zero mixing weights, hence an all-zero target and no KD term — the rules in
@@ -145,14 +145,14 @@ def wire_reads(read_HxNxN, emb_read_NxN, spec: WireSpec):
   return (np.asarray(read_HxNxN) * frac_H[:, None, None], np.asarray(emb_read_NxN) * frac_H[0])
 
 
-def neighbour_weights(weights_HxNxN, spec: WireSpec, step):
-  """W[k, i, j] with the neighbours (j != i) of receiver head k dropped where src(k) is not
-  received at `step`; the diagonal (a client's own head k-1) is kept."""
-  h, n, _ = weights_HxNxN.shape
+def neighbour_weights(weights_SxHxK, self_SxK, spec: WireSpec, step):
+  """W[i, k, c] with the neighbours (c not i itself) of receiver head k dropped where src(k)
+  is not received at `step`; a client's own column (its own head k-1) is kept."""
+  h = weights_SxHxK.shape[1]
   src = np.maximum(np.arange(h) - 1, 0)
   ok_H = received_heads(spec, h, step)[src]
-  keep_HxNxN = ok_H[:, None, None] | jnp.eye(n, dtype=bool)[None]
-  return jnp.where(keep_HxNxN, weights_HxNxN, jnp.zeros_like(weights_HxNxN))
+  keep_SxHxK = ok_H[None, :, None] | self_SxK[:, None, :]
+  return jnp.where(keep_SxHxK, weights_SxHxK, jnp.zeros_like(weights_SxHxK))
 
 
 def encoded_bytes(spec: WireSpec, batch_size: int, num_classes: int, heads: int) -> int:
