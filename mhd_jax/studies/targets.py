@@ -8,7 +8,7 @@ variant on every seed, mean ± std over seeds (ddof=1), ↑ / ↓ beyond the noi
 import numpy as np
 
 from mhd_jax.population import groups as groups_lib
-from mhd_jax.studies import heads as hs
+from mhd_jax.studies import tables
 
 REFERENCE = 'confidence_weighted'
 # Each variant: a target rule, and for the score rules the power of the score (docs/algorithm.md).
@@ -71,14 +71,14 @@ def _table(results: dict) -> str:
   ref = results.get(REFERENCE)
   lines = ['| rule | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
   for rule, figs in results.items():
-    cells = [hs._cell(figs[k], hs._mark(figs[k], None if rule == REFERENCE or ref is None  # pylint: disable=protected-access
+    cells = [tables.cell(figs[k], tables.mark(figs[k], None if rule == REFERENCE or ref is None
                                         else ref[k])) for k in keys]
     lines.append(f'| {rule} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
 def _plot(results: dict, path: str):
-  plt = hs._pyplot()  # pylint: disable=protected-access
+  plt = tables.pyplot()
   names = list(results)
   keys = [k for k in next(iter(results.values())) if k.startswith('shared head')]
   fig, ax = plt.subplots(figsize=(10, 0.35 * len(names) + 2))
@@ -90,5 +90,5 @@ def _plot(results: dict, path: str):
                 fmt='o', capsize=2, label=k)
   ax.set_yticks(y, names, fontsize=7)
   ax.invert_yaxis()
-  hs._label(ax, 'target rules, mixed architectures', 'mean shared accuracy (%)', '')  # pylint: disable=protected-access
-  hs._save(plt, fig, path)  # pylint: disable=protected-access
+  tables.label(ax, 'target rules, mixed architectures', 'mean shared accuracy (%)', '')
+  tables.save(plt, fig, path)
