@@ -39,7 +39,7 @@ STUDIES: dict[str, Callable] = {'heterogeneity': claims.heterogeneity, 'heads': 
                                 'efficiency': heads.efficiency, 'recipes': recipes.recipes,
                                 'dynamics': network.dynamics,
                                 'communication': wire.communication, 'privacy': wire.privacy,
-                                'targets': targets.targets}
+                                'targets': targets.targets, 'target_hops': targets.target_hops}
 # Seeds per study when --seeds is not given: sized so the main tables fit in 40 min
 # on 2 cores (README, "When do auxiliary heads help?").
 DEFAULT_SEEDS = {'hops': 8, 'efficiency': 4, 'recipes': 4}

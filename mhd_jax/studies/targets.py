@@ -1,13 +1,16 @@
 """Target rules on a population of mixed architectures (issue 20): which rules do not collapse it.
 
-Same shape as `head_studies`: `(base, opts) -> (variants, analyse)`, every
-variant on every seed, mean ± std over seeds (ddof=1), ↑ / ↓ beyond the noise
-(`study_metrics.exceeds_noise`) against `confidence_weighted`.
+Same shape as the other studies (`heads`): `(base, opts) -> (variants, analyse)`,
+every variant on every seed, mean ± std over seeds (ddof=1), marks beyond the
+noise (`metrics.exceeds_noise`) against `confidence_weighted`.
 """
 
 import numpy as np
 
+from mhd_jax.network import topology
 from mhd_jax.population import groups as groups_lib
+from mhd_jax.studies import heads
+from mhd_jax.studies import metrics
 from mhd_jax.studies import tables
 
 REFERENCE = 'confidence_weighted'
@@ -25,6 +28,8 @@ RULES = {
     'class_relative, power 8': {'target': 'class_relative', 'target_power': 8.0},
 }
 QUICK_RULES = (REFERENCE, 'class_relative, power 4')
+# The rules the hop study compares on homogeneous populations: the reference and the candidate.
+HOP_RULES = (REFERENCE, 'class_relative, power 4')
 
 
 def _figures(summary, groups) -> dict:
@@ -71,8 +76,8 @@ def _table(results: dict) -> str:
   ref = results.get(REFERENCE)
   lines = ['| rule | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
   for rule, figs in results.items():
-    cells = [tables.cell(figs[k], tables.mark(figs[k], None if rule == REFERENCE or ref is None
-                                        else ref[k])) for k in keys]
+    against = lambda k: None if rule == REFERENCE or ref is None else ref[k]
+    cells = [tables.cell(figs[k], tables.mark(figs[k], against(k))) for k in keys]
     lines.append(f'| {rule} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -91,4 +96,70 @@ def _plot(results: dict, path: str):
   ax.set_yticks(y, names, fontsize=7)
   ax.invert_yaxis()
   tables.label(ax, 'target rules, mixed architectures', 'mean shared accuracy (%)', '')
+  tables.save(plt, fig, path)
+
+
+def target_hops(base, opts):
+  """The hop curves of `hops` (10 clients, one class each, chain and ring) under each of
+  HOP_RULES: does a rule keep confidence_weighted's homogeneous results?
+
+  Cell (rule, graph, H, d): mean ± std over seeds of the accuracy (%) of each
+  client's last head on the classes of the clients d hops away; private =
+  head 0's, shared = the last head's mean accuracy (%). ↑ / ↓: beats / trails
+  the same rule's H=1 beyond the noise; (+) / (−): beats / trails
+  confidence_weighted's same cell beyond the noise.
+  """
+  head_counts = opts.heads or ((1, 2) if opts.quick else (1, 2, 4))
+  variants = {f'{r}: {t}_H{h}': {**heads.ONE_CLASS_EACH, **RULES[r], 'topology': t,
+                                 'num_heads': h}
+              for r in HOP_RULES for t in ('chain', 'ring') for h in head_counts}
+
+  def analyse(summaries, runs):
+    results = {}
+    for name, rs in runs.items():
+      curves = [metrics.load_hop_curves(r.workdir, topology.build(r.config)) for r in rs]
+      results[name] = {'d': curves[0]['d'],
+                       'last_head': [c['acc_HxD'][-1].tolist() for c in curves],
+                       'private': [100 * s.mean_private_acc[0] for s in summaries[name]],
+                       'shared': [100 * s.mean_shared_acc[-1] for s in summaries[name]]}
+    md = '\n\n'.join(_hops_table(results, t, head_counts) for t in ('chain', 'ring'))
+    return results, md, lambda path: _plot_hops(results, head_counts, path)
+
+  return variants, analyse
+
+
+_VS_REFERENCE = {' ↑': ' (+)', ' ↓': ' (−)', '': ''}  # the mark against confidence_weighted
+
+
+def _hops_table(results: dict, graph: str, head_counts) -> str:
+  ds = results[f'{REFERENCE}: {graph}_H{head_counts[0]}']['d']
+  lines = [f'### {graph}\n', '| rule | H | ' + ' | '.join(f'd={d}' for d in ds)
+           + ' | private | shared |', '|---' * (len(ds) + 4) + '|']
+  for rule in HOP_RULES:
+    for h in head_counts:
+      v, naive = results[f'{rule}: {graph}_H{h}'], results[f'{rule}: {graph}_H{head_counts[0]}']
+      ref = results[f'{REFERENCE}: {graph}_H{h}']
+      columns = [tuple(np.asarray(x['last_head'])[:, d] for x in (v, naive, ref))
+                 for d in range(len(ds))]
+      columns += [(v[k], naive[k], ref[k]) for k in ('private', 'shared')]
+      cells = []
+      for values, by_h1, by_ref in columns:
+        vs_ref = '' if rule == REFERENCE else tables.mark(values, by_ref)
+        vs_h1 = tables.mark(values, None if h == head_counts[0] else by_h1)
+        cells.append(tables.cell(values, vs_h1) + _VS_REFERENCE[vs_ref])
+      lines.append(f'| {rule} | {h} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def _plot_hops(results: dict, head_counts, path: str):
+  plt = tables.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, graph in zip(axes, ('chain', 'ring')):
+    for rule in HOP_RULES:
+      for h in head_counts:
+        v = results[f'{rule}: {graph}_H{h}']
+        acc = np.asarray(v['last_head'])
+        ax.errorbar(v['d'], acc.mean(0), yerr=acc.std(0), marker='o', capsize=2,
+                    ls='-' if rule == REFERENCE else '--', label=f'{rule}, H={h}')
+    tables.label(ax, graph, 'hops d', 'last head, classes d hops away (%)')
   tables.save(plt, fig, path)
