@@ -54,6 +54,8 @@ _JOBS = flags.DEFINE_integer('jobs', 1, 'Worker processes training runs at once 
 _QUICK = flags.DEFINE_bool('quick', False, f'A few steps ({QUICK}) and a small grid.')
 _HEADS = flags.DEFINE_list('heads', None, 'hops / efficiency: head counts, e.g. 1,2,4.')
 _TOPOLOGIES = flags.DEFINE_list('topologies', ['chain'], 'recipes: graphs, e.g. chain,complete.')
+_RULES = flags.DEFINE_list('rules', None, 'targets / target_hops: variants of targets.RULES, '
+                           'e.g. most_confident,class_relative^4.')
 
 
 class UsageError(ValueError):
@@ -126,8 +128,12 @@ def main(argv):
       heads_ = tuple(int(h) for h in _HEADS.value) if _HEADS.value else None
     except ValueError:
       raise UsageError(f'--heads must be integers, got {",".join(_HEADS.value)}.') from None
+    unknown = [r for r in _RULES.value or () if r not in targets.RULES]
+    if unknown:
+      raise UsageError(f'unknown --rules {",".join(unknown)}; each is one of '
+                       f'{", ".join(targets.RULES)}.')
     opts = study_runs.Options(tuple(range(max(seeds, 0))), _QUICK.value, heads_,
-                              tuple(_TOPOLOGIES.value))
+                              tuple(_TOPOLOGIES.value), _RULES.value and tuple(_RULES.value))
     logging.set_verbosity(logging.WARNING)
     base = study_base(_CONFIG.value, opts.quick)
     plan(name, base, opts, os.path.join(_WORKDIR.value, name))  # refuse before any training

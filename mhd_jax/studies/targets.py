@@ -22,14 +22,14 @@ RULES = {
     'certainty_weighted': {'target': 'certainty_weighted'},
     'exp_entropy_weighted': {'target': 'exp_entropy_weighted'},
     'class_relative': {'target': 'class_relative'},
-    'confidence_weighted, power 8': {'target': 'confidence_weighted', 'target_power': 8.0},
-    'certainty_weighted, power 8': {'target': 'certainty_weighted', 'target_power': 8.0},
-    'class_relative, power 4': {'target': 'class_relative', 'target_power': 4.0},
-    'class_relative, power 8': {'target': 'class_relative', 'target_power': 8.0},
-}
-QUICK_RULES = (REFERENCE, 'class_relative, power 4')
-# The rules the hop study compares on homogeneous populations: the reference and the candidate.
-HOP_RULES = (REFERENCE, 'class_relative, power 4')
+    'confidence_weighted^8': {'target': 'confidence_weighted', 'target_power': 8.0},
+    'certainty_weighted^8': {'target': 'certainty_weighted', 'target_power': 8.0},
+    'class_relative^4': {'target': 'class_relative', 'target_power': 4.0},
+    'class_relative^8': {'target': 'class_relative', 'target_power': 8.0},
+}  # name^g: the score raised to the power g (config.target_power)
+QUICK_RULES = (REFERENCE, 'class_relative^4')
+# The rules target_hops compares on homogeneous populations by default (--rules: others).
+HOP_RULES = (REFERENCE, 'class_relative^4')
 
 
 def _figures(summary, groups) -> dict:
@@ -51,7 +51,7 @@ def targets(base, opts):
   the private accuracy of their head 0. ↑ / ↓: beats / trails
   confidence_weighted beyond the noise (two standard errors).
   """
-  rules = QUICK_RULES if opts.quick else tuple(RULES)
+  rules = opts.rules or (QUICK_RULES if opts.quick else tuple(RULES))
   first, groups, legend = 0, [], []
   for name, n, model in groups_lib.group_configs(base):
     groups.append((name, range(first, first + n)))
@@ -100,8 +100,9 @@ def _plot(results: dict, path: str):
 
 
 def target_hops(base, opts):
-  """The hop curves of `hops` (10 clients, one class each, chain and ring) under each of
-  HOP_RULES: does a rule keep confidence_weighted's homogeneous results?
+  """The hop curves of `hops` (10 clients, one class each, chain and ring) under
+  confidence_weighted and the rules of --rules (default HOP_RULES): does a rule keep
+  confidence_weighted's homogeneous results?
 
   Cell (rule, graph, H, d): mean ± std over seeds of the accuracy (%) of each
   client's last head on the classes of the clients d hops away; private =
@@ -110,9 +111,10 @@ def target_hops(base, opts):
   confidence_weighted's same cell beyond the noise.
   """
   head_counts = opts.heads or ((1, 2) if opts.quick else (1, 2, 4))
+  rules = (REFERENCE,) + tuple(r for r in opts.rules or HOP_RULES if r != REFERENCE)
   variants = {f'{r}: {t}_H{h}': {**heads.ONE_CLASS_EACH, **RULES[r], 'topology': t,
                                  'num_heads': h}
-              for r in HOP_RULES for t in ('chain', 'ring') for h in head_counts}
+              for r in rules for t in ('chain', 'ring') for h in head_counts}
 
   def analyse(summaries, runs):
     results = {}
@@ -122,8 +124,8 @@ def target_hops(base, opts):
                        'last_head': [c['acc_HxD'][-1].tolist() for c in curves],
                        'private': [100 * s.mean_private_acc[0] for s in summaries[name]],
                        'shared': [100 * s.mean_shared_acc[-1] for s in summaries[name]]}
-    md = '\n\n'.join(_hops_table(results, t, head_counts) for t in ('chain', 'ring'))
-    return results, md, lambda path: _plot_hops(results, head_counts, path)
+    md = '\n\n'.join(_hops_table(results, t, rules, head_counts) for t in ('chain', 'ring'))
+    return results, md, lambda path: _plot_hops(results, rules, head_counts, path)
 
   return variants, analyse
 
@@ -131,11 +133,11 @@ def target_hops(base, opts):
 _VS_REFERENCE = {' ↑': ' (+)', ' ↓': ' (−)', '': ''}  # the mark against confidence_weighted
 
 
-def _hops_table(results: dict, graph: str, head_counts) -> str:
+def _hops_table(results: dict, graph: str, rules, head_counts) -> str:
   ds = results[f'{REFERENCE}: {graph}_H{head_counts[0]}']['d']
   lines = [f'### {graph}\n', '| rule | H | ' + ' | '.join(f'd={d}' for d in ds)
            + ' | private | shared |', '|---' * (len(ds) + 4) + '|']
-  for rule in HOP_RULES:
+  for rule in rules:
     for h in head_counts:
       v, naive = results[f'{rule}: {graph}_H{h}'], results[f'{rule}: {graph}_H{head_counts[0]}']
       ref = results[f'{REFERENCE}: {graph}_H{h}']
@@ -151,11 +153,11 @@ def _hops_table(results: dict, graph: str, head_counts) -> str:
   return '\n'.join(lines)
 
 
-def _plot_hops(results: dict, head_counts, path: str):
+def _plot_hops(results: dict, rules, head_counts, path: str):
   plt = tables.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, graph in zip(axes, ('chain', 'ring')):
-    for rule in HOP_RULES:
+    for rule in rules:
       for h in head_counts:
         v = results[f'{rule}: {graph}_H{h}']
         acc = np.asarray(v['last_head'])
