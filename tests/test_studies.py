@@ -239,7 +239,7 @@ def test_targets_study_splits_the_groups_and_marks_against_confidence_weighted()
   from mhd_jax.studies import targets  # pylint: disable=g-import-not-at-top
   opts = study_runs.Options(seeds=(0, 1, 2), rules=('confidence_weighted', 'class_relative^4'))
   variants, analyse = targets.targets(digits_hetero.get_config(), opts)
-  assert variants == {'confidence_weighted': {'target': 'confidence_weighted'},
+  assert variants == {'confidence_weighted': {'target': 'confidence_weighted', 'target_power': 1.0},
                       'class_relative^4': {'target': 'class_relative', 'target_power': 4.0}}
   # Groups in client order: 'large' holds clients 0-3, 'small' clients 4-7.
   summaries = {'confidence_weighted': [_client_summaries([80] * 4 + [s] * 4) for s in (60, 61, 62)],

@@ -13,20 +13,15 @@ from mhd_jax.studies import heads
 from mhd_jax.studies import metrics
 from mhd_jax.studies import tables
 
+# Each variant: a target rule and, for the score rules, the power of the score (name^g: power g;
+# docs/algorithm.md). Both are set, so a base config's own target_power never leaks in.
+RULES = {f'{rule}^{power:g}' if power != 1 else rule: {'target': rule, 'target_power': power}
+         for rule, power in (('most_confident', 1.0), ('confidence_weighted', 1.0),
+                             ('relative_confidence', 1.0), ('certainty_weighted', 1.0),
+                             ('exp_entropy_weighted', 1.0), ('class_relative', 1.0),
+                             ('confidence_weighted', 8.0), ('certainty_weighted', 8.0),
+                             ('class_relative', 4.0), ('class_relative', 8.0))}
 REFERENCE = 'confidence_weighted'
-# Each variant: a target rule, and for the score rules the power of the score (docs/algorithm.md).
-RULES = {
-    'most_confident': {'target': 'most_confident'},
-    REFERENCE: {'target': 'confidence_weighted'},
-    'relative_confidence': {'target': 'relative_confidence'},
-    'certainty_weighted': {'target': 'certainty_weighted'},
-    'exp_entropy_weighted': {'target': 'exp_entropy_weighted'},
-    'class_relative': {'target': 'class_relative'},
-    'confidence_weighted^8': {'target': 'confidence_weighted', 'target_power': 8.0},
-    'certainty_weighted^8': {'target': 'certainty_weighted', 'target_power': 8.0},
-    'class_relative^4': {'target': 'class_relative', 'target_power': 4.0},
-    'class_relative^8': {'target': 'class_relative', 'target_power': 8.0},
-}  # name^g: the score raised to the power g (config.target_power)
 QUICK_RULES = (REFERENCE, 'class_relative^4')
 # The rules target_hops compares on homogeneous populations by default (--rules: others).
 HOP_RULES = (REFERENCE, 'class_relative^4')
