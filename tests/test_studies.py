@@ -255,3 +255,20 @@ def test_targets_study_splits_the_groups_and_marks_against_confidence_weighted()
   head = md.splitlines()[2].split(' | ')
   assert row[head.index('small shared')] == '91.0 ± 1.0 ↑'
   assert row[head.index('large shared')] == '80.0 ± 0.0'  # equal: no mark
+
+
+def test_diagnose_group_figures_by_hand():
+  from mhd_jax.studies import diagnose  # pylint: disable=g-import-not-at-top
+  # Group 0: client 0 names each example's class (one-hot, balanced batch of 2 classes);
+  # group 1: client 1 is uniform, client 2 says class 0 on both examples.
+  probs = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.5, 0.5]],
+                    [[1.0, 0.0], [1.0, 0.0]]])
+  mixing = np.array([[[0.0, 0.25, 0.75], [0.0, 0.5, 0.5]],   # client 0: all from group 1
+                     [[0.6, 0.0, 0.4], [0.2, 0.0, 0.8]],     # client 1: 0.6, 0.2 from group 0
+                     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])    # client 2: 1.0, 0.0 from group 0
+  g0, g1 = diagnose.group_figures(probs, mixing, np.array([0, 1, 1]))
+  np.testing.assert_allclose([g0['conf'], g0['certainty'], g0['information'], g0['from_others']],
+                             [1.0, 1.0, 1.0, 1.0])
+  np.testing.assert_allclose([g1['conf'], g1['certainty'], g1['from_others']],
+                             [0.75, 0.5, (0.6 + 0.2 + 1.0 + 0.0) / 4])
+  np.testing.assert_allclose(g1['information'], 0.0, atol=1e-12)  # neither varies by example
