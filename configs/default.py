@@ -126,10 +126,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.nu_emb = 0.0             # weight of embedding distillation
   c.temperature = 1.0        # KD temperature T (losses scaled by T^2)
   # How a head's target is built from its candidates: most_confident | mean | random |
-  # confidence_weighted | neighbours_first | neighbour_and_self.
+  # confidence_weighted | neighbours_first | neighbour_and_self, or a score rule that mixes the
+  # candidates weighted by edge weight x score^target_power: confidence_weighted |
+  # relative_confidence | certainty_weighted | exp_entropy_weighted | class_relative.
   # confidence_weighted is the measured MHD recipe (docs/results.md, "When do auxiliary heads
   # help?"); the rules' formulas are in docs/algorithm.md.
   c.target = 'confidence_weighted'
+  c.target_power = 1.0       # score rules: each score raised to this power (1 = the score;
+                             # larger = closer to most_confident)
   c.include_self = False     # aux head k also distils from the client's own head k-1
   c.average_every = 0        # FedAvg / gossip baseline: every N steps each client averages
                              # its weights with its in-neighbours' (W = D^-1 (A + I), within

@@ -257,3 +257,52 @@ def test_dynamics_study_runs_fedavg_on_every_axis_but_staleness():
   assert variants['naive (H=1): staleness tau tau=8'] == {
       'num_clients': 10, 'topology': 'ring', 'num_steps': 1200, 'eval_every': 40,
       'num_heads': 1, 'dynamics.staleness': 8}
+
+
+def _client_summaries(shared_by_client):
+  """A summary whose client i has last-head shared accuracy shared_by_client[i] (%), private 90,
+  two heads (head 0's mean shared accuracy 10 below the last head's)."""
+  clients = [types.SimpleNamespace(shared_acc=[x / 100 - 0.1, x / 100], private_acc=[0.9, 0.9])
+             for x in shared_by_client]
+  mean = float(np.mean(shared_by_client)) / 100
+  return types.SimpleNamespace(clients=clients, mean_shared_acc=[mean - 0.1, mean])
+
+
+def test_targets_study_splits_the_groups_and_marks_against_confidence_weighted():
+  from configs import digits_hetero  # pylint: disable=g-import-not-at-top
+  from mhd_jax.studies import targets  # pylint: disable=g-import-not-at-top
+  opts = study_runs.Options(seeds=(0, 1, 2), rules=('confidence_weighted', 'class_relative^4'))
+  variants, analyse = targets.targets(digits_hetero.get_config(), opts)
+  assert variants == {'confidence_weighted': {'target': 'confidence_weighted', 'target_power': 1.0},
+                      'class_relative^4': {'target': 'class_relative', 'target_power': 4.0}}
+  # Groups in client order: 'large' holds clients 0-3, 'small' clients 4-7.
+  summaries = {'confidence_weighted': [_client_summaries([80] * 4 + [s] * 4) for s in (60, 61, 62)],
+               'class_relative^4': [_client_summaries([80] * 4 + [s] * 4) for s in (90, 91, 92)]}
+  results, md, _ = analyse(summaries, None)
+  cw = results['confidence_weighted']
+  np.testing.assert_allclose(cw['large shared'], [80, 80, 80])
+  np.testing.assert_allclose(cw['small shared'], [60, 61, 62])
+  np.testing.assert_allclose(cw['shared head 1'], [70, 70.5, 71])
+  np.testing.assert_allclose(cw['shared head 0'], [60, 60.5, 61])
+  assert 'large = clients 0-3 (mlp, width 256, depth 3)' in md
+  row = [r for r in md.splitlines() if r.startswith('| class_relative^4 |')][0].split(' | ')
+  head = md.splitlines()[2].split(' | ')
+  assert row[head.index('small shared')] == '91.0 ± 1.0 ↑'
+  assert row[head.index('large shared')] == '80.0 ± 0.0'  # equal: no mark
+
+
+def test_diagnose_group_figures_by_hand():
+  from mhd_jax.studies import diagnose  # pylint: disable=g-import-not-at-top
+  # Group 0: client 0 names each example's class (one-hot, balanced batch of 2 classes);
+  # group 1: client 1 is uniform, client 2 says class 0 on both examples.
+  probs = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.5, 0.5]],
+                    [[1.0, 0.0], [1.0, 0.0]]])
+  mixing = np.array([[[0.0, 0.25, 0.75], [0.0, 0.5, 0.5]],   # client 0: all from group 1
+                     [[0.6, 0.0, 0.4], [0.2, 0.0, 0.8]],     # client 1: 0.6, 0.2 from group 0
+                     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])    # client 2: 1.0, 0.0 from group 0
+  g0, g1 = diagnose.group_figures(probs, mixing, np.array([0, 1, 1]))
+  np.testing.assert_allclose([g0['conf'], g0['certainty'], g0['information'], g0['from_others']],
+                             [1.0, 1.0, 1.0, 1.0])
+  np.testing.assert_allclose([g1['conf'], g1['certainty'], g1['from_others']],
+                             [0.75, 0.5, (0.6 + 0.2 + 1.0 + 0.0) / 4])
+  np.testing.assert_allclose(g1['information'], 0.0, atol=1e-12)  # neither varies by example

@@ -78,6 +78,9 @@ def warnings(config) -> list[str]:
     if flat.get(field, unused) != unused and flat.get(mode) != needed:
       out.append(f'config.{field}={flat[field]!r} has no effect unless config.{mode}='
                  f'{needed!r} (it is {flat.get(mode)!r}).')
+  if flat.get('target_power', 1.0) != 1 and flat.get('target') not in losses.SCORES:
+    out.append(f'config.target_power={flat["target_power"]!r} has no effect unless config.target '
+               f'is a score rule ({", ".join(losses.SCORES)}; it is {flat.get("target")!r}).')
   is_int = fields.is_int
   if is_int(flat.get('optimizer.warmup_steps')) and is_int(flat.get('num_steps')) and (
       flat['optimizer.warmup_steps'] >= flat['num_steps']):

@@ -88,6 +88,7 @@ FIELDS = {
     'nu_emb': (_NUM, lambda v: not v < 0, '>= 0 (a loss weight)'),
     'temperature': (_NUM, lambda v: not v <= 0, '> 0'),
     'target': (_STR, None, ''),
+    'target_power': (_NUM, lambda v: not v <= 0, '> 0'),
     'include_self': (_BOOL, None, ''),
     'average_every': (_INT, _NONNEG, '>= 0 (0 = no weight averaging)'),
     'model.name': (_STR, None, ''),

@@ -10,7 +10,7 @@ evaluates 30 times (eval_every = num_steps / 30) for accuracy over steps.
 `--config` picks the base config (default: configs/default.py), so the same
 study scales to the ImageNet configs; `--config.FIELD=value` overrides it;
 `--quick` is the tests' few-step form. The studies themselves live in
-`claims`, `heads`, `recipes`, `network` and `wire` (`STUDIES`).
+`claims`, `heads`, `recipes`, `network`, `wire` and `targets` (`STUDIES`).
 """
 
 import inspect
@@ -30,6 +30,7 @@ from mhd_jax.studies import heads
 from mhd_jax.studies import network
 from mhd_jax.studies import recipes
 from mhd_jax.studies import runs as study_runs
+from mhd_jax.studies import targets
 from mhd_jax.studies import wire
 
 STUDIES: dict[str, Callable] = {'heterogeneity': claims.heterogeneity, 'heads': claims.heads,
@@ -37,7 +38,8 @@ STUDIES: dict[str, Callable] = {'heterogeneity': claims.heterogeneity, 'heads': 
                                 'methods': claims.methods, 'hops': heads.hops,
                                 'efficiency': heads.efficiency, 'recipes': recipes.recipes,
                                 'dynamics': network.dynamics,
-                                'communication': wire.communication, 'privacy': wire.privacy}
+                                'communication': wire.communication, 'privacy': wire.privacy,
+                                'targets': targets.targets, 'target_hops': targets.target_hops}
 # Seeds per study when --seeds is not given: sized so the main tables fit in 40 min
 # on 2 cores (README, "When do auxiliary heads help?").
 DEFAULT_SEEDS = {'hops': 8, 'efficiency': 4, 'recipes': 4}
@@ -52,6 +54,8 @@ _JOBS = flags.DEFINE_integer('jobs', 1, 'Worker processes training runs at once 
 _QUICK = flags.DEFINE_bool('quick', False, f'A few steps ({QUICK}) and a small grid.')
 _HEADS = flags.DEFINE_list('heads', None, 'hops / efficiency: head counts, e.g. 1,2,4.')
 _TOPOLOGIES = flags.DEFINE_list('topologies', ['chain'], 'recipes: graphs, e.g. chain,complete.')
+_RULES = flags.DEFINE_list('rules', None, 'targets / target_hops: variants of targets.RULES, '
+                           'e.g. most_confident,class_relative^4.')
 
 
 class UsageError(ValueError):
@@ -124,8 +128,12 @@ def main(argv):
       heads_ = tuple(int(h) for h in _HEADS.value) if _HEADS.value else None
     except ValueError:
       raise UsageError(f'--heads must be integers, got {",".join(_HEADS.value)}.') from None
+    unknown = [r for r in _RULES.value or () if r not in targets.RULES]
+    if unknown:
+      raise UsageError(f'unknown --rules {",".join(unknown)}; each is one of '
+                       f'{", ".join(targets.RULES)}.')
     opts = study_runs.Options(tuple(range(max(seeds, 0))), _QUICK.value, heads_,
-                              tuple(_TOPOLOGIES.value))
+                              tuple(_TOPOLOGIES.value), _RULES.value and tuple(_RULES.value))
     logging.set_verbosity(logging.WARNING)
     base = study_base(_CONFIG.value, opts.quick)
     plan(name, base, opts, os.path.join(_WORKDIR.value, name))  # refuse before any training

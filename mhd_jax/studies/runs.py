@@ -29,6 +29,7 @@ class Options(NamedTuple):
   quick: bool = False        # the tests' form: a few steps and a small grid
   heads: tuple[int, ...] | None = None  # head counts (hops, efficiency); None = the study's own
   topologies: tuple[str, ...] = ('chain',)  # recipes
+  rules: tuple[str, ...] | None = None  # targets, target_hops: names in targets.RULES
 
 
 class Run(NamedTuple):
