@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mhd_jax.outputs import summary as summary_lib
+from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
 from mhd_jax.studies import claims
 from mhd_jax.studies import runs as study_runs
