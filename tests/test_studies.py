@@ -53,6 +53,7 @@ def test_models_study_asks_claim5_three_ways():
   base = types.SimpleNamespace(num_clients=4, get=lambda *_: {})
   variants, analyse = claims.models(base, None)
   assert variants['one large among small']['groups']['g1']['num_clients'] == 1
+  assert variants['mixed']['groups']['g0']['model'] == claims.SMALL  # small first in the mix
   runs = {'small-only': [run([.1, .2, .9, .9]), run([.3, .4, .9, .9])],
           'large-only': [run([.9, .9, .5, .6]), run([.9, .9, .7, .8])],
           'mixed': [run([.7, .8, .2, .2]), run([.5, .6, .4, .4])],
