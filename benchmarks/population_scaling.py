@@ -43,7 +43,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODELS = {'default': common.MODELS['default'],  # the digits MLP
           'mnist1d_cnn': ({'name': 'mnist1d_cnn'}, (40, 1), None, None)}
-QUICK = {'default': common.QUICK['default'], 'mnist1d_cnn': ({'name': 'mnist1d_cnn'}, (40, 1), 8, 8)}
+QUICK = {'default': common.QUICK['default'],
+         'mnist1d_cnn': ({'name': 'mnist1d_cnn'}, (40, 1), 8, 8)}
 GRAPHS = {'ring': {'topology': 'ring'},
           'random_regular': {'topology': 'random_regular', 'degree': 4},
           'small_world': {'topology': 'small_world', 'degree': 4},
@@ -69,7 +70,8 @@ class Case:
     self.config.update({**GRAPHS[self.graph], 'num_clients': self.n})
     self.adjacency = topology.build(self.config)
     self.sparse = self.exchange == 'sparse'
-    self.width = neighbours.build([self.adjacency])[0].width if self.sparse else self.n
+    self.table_width = neighbours.build([self.adjacency])[0].width
+    self.width = self.table_width if self.sparse else self.n  # each client's candidates
 
   def row(self) -> dict:
     return {'model': self.model, 'graph': self.graph, 'n_clients': self.n,
@@ -78,7 +80,7 @@ class Case:
   def too_big(self) -> str | None:
     """Why the exchange cannot fit, from its lower bound before anything compiles (or None)."""
     from mhd_jax.network import neighbours  # pylint: disable=g-import-not-at-top
-    return neighbours.fits(self.sparse, self.n, self.width, self.config.num_heads,
+    return neighbours.fits(self.sparse, self.n, self.table_width, self.config.num_heads,
                            self.config.data.public_batch_size, 10, available_bytes())
 
   def bench(self) -> common.Bench:

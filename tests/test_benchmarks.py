@@ -195,3 +195,14 @@ def test_population_scaling_table():
   assert [c[10] for c in cells[:4]] == ['0.80', '', '0.50', '']
   assert cells[2][7:10] == ['1.50', '0.750', '1.25'] and cells[2][12] == '0.500'
   assert cells[4][5] == 'too big'
+
+
+def test_exchange_crossover_quick():
+  (row,) = run_benchmark('exchange_crossover.py')
+  assert (row['n_clients'], row['degree'], row['width'], row['share']) == (8, 2, 3, 0.375)
+  assert row['topology'] == 'random_regular' and row['sparse_memory_mb'] > 0
+  # One repeat: each ratio is that round's sparse / dense time, rounded to 3 digits.
+  assert row['sparse_vs_dense'] == pytest.approx(row['sparse_step_ms'] / row['dense_step_ms'],
+                                                 rel=5e-3, abs=2e-3)
+  assert row['cpu_sparse_vs_dense'] == pytest.approx(
+      row['sparse_cpu_step_ms'] / row['dense_cpu_step_ms'], rel=5e-3, abs=2e-3)
