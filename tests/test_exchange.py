@@ -223,3 +223,20 @@ def test_a_forced_exchange_that_cannot_hold_the_population_is_refused():
   problem = neighbours.fits(False, 10_000, 5, 3, 64, 10, 2**33)
   assert problem.startswith('exchange=dense needs at least 143.1 GiB for 10000 clients')
   assert 'exchange=sparse needs 0.43 GiB' in problem and '\n' not in problem
+
+
+def test_a_run_forced_onto_dense_is_told_what_the_graphs_own_table_needs():
+  """The refusal's sparse estimate is on the ring's table (3 columns), not on N columns."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from mhd_jax.run import config_check  # pylint: disable=g-import-not-at-top
+  from mhd_jax.run import startup  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.unlock()
+  config.update(num_clients=3000, topology='ring', exchange='dense')
+  config.data.public_batch_size = 2048  # dense: 412 GiB, more than a host holds
+  layout = layout_lib.Layout.create([3000], layout_lib.make_mesh(1))
+  exchange = startup._exchange  # pylint: disable=protected-access
+  with pytest.raises(config_check.ConfigError, match=r'exchange=sparse needs 2\.47 GiB'):
+    exchange(config, gs.build(config), layout, 10)
+  config.exchange = 'sparse'
+  assert exchange(config, gs.build(config), layout, 10) == 'sparse (a neighbour table of 3 columns)'

@@ -152,7 +152,9 @@ def _exchange(config, schedule, layout, num_classes) -> str:
   """What the step's exchange runs on, for the log; a forced one that cannot hold the
   population is refused here, before anything compiles."""
   sparse, s = schedule.table is not None, sum(layout.padded)
-  width = schedule.table.width if sparse else s
+  # The graph's own table even when dense: a refusal says what the table would need.
+  width = (schedule.table if sparse else
+           neighbours.build(list(np.asarray(schedule.graphs_GxNxK)))[0]).width
   problem = neighbours.fits(sparse, s, width, config.num_heads, config.data.public_batch_size,
                             num_classes, layout_lib.memory_bytes(layout.mesh))
   if problem and config.get('exchange', 'auto') != 'auto':
