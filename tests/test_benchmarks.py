@@ -155,6 +155,7 @@ def test_dynamics_draws_quick():
   assert all(r['n_clients'] == 8 and r['us_per_step'] > 0 for r in rows)
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_population_scaling_quick():
   rows = run_benchmark('population_scaling.py')
   assert [(r['graph'], r['n_clients'], r['exchange'], r['width']) for r in rows] == [
@@ -203,6 +204,7 @@ def test_population_scaling_table():
   assert cells[4][5] == 'too big'
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_exchange_crossover_quick():
   (row,) = run_benchmark('exchange_crossover.py')
   assert (row['n_clients'], row['degree'], row['width'], row['share']) == (8, 2, 3, 0.375)
