@@ -43,16 +43,16 @@ def digits(config, client_ids: Sequence[int] | None = None) -> contract.Data:
         config.seed, public_stream, step, len(part.public_indices), b_pub)]
     return {'image': train_x[pub]}
 
+  sizes = np.array([len(part.client_indices[i]) for i in clients])
+  pools = np.concatenate([part.client_indices[i] for i in clients])  # client after client
+  starts = (np.cumsum(sizes) - sizes)[:, None]
+
   def train_batches(start_step: int) -> Iterator[contract.Batch]:
+    streams = contract.Streams(config.seed, clients, sizes, b)  # batches of every client at once
     step = start_step
     while True:
-      images, labels = [], []
-      for i in clients:
-        pool = part.client_indices[i]
-        idx = pool[contract.epoch_indices(config.seed, i, step, len(pool), b)]
-        images.append(train_x[idx])
-        labels.append(train_y[idx])
-      batch = {'private': {'image': np.stack(images), 'label': np.stack(labels)},
+      idx = pools[starts + streams.positions(step)]  # [N, B] indices into the training set
+      batch = {'private': {'image': train_x[idx], 'label': train_y[idx]},
                'public': public(step)}
       if tau:
         batch['public_ahead'] = public(step + tau)
