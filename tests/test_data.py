@@ -20,6 +20,7 @@ from mhd_jax import data as data_lib
 from mhd_jax.data import contract
 from mhd_jax.data import digits
 from mhd_jax.run import config_check
+from mhd_jax.run import data_check
 from tests.conftest import ROOT, short_config
 
 REAL_LOAD = digits._load_digits  # pylint: disable=protected-access
@@ -110,6 +111,19 @@ def test_streams_are_each_streams_epoch_indices_in_any_step_order(batch_size, mo
     contract.Streams(0, [8, 9], [4, 0], 2)
 
 
+def test_with_no_public_set_the_public_batch_is_zeros_and_one_client_holds_all():
+  """public_fraction = 0, allowed where nothing distils (the MNIST-1D external check)."""
+  config = short_config(**{'num_clients': 1, 'num_heads': 1, 'topology': 'none',
+                           'public_fraction': 0.0, 'dynamics.staleness': 2})
+  assert config_check.problems(config, num_devices=1) == []
+  d = data_lib.get_data(config)
+  data_check.validate_partition(d.partition, config)
+  assert [len(p) for p in d.partition.client_indices] == [len(d.train_labels)]
+  batch = next(d.train_batches(3))
+  for key in ('public', 'public_ahead'):
+    assert batch[key]['image'].shape == (64, 8, 8, 1) and not batch[key]['image'].any()
+
+
 def _digest(tree) -> str:
   h = hashlib.sha256()
   for k in sorted(tree):
@@ -135,9 +149,9 @@ def test_dispatch_and_validation_read_one_registry_of_dataset_names(monkeypatch)
   served = object()
   monkeypatch.setitem(data_lib.EMBEDDED, 'toy', lambda c, ids: (served, c.data.name, ids))
   assert data_lib.get_data(config, [2]) == (served, 'toy', [2])
-  assert config_check._dataset_problem('toy') is None  # pylint: disable=protected-access
+  assert data_check.dataset_problem('toy') is None  # pylint: disable=protected-access
   monkeypatch.delitem(data_lib.EMBEDDED, 'toy')
-  problem = config_check._dataset_problem('toy')  # pylint: disable=protected-access
+  problem = data_check.dataset_problem('toy')  # pylint: disable=protected-access
   assert problem.startswith("unknown dataset 'toy'") and "'digits'" in problem
 
 

@@ -9,10 +9,11 @@ import types
 import numpy as np
 import pytest
 
-from mhd_jax.outputs import workdir as wd
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.run import config_check
-from mhd_jax.studies import cli as studies
+from mhd_jax.studies import claims
 from mhd_jax.studies import runs as study_runs
+from mhd_jax.studies import tables
 from tests.conftest import ROOT
 
 
@@ -22,21 +23,22 @@ def test_chain_hops_averages_pairs_at_each_distance(tmp_path):
   correct[:, -1] = [[10, 5, 2], [4, 10, 6], [0, 8, 10]]
   np.savez(tmp_path / 'per_class.npz', correct_NxHxC=correct, count_C=np.full(3, 10),
            primary_NxC=np.eye(3, dtype=bool))
-  hops = studies.chain_hops(str(tmp_path))
+  hops = claims.chain_hops(str(tmp_path))
   # d=1: pairs (0,1) (1,0) (1,2) (2,1) -> 50, 40, 60, 80; d=2: (0,2) (2,0) -> 20, 0.
   np.testing.assert_allclose(hops, [57.5, 10.0])
 
 
 def test_headline_takes_head0_private_and_last_head_shared():
-  client = lambda i, private, shared: wd.ClientSummary(i, private, shared, 0)
-  summary = wd.Summary(num_clients=2, num_heads=2, steps=1, wall_seconds=0.0,
-                       mean_private_acc=[0.8, 0.05], mean_shared_acc=[0.3, 0.7],
-                       clients=[client(0, [0.9, 0.1], [0.2, 0.6]),
-                                client(1, [0.7, 0.0], [0.4, 0.8])], bytes_sent_per_step=0)
-  h = studies.headline([summary, summary])
+  client = lambda i, private, shared: summary_lib.ClientSummary(i, private, shared, 0)
+  summary = summary_lib.Summary(num_clients=2, num_heads=2, steps=1, wall_seconds=0.0,
+                                mean_private_acc=[0.8, 0.05], mean_shared_acc=[0.3, 0.7],
+                                clients=[client(0, [0.9, 0.1], [0.2, 0.6]),
+                                         client(1, [0.7, 0.0], [0.4, 0.8])],
+                                bytes_sent_per_step=0)
+  h = tables.headline([summary, summary])
   assert np.isclose(h['private_mean'], 80.0) and np.isclose(h['shared_mean'], 70.0)
   assert h['private_std'] == 0.0
-  assert np.isclose(studies.headline([summary], clients=[1])['shared_mean'], 80.0)
+  assert np.isclose(tables.headline([summary], clients=[1])['shared_mean'], 80.0)
 
 
 def test_methods_study_writes_its_table_plot_and_numbers(tmp_path):
@@ -80,7 +82,7 @@ def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
   assert np.asarray(chain['H=2']['per_seed']).shape == (1, 2, 9)  # [seeds, heads, d]
   # The hop curve of every run is the one its per_class.npz gives by hand.
   run = tmp_path / 'hops' / 'chain_H2' / 'seed0'
-  np.testing.assert_allclose(chain['H=2']['per_seed'][0][1], studies.chain_hops(str(run)))
+  np.testing.assert_allclose(chain['H=2']['per_seed'][0][1], claims.chain_hops(str(run)))
   md = (tmp_path / 'hops.md').read_text()
   assert '### ring' in md and '| 2 | 1 |' in md and '| | pairs | 18 |' in md
   assert os.path.getsize(tmp_path / 'hops.png') > 10_000
@@ -157,7 +159,7 @@ def test_efficiency_and_recipes_quick_forms_read_their_runs(tmp_path):
   np.testing.assert_allclose(mhd['private'][0], 100 * summary['mean_private_acc'][0])
   np.testing.assert_allclose(mhd['shared_best'][0], 100 * max(summary['mean_shared_acc']))
   # Far-hop accuracy of the last head = the hop curve's pair-weighted mean over d >= 5.
-  curve = studies.chain_hops(str(tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0'))
+  curve = claims.chain_hops(str(tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0'))
   pairs = np.array([18, 16, 14, 12, 10, 8, 6, 4, 2])
   np.testing.assert_allclose(mhd['far_last'][0], (curve[4:] * pairs[4:]).sum() / pairs[4:].sum(),
                              rtol=1e-6)

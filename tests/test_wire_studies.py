@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.studies import cli as studies
 from mhd_jax.wire import compression
@@ -25,7 +26,7 @@ def test_communication_study_reports_bytes_and_accuracy(tmp_path):
   assert b['MHD, float32, all classes'] == 5 * 4 * 2 * compression.encoded_bytes(full, 64, 10, 1)
   assert b['MHD, top-1'] == 5 * 4 * 2 * compression.encoded_bytes(top1, 64, 10, 1)
   assert b['MHD, head 0 only (heads_sent=1)'] == b['MHD, float32, all classes'] / 2
-  fedavg = wd.read_summary(str(tmp_path / 'communication' /
+  fedavg = summary_lib.read_summary(str(tmp_path / 'communication' /
                                studies.run_dirname('FedAvg (every 10 steps)') / 'seed0'))
   assert b['FedAvg (every 10 steps)'] == fedavg.fedavg_bytes_per_round / 10
   md = (tmp_path / 'communication.md').read_text()

@@ -8,7 +8,7 @@ weights; on other graphs it is gossip averaging. Optimizer states stay local.
 Under `config.dynamics` the averaging after step s uses step s's graph and
 participants (docs/dynamics.md).
 The supervised upper bound needs no code: one client holding all private data
-(`num_clients=1, topology='none'`, see `studies.SUPERVISED`).
+(`num_clients=1, topology='none'`, see `studies.methods.SUPERVISED`).
 """
 
 import jax

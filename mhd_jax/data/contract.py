@@ -10,13 +10,14 @@ A training batch is
 the public batch of step s + tau, which the clients evaluate now for the
 receivers of step s + tau (docs/dynamics.md). An evaluation batch is
 `{'image': [B, ...], 'label': [B], 'mask': [B]}` with padded examples masked
-out. This module imports nothing of `mhd_jax.data` (nor TensorFlow), so the
+out. `from_arrays` serves a dataset held in memory (the embedded ones) this way.
+This module imports nothing of `mhd_jax.data` (nor TensorFlow), so the
 dataset modules and `config_check` can import it without a cycle; the package
 re-exports its names (`mhd_jax.data.Data`, ...).
 """
 
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -125,3 +126,49 @@ def eval_batches_from_arrays(images, labels, batch_size) -> Iterator[Batch]:
     yield {'image': np.pad(image, [(0, pad)] + [(0, 0)] * (image.ndim - 1)),
            'label': np.pad(label, (0, pad)),
            'mask': np.arange(batch_size) < len(label)}
+
+
+def from_arrays(config, client_ids: Sequence[int] | None, train, test, num_classes: int) -> Data:
+  """A `Data` over examples held in memory (the embedded datasets): partition, batches, test set.
+
+  `train` and `test` are (examples [M, ...], labels [M]). The private batch of client i at
+  step s and the public batch of step s are `epoch_indices` of streams i and N (every client
+  at once: `Streams`): they depend on (seed, stream, step) only. With no public set
+  (public_fraction = 0, which `config_check` allows only in runs that do not distil) the
+  public batch is zeros.
+  """
+  (train_x, train_y), (test_x, test_y) = train, test
+  part = partition_lib.make(train_y, num_classes, config)
+  clients = list(range(config.num_clients)) if client_ids is None else list(client_ids)
+  b, b_pub = config.data.batch_size, config.data.public_batch_size
+  public_stream = config.num_clients  # stream ids 0..N-1 are the clients
+  tau = staleness(config)
+
+  def public(step: int) -> dict:
+    pool = part.public_indices
+    if not len(pool):
+      return {'image': np.zeros((b_pub,) + train_x.shape[1:], train_x.dtype)}
+    return {'image': train_x[pool[epoch_indices(config.seed, public_stream, step, len(pool),
+                                                b_pub)]]}
+
+  sizes = np.array([len(part.client_indices[i]) for i in clients])
+  pools = np.concatenate([part.client_indices[i] for i in clients])  # client after client
+  starts = (np.cumsum(sizes) - sizes)[:, None]
+
+  def train_batches(start_step: int) -> Iterator[Batch]:
+    streams = Streams(config.seed, clients, sizes, b)  # the batches of every client at once
+    step = start_step
+    while True:
+      idx = pools[starts + streams.positions(step)]  # [N, B] indices into the training set
+      batch = {'private': {'image': train_x[idx], 'label': train_y[idx]},
+               'public': public(step)}
+      if tau:
+        batch['public_ahead'] = public(step + tau)
+      yield batch
+      step += 1
+
+  return Data(partition=part, num_classes=num_classes, image_shape=train_x.shape[1:],
+              train_batches=train_batches,
+              eval_batches=lambda: eval_batches_from_arrays(test_x, test_y,
+                                                            config.data.eval_batch_size),
+              train_labels=train_y)

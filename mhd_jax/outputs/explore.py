@@ -7,7 +7,7 @@
     acc = run.accuracies()                     # evaluate.Accuracies on the eval split
     acc.private_NxH, acc.shared_NxH, acc.per_class()   # [N, H], [N, H], [N, H, C]
     run.client_accuracy(2)                     # {'private': [H], 'shared': [H]}
-    run.metrics(), run.summary()               # metrics.jsonl records, workdir.Summary
+    run.metrics(), run.summary()               # metrics.jsonl records, summary.Summary
 
 Everything comes from the workdir: the config and dataset facts written
 beside the checkpoints, and the checkpoint itself. Nothing is re-stated.
@@ -25,6 +25,7 @@ from mhd_jax.algorithm import evaluate
 from mhd_jax.data import partition as partition_lib
 from mhd_jax.network import topology
 from mhd_jax.outputs import checkpoint
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.placement import clients
 from mhd_jax.population import groups as groups_lib
@@ -107,10 +108,10 @@ class Run:
     """The records of metrics.jsonl (training every log_every steps, and evaluations)."""
     return wd.read_metrics(self.workdir)
 
-  def summary(self) -> wd.Summary | None:
+  def summary(self) -> summary_lib.Summary | None:
     """summary.json, or None if the run has not finished."""
     try:
-      return wd.read_summary(self.workdir)
+      return summary_lib.read_summary(self.workdir)
     except FileNotFoundError:
       return None
 

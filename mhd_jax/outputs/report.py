@@ -25,6 +25,7 @@ import numpy as np
 from scipy import sparse
 
 from mhd_jax.algorithm import evaluate
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 
 
@@ -158,7 +159,8 @@ def markdown_table(acc: evaluate.Accuracies) -> str:
   return '\n'.join(rows)
 
 
-def write(workdir: str, acc: evaluate.Accuracies, adjacency_NxN, summary: wd.Summary) -> list[str]:
+def write(workdir: str, acc: evaluate.Accuracies, adjacency_NxN,
+          summary: summary_lib.Summary) -> list[str]:
   """Writes the plots and report.md into WORKDIR/report (from its metrics.jsonl, the final
   accuracies and the summary); returns the paths written."""
   report_dir = wd.path(workdir, wd.REPORT)

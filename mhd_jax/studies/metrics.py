@@ -11,6 +11,7 @@ from scipy.sparse import csgraph
 
 from mhd_jax.algorithm import losses
 from mhd_jax.outputs import report
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 
 
@@ -35,7 +36,7 @@ def pair_accuracies(correct_NxHxC, count_C, primary_NxC) -> np.ndarray:
   return hits_HxNxN / np.maximum(count_N, 1)[None, None, :]
 
 
-def hop_curves(per_class: wd.PerClass, adjacency_NxN) -> dict:
+def hop_curves(per_class: summary_lib.PerClass, adjacency_NxN) -> dict:
   """Every head's accuracy (%) against hop distance d = 1..max in the run's graph.
 
   acc_HxD[k, d-1] = mean over the ordered pairs (i, j) with D[i, j] = d of the
@@ -52,7 +53,7 @@ def hop_curves(per_class: wd.PerClass, adjacency_NxN) -> dict:
 
 
 def load_hop_curves(run_dir: str, adjacency_NxN) -> dict:
-  return hop_curves(wd.read_per_class(run_dir), adjacency_NxN)
+  return hop_curves(summary_lib.read_per_class(run_dir), adjacency_NxN)
 
 
 def reachability(adjacency_NxN, num_heads: int, nu_main: float, include_self: bool,
@@ -104,6 +105,11 @@ def efficiency(steps_T, acc_T, bound_final: float | None = None) -> dict:
     if bound_final is not None:
       out[f'steps_{frac}_bound'] = steps_to(steps_T, acc_T, frac / 100 * bound_final)
   return out
+
+
+def run_auc(run_dir: str) -> float:
+  """A finished run's AUC (%): `efficiency` of its last head's shared accuracy over steps."""
+  return efficiency(*accuracy_curve(wd.read_metrics(run_dir)))['auc']
 
 
 def exceeds_noise(a, b) -> bool:
