@@ -242,6 +242,31 @@ BUGS = (
         "    raise _failed(f'saving the checkpoint of step {step} in {mngr.directory}', e, "
         'started) from e', '    raise',
         ('tests/test_bad_inputs.py',), "orbax's exception of a failed save escapes as it is"),
+    # Start-up at thousands of clients (issue 21): same results, costs that grow as N.
+    Bug('init_keys_written_out', 'mhd_jax/population/state.py',
+        '  keys = client_keys(rng, first_client, spec.num_clients)',
+        '  keys = jnp.stack([jax.random.fold_in(rng, first_client + i) '
+        'for i in range(spec.num_clients)])',
+        ('tests/test_scale.py',), 'a fold_in per client written into the init program'),
+    Bug('streams_one_epoch_kept', 'mhd_jax/data/contract.py',
+        '    self._slots = -(-(batch_size - 1) // self._sizes) + 1  # epochs one batch can span',
+        '    self._slots = np.ones_like(self._sizes)', ('tests/test_data.py',),
+        'a batch that spans two epochs reads one permutation for both'),
+    Bug('regular_swap_unchecked', 'mhd_jax/network/topology.py',
+        '    if len({u, v, x, y}) < 4 or (u, x) in linked or (v, y) in linked:',
+        '    if len({u, v, x, y}) < 4 or (u, x) in linked:', ('tests/test_topology.py',),
+        'a sparse random_regular swap that the dense one refused'),
+    Bug('clients_unsorted', 'mhd_jax/data/partition.py',
+        '  order = np.lexsort((values, dest))', "  order = np.argsort(dest, kind='stable')",
+        ('tests/test_partition.py',), "a client's indices in draw order, not sorted"),
+    Bug('random_readers_without_self', 'mhd_jax/wire/communication.py',
+        'np.maximum(total + (config.include_self and k > 0), 1e-300)',
+        'np.maximum(total, 1e-300)', ('tests/test_communication.py',),
+        "the random rule's draw misses the client itself under include_self"),
+    Bug('hops_transposed', 'mhd_jax/studies/metrics.py',
+        '  return np.where(np.isinf(dist), -1, dist).astype(np.int64)',
+        '  return np.where(np.isinf(dist), -1, dist).astype(np.int64).T', ('tests/test_hops.py',),
+        'hop distances along the links the wrong way'),
 )
 
 
