@@ -109,7 +109,7 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   specs = groups_lib.make_specs(config, data.num_classes)
   state = checkpoint.abstract_state(specs, data.image_shape)
   # Traced once for all clients ('vmap'); the strategies agree (test_strategies.py).
-  step = programs.make_train_step(specs, topology.build(config), config, 'vmap')
+  step = programs.make_train_step(specs, topology.build(config).toarray(), config, 'vmap')
   new_state, metrics = jax.eval_shape(step, state, batch, jax.random.PRNGKey(0))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert jax.tree.leaves(state.groups[0].batch_stats)  # ResNets carry batch statistics

@@ -17,12 +17,14 @@ import pytest
 
 from configs import default
 from mhd_jax import data as data_lib
+from mhd_jax.data import contract
 from mhd_jax.data import digits
 from mhd_jax.run import config_check
 from mhd_jax.run import data_check
 from tests.conftest import ROOT, short_config
 
 REAL_LOAD = digits._load_digits  # pylint: disable=protected-access
+REAL_PERMUTATION = contract.permutation
 
 
 @pytest.fixture(scope='module')
@@ -87,6 +89,26 @@ def test_evaluation_covers_the_test_set_once_and_masks_the_padding(data):
   np.testing.assert_array_equal(labels, test_y)
   padded = len(batches) * config.data.eval_batch_size - len(test_y)
   assert padded > 0 and (~batches[-1]['mask']).sum() == padded
+
+
+@pytest.mark.parametrize('batch_size', [1, 5, 32])
+def test_streams_are_each_streams_epoch_indices_in_any_step_order(batch_size, monkeypatch):
+  """`Streams` (every client at once, an epoch's permutation kept while a batch may need it)
+  against `epoch_indices` (one stream at a time): pools shorter and longer than a batch,
+  steps forwards, backwards and repeated; a pool of 100 draws its permutation once an epoch."""
+  ids, sizes = np.array([5, 0, 9, 2, 7, 1, 4, 3]), np.array([1, 2, 3, 7, 31, 32, 33, 100])
+  streams = contract.Streams(3, ids, sizes, batch_size)
+  for step in [0, 1, 2, 40, 3, 3, 41, 1000, 999, 0] + list(range(5, 25)):
+    want = [data_lib.epoch_indices(3, i, step, p, batch_size) for i, p in zip(ids, sizes)]
+    np.testing.assert_array_equal(streams.positions(step), np.stack(want))
+  drawn = []
+  monkeypatch.setattr(contract, 'permutation', lambda *a: drawn.append(a) or REAL_PERMUTATION(*a))
+  streams = contract.Streams(3, [3], [100], batch_size)
+  for step in range(100 // batch_size):  # one epoch
+    streams.positions(step)
+  assert drawn == [(3, 3, 0, 100)]
+  with pytest.raises(ValueError, match='stream 9 has no examples'):
+    contract.Streams(0, [8, 9], [4, 0], 2)
 
 
 def test_with_no_public_set_the_public_batch_is_zeros_and_one_client_holds_all():

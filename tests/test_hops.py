@@ -61,7 +61,7 @@ def test_hop_curves_on_a_ring_wrap_around():
 
 
 def test_reachability_chain_without_main_distillation_is_exact_k_walks():
-  a = topology.chain(6)
+  a = topology.chain(6).toarray()
   r = sm.reachability(a, num_heads=4, nu_main=0.0, include_self=False)
   np.testing.assert_array_equal(r[0], np.eye(6, dtype=bool))
   for k in range(1, 4):

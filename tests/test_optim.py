@@ -92,7 +92,7 @@ def test_a_step_with_grad_clip_moves_every_client_by_exactly_lr_times_the_clip()
   batch = {'private': {'image': rng.random((3, 32, 8, 8, 1), np.float32),
                        'label': rng.integers(10, size=(3, 32)).astype(np.int32)},
            'public': {'image': rng.random((64, 8, 8, 1), np.float32)}}
-  step = jax.jit(programs.make_train_step(specs, topology.complete(3), config))
+  step = jax.jit(programs.make_train_step(specs, topology.complete(3).toarray(), config))
   moved = lambda new: np.sqrt(sum(
       np.sum((np.asarray(a) - np.asarray(b)) ** 2, axis=tuple(range(1, np.ndim(a))))
       for a, b in zip(jax.tree.leaves(new.groups[0].params),
@@ -101,6 +101,6 @@ def test_a_step_with_grad_clip_moves_every_client_by_exactly_lr_times_the_clip()
   np.testing.assert_allclose(moved(new), [0.1 * 1e-3] * 3, rtol=1e-4)
   config.optimizer.grad_clip = 0.0  # without the clip every client moves much further
   specs = groups.make_specs(config, 10)
-  free, _ = jax.jit(programs.make_train_step(specs, topology.complete(3), config))(
+  free, _ = jax.jit(programs.make_train_step(specs, topology.complete(3).toarray(), config))(
       state, batch, jax.random.PRNGKey(1))
   assert (moved(free) > 100 * 0.1 * 1e-3).all()

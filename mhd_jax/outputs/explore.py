@@ -42,7 +42,9 @@ class Run:
     step: the step of the loaded checkpoint.
     state: the population's TrainState (clients stacked per group).
     specs: the population's groups (model, optimizer, size).
-    adjacency: [N, N], A[i, j] > 0 when client i learns from client j.
+    adjacency: [N, N], A[i, j] > 0 when client i learns from client j: a numpy array up to
+      `DENSE_CLIENTS` clients, above them a scipy.sparse csr_array (`.toarray()` is 4 N^2
+      bytes).
     partition: dataset facts and the partition (`partition.json`): num_classes,
       image_shape, primary_classes, client_sizes, label_counts.
   """
@@ -51,7 +53,7 @@ class Run:
   step: int
   state: state_lib.TrainState
   specs: tuple
-  adjacency: np.ndarray
+  adjacency: Any
   partition: dict
   _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -114,6 +116,9 @@ class Run:
       return None
 
 
+DENSE_CLIENTS = 2000  # `Run.adjacency` is dense up to this many clients (16 MB)
+
+
 def load(workdir: str, step: int | None = None) -> Run:
   """Loads the checkpoint of `step` (default: the latest) of the run in `workdir`."""
   config = wd.read_config(workdir)
@@ -125,5 +130,8 @@ def load(workdir: str, step: int | None = None) -> Run:
         mngr, checkpoint.abstract_state(specs, tuple(facts['image_shape']), config), step)
   finally:
     mngr.close()
+  adjacency = topology.build(config)
+  if config.num_clients <= DENSE_CLIENTS:
+    adjacency = adjacency.toarray()
   return Run(workdir=workdir, config=config, step=int(meta['step']), state=state, specs=specs,
-             adjacency=topology.build(config), partition=facts)
+             adjacency=adjacency, partition=facts)

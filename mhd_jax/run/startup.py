@@ -109,6 +109,7 @@ class Run:
   sent: np.ndarray
   fedavg: np.ndarray
   epsilons: list | None = None  # DP runs: each client's ε at the end (`train`)
+  trained_at: float = 0.0  # time.time() when start-up ended, then when the last step had run
 
 
 def prepare(config, workdir, adjacency, layout, data, lead):

@@ -124,6 +124,7 @@ def _train(config, workdir, run: startup.Run, batches, layout, data, lead, early
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
           timer.pause(state)
+          run.trained_at = time.time()
           safety.check_finite(first_bad, mngr, run.finite_state(state), step)
           taken_N = participation.steps_taken(run.dynamics[1], step - window.count + 1, step)
           progress.log_train(step, window, taken_N, timer.take(), run.sent, config, writer)
@@ -166,6 +167,8 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     wd.clear_workdir(workdir)
   startup.sync('workdir ready')
   run, batches = startup.prepare(config, workdir, adjacency, layout, data, lead)
+  run.trained_at = time.time()  # the loop moves it to its last step
+  logging.info('start-up: %.1f s until the first step.', run.trained_at - start)
   wall = lambda: run.wall_before + time.time() - start
   acc = _train(config, workdir, run, batches, layout, data, lead, early, wall)
   safety.stop_if_terminated(early, config.num_steps)
@@ -186,4 +189,6 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
     report.write(workdir, acc, adjacency, summary)
   safety.stop_if_terminated(early, config.num_steps)
   startup.sync('outputs written')  # no process returns before the workdir is complete
+  logging.info('end of run: %.1f s after the last step (final evaluation, checkpoint, summary, '
+               'report).', time.time() - run.trained_at)
   return summary.to_json()
