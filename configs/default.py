@@ -77,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.partition = 'skew'       # 'skew' | 'dirichlet'
   c.skew = 0.9               # probability that a private example goes to an owner of its
                              # class (else to a random client): 0 = iid, 1 = disjoint
+  c.class_layout = 'interleaved'  # skew with more clients than classes: client i owns class
+                             # i mod C ('interleaved') or floor(i C / N) ('bands': runs of
+                             # neighbouring ids share a class; docs/scale.md, population study)
   c.dirichlet_alpha = 0.5    # partition = 'dirichlet': concentration of the label partition
   c.public_fraction = 0.3    # fraction of the training set made public (unlabelled); 0 = none
                              # (embedded datasets, runs that do not distil: topology='none')

@@ -64,6 +64,9 @@ def test_class_blocks():
   assert [b.tolist() for b in blocks] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
   # More clients than classes: client i owns class i mod C.
   assert [b.tolist() for b in partition.class_blocks(5, 2)] == [[0], [1], [0], [1], [0]]
+  # Bands: runs of neighbouring ids share a class, floor(i C / N).
+  assert [b.tolist() for b in partition.class_blocks(7, 3, 'bands')] == [
+      [0], [0], [0], [1], [1], [2], [2]]
 
 
 # ---------------------------------------------------------------- class skew

@@ -12,7 +12,9 @@ import pytest
 from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
+from mhd_jax.network import topology as topology_lib
 from mhd_jax.studies import claims
+from mhd_jax.studies import metrics
 from mhd_jax.studies import runs as study_runs
 from mhd_jax.studies import tables
 from tests.conftest import ROOT
@@ -308,3 +310,32 @@ def test_diagnose_group_figures_by_hand():
   np.testing.assert_allclose([g1['conf'], g1['certainty'], g1['from_others']],
                              [0.75, 0.5, (0.6 + 0.2 + 1.0 + 0.0) / 4])
   np.testing.assert_allclose(g1['information'], 0.0, atol=1e-12)  # neither varies by example
+
+
+def test_class_hops_takes_the_nearest_owner_of_each_class():
+  # A chain 0 - 1 - 2 - 3; clients 0 and 3 own class 0, 1 owns class 1, 2 owns class 2.
+  primary = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], bool)
+  correct = np.zeros((4, 2, 3))
+  correct[:, 1] = [[10, 5, 2], [8, 10, 6], [4, 7, 10], [10, 1, 9]]  # last head; 10 per class
+  per_class = summary_lib.PerClass(correct, np.full(3, 10), primary)
+  hops = metrics.class_hops(per_class, topology_lib.chain(4))
+  # d(i, c): class 0 is 0 hops from 0 and 3, 1 from 1 and 2 (not 2 or 3: the nearest owner);
+  # class 1: 1, 0, 1, 2 hops; class 2: 2, 1, 0, 1.
+  assert hops['d'] == [0, 1, 2] and hops['pairs_D'] == [4, 6, 2]
+  np.testing.assert_allclose(hops['acc_HxD'][1], [100, (80 + 40 + 50 + 70 + 60 + 90) / 6, 15])
+  np.testing.assert_allclose(hops['acc_HxD'][0], [0, 0, 0])
+
+
+@pytest.mark.slow  # three runs in worker processes
+def test_population_study_quick_form(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'mhd_jax.studies', 'population', '--config=configs/population.py',
+       '--quick', '--seeds=1', f'--workdir={tmp_path}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.load(open(tmp_path / 'population.json'))
+  assert list(results) == ['isolated', 'naive (H=1)', 'MHD (H=3)']
+  mhd = results['MHD (H=3)']
+  assert mhd['d'][0] == 0 and sum(mhd['pairs']) == 16 * 10  # every (client, class) pair
+  assert len(mhd['steps']) == len(mhd['shared_SxT'][0]) and mhd['wall_s'][0] > 0
+  assert (tmp_path / 'population.md').exists() and (tmp_path / 'population.png').exists()

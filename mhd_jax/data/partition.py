@@ -53,15 +53,25 @@ def primary_mask(primary_classes, num_classes: int) -> np.ndarray:
   return mask
 
 
-def class_blocks(num_clients: int, num_classes: int) -> tuple[np.ndarray, ...]:
+LAYOUTS = ('interleaved', 'bands')  # config.class_layout: who shares a class when N > C
+
+
+def class_blocks(num_clients: int, num_classes: int,
+                 layout: str = 'interleaved') -> tuple[np.ndarray, ...]:
   """Primary classes of each client: N contiguous blocks of the C classes.
 
-  With more clients than classes, client i owns class i mod C (several clients
-  then share a class).
+  With more clients than classes, several clients share a class: client i owns
+  class i mod C ('interleaved': clients i and i + 1 differ) or class
+  floor(i C / N) ('bands': clients in runs of about N / C share one, so on a
+  graph whose neighbours have nearby ids a class lies far from most clients).
   """
   if num_clients <= num_classes:
     return tuple(np.array_split(np.arange(num_classes), num_clients))
-  return tuple(np.array([i % num_classes]) for i in range(num_clients))
+  if layout not in LAYOUTS:
+    raise ValueError(f'class_layout must be one of {", ".join(LAYOUTS)}, got {layout!r}.')
+  ids = np.arange(num_clients)
+  owned = ids % num_classes if layout == 'interleaved' else ids * num_classes // num_clients
+  return tuple(np.array([c]) for c in owned)
 
 
 def _split_public(num_examples, public_fraction, rng):
@@ -73,7 +83,8 @@ def _split_public(num_examples, public_fraction, rng):
 
 
 def class_skew(labels: np.ndarray, num_classes: int, num_clients: int,
-               skew: float, public_fraction: float, seed: int) -> Partition:
+               skew: float, public_fraction: float, seed: int,
+               layout: str = 'interleaved') -> Partition:
   """Class-skew partition: with probability `skew` an example goes to an owner of its class.
 
   Otherwise (probability 1 - skew) it goes to a uniformly random client.
@@ -84,7 +95,7 @@ def class_skew(labels: np.ndarray, num_classes: int, num_clients: int,
   _check_labels(labels, num_classes, num_clients)
   rng = np.random.default_rng(seed)
   public, private = _split_public(len(labels), public_fraction, rng)
-  blocks = class_blocks(num_clients, num_classes)
+  blocks = class_blocks(num_clients, num_classes, layout)
   owns_NxC = primary_mask(blocks, num_classes)
   owners = [np.flatnonzero(owns_NxC[:, c]) for c in range(num_classes)]
   table = np.zeros((num_classes, max(map(len, owners))), np.int64)  # [C, max owners]
@@ -147,7 +158,8 @@ def make(labels: np.ndarray, num_classes: int, config) -> Partition:
   """The partition a config asks for (`config.partition`: 'skew' or 'dirichlet')."""
   if config.partition == 'skew':
     return class_skew(labels, num_classes, config.num_clients, config.skew,
-                      config.public_fraction, config.seed)
+                      config.public_fraction, config.seed,
+                      config.get('class_layout', 'interleaved'))
   if config.partition == 'dirichlet':
     return dirichlet(labels, num_classes, config.num_clients, config.dirichlet_alpha,
                      config.public_fraction, config.seed)

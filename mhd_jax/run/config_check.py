@@ -134,6 +134,7 @@ def _name_problems(config) -> list[str]:
   for field, value, known in [
       *[(f, v, tuple(models.BACKBONES)) for f, v in _model_names(config)],
       ('partition', config.partition, partition_lib.PARTITIONS),
+      ('class_layout', config.get('class_layout', 'interleaved'), partition_lib.LAYOUTS),
       ('target', config.target, losses.TARGET_RULES),
       ('strategy', config.strategy, clients.STRATEGIES),
       ('optimizer.name', config.optimizer.name, optim.OPTIMIZERS),

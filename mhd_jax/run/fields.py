@@ -61,6 +61,7 @@ FIELDS = {
     'data.eval_batch_size': (_INT, _POS, '>= 1'),
     'partition': (_STR, None, ''),
     'skew': (_NUM, lambda v: not (v < 0 or v > 1), 'in [0, 1] (0 = iid, 1 = only primary classes)'),
+    'class_layout': (_STR, None, ''),
     'dirichlet_alpha': (_NUM, lambda v: not v <= 0, '> 0'),
     'public_fraction': (_NUM, lambda v: not (v < 0 or v >= 1),
                         'in [0, 1) (0: no public set, for runs that do not distil)'),

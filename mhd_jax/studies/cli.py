@@ -10,7 +10,7 @@ evaluates 30 times (eval_every = num_steps / 30) for accuracy over steps.
 `--config` picks the base config (default: configs/default.py), so the same
 study scales to the ImageNet configs; `--config.FIELD=value` overrides it;
 `--quick` is the tests' few-step form. The studies themselves live in
-`claims`, `heads`, `recipes`, `network`, `wire` and `targets` (`STUDIES`).
+`claims`, `heads`, `recipes`, `network`, `wire`, `targets` and `population` (`STUDIES`).
 """
 
 import inspect
@@ -28,6 +28,7 @@ from mhd_jax.run import config_check
 from mhd_jax.studies import claims
 from mhd_jax.studies import heads
 from mhd_jax.studies import network
+from mhd_jax.studies import population
 from mhd_jax.studies import recipes
 from mhd_jax.studies import runs as study_runs
 from mhd_jax.studies import targets
@@ -39,7 +40,8 @@ STUDIES: dict[str, Callable] = {'heterogeneity': claims.heterogeneity, 'heads': 
                                 'efficiency': heads.efficiency, 'recipes': recipes.recipes,
                                 'dynamics': network.dynamics,
                                 'communication': wire.communication, 'privacy': wire.privacy,
-                                'targets': targets.targets, 'target_hops': targets.target_hops}
+                                'targets': targets.targets, 'target_hops': targets.target_hops,
+                                'population': population.population}
 # Seeds per study when --seeds is not given: sized so the main tables fit in 40 min
 # on 2 cores (README, "When do auxiliary heads help?").
 DEFAULT_SEEDS = {'hops': 8, 'efficiency': 4, 'recipes': 4}

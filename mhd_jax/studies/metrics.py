@@ -52,6 +52,27 @@ def hop_curves(per_class: summary_lib.PerClass, adjacency_NxN) -> dict:
   return {'d': ds, 'acc_HxD': acc, 'pairs_D': [int((dist == d).sum()) for d in ds]}
 
 
+def class_hops(per_class: summary_lib.PerClass, adjacency_NxN) -> dict:
+  """Every head's accuracy (%) on a class against the hops to its nearest owner.
+
+  d(i, c) = min over the owners j of class c of D[i, j] (0 on the client's own
+  class; `hop_distances`); acc_HxD[k, d] = mean over the (client i, class c)
+  pairs with d(i, c) = d of client i's head k's accuracy on class c, d = 0..max.
+  pairs_D[d] counts those pairs. Pairs whose class never reaches i are left out.
+  """
+  dist_NxN = hop_distances(adjacency_NxN)
+  dist_NxN = np.where(dist_NxN < 0, np.iinfo(np.int64).max, dist_NxN)
+  owners_NxC = per_class.primary_NxC
+  d_NxC = np.stack([dist_NxN[:, owners_NxC[:, c]].min(1) if owners_NxC[:, c].any() else
+                    np.full(len(dist_NxN), np.iinfo(np.int64).max)
+                    for c in range(owners_NxC.shape[1])], 1)
+  acc_NxHxC = per_class.correct_NxHxC / np.maximum(per_class.count_C, 1)
+  ds = list(range(int(d_NxC[d_NxC < np.iinfo(np.int64).max].max()) + 1))
+  acc = np.array([[100 * acc_NxHxC[:, k][d_NxC == d].mean() if (d_NxC == d).any() else np.nan
+                   for d in ds] for k in range(acc_NxHxC.shape[1])])
+  return {'d': ds, 'acc_HxD': acc, 'pairs_D': [int((d_NxC == d).sum()) for d in ds]}
+
+
 def load_hop_curves(run_dir: str, adjacency_NxN) -> dict:
   return hop_curves(summary_lib.read_per_class(run_dir), adjacency_NxN)
 
