@@ -40,7 +40,7 @@ DESIGN = {
     'digits_hetero': (8, 3, 'complete', 0.9, 0.3, 'digits', 'mlp', 2000),
     'mnist1d': (10, 3, 'complete', 0.9, 0.3, 'mnist1d', 'mnist1d_cnn', 1500),
     'mnist1d_hetero': (10, 3, 'complete', 0.9, 0.3, 'mnist1d', 'mnist1d_cnn', 1500),
-    'population': (1024, 3, 'torus', 1.0, 0.3, 'mnist1d', 'mnist1d_mlp', 600),
+    'population': (1024, 3, 'torus', 1.0, 0.3, 'mnist1d', 'mnist1d_mlp', 400),
     'cifar100_resnet18': (10, 3, 'complete', 0.9, 0.1, 'cifar100', 'resnet18_cifar', 30000),
     'imagenet_hetero': (8, 4, 'complete', 0.9, 0.1, 'imagenet2012', 'resnet18', 100000),
     'imagenet_resnet18': (8, 4, 'complete', 0.9, 0.1, 'imagenet2012', 'resnet18', 100000),
