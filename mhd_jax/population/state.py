@@ -53,19 +53,24 @@ def offsets(specs: Sequence[GroupSpec]) -> list[int]:
   return firsts([s.num_clients for s in specs])
 
 
+def client_keys(rng, ids) -> jax.Array:
+  """[K] keys: client i's is `fold_in(rng, i)` (i global), whatever else is initialised."""
+  return jnp.stack([jax.random.fold_in(rng, int(i)) for i in ids])
+
+
+def init_clients(spec: GroupSpec, keys_K, image_shape) -> Group:
+  """The variables and optimizer states of K clients of a group, from their keys (traceable)."""
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  variables = jax.vmap(lambda k: spec.model.init(k, dummy, train=False))(keys_K)
+  params = variables['params']
+  return Group(params=params, batch_stats=variables.get('batch_stats', {}),
+               opt_state=jax.vmap(spec.tx.init)(params))
+
+
 def init_group(spec: GroupSpec, first_client: int, image_shape, rng) -> Group:
   """Client i's variables come from `fold_in(rng, i)` (i global), whatever N is."""
-  keys = jnp.stack([jax.random.fold_in(rng, first_client + i) for i in range(spec.num_clients)])
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
-
-  @jax.jit
-  def init(keys):
-    variables = jax.vmap(lambda k: spec.model.init(k, dummy, train=False))(keys)
-    params = variables['params']
-    return Group(params=params, batch_stats=variables.get('batch_stats', {}),
-                 opt_state=jax.vmap(spec.tx.init)(params))
-
-  return init(keys)
+  keys = client_keys(rng, range(first_client, first_client + spec.num_clients))
+  return jax.jit(lambda keys: init_clients(spec, keys, image_shape))(keys)
 
 
 def init_state(specs: Sequence[GroupSpec], image_shape, rng) -> TrainState:
