@@ -36,12 +36,15 @@ from mhd_jax.outputs import workdir as wd
 from mhd_jax.outputs import writers
 from mhd_jax.placement import autotune
 from mhd_jax.placement import clients
+from mhd_jax.placement import cohorts as cohorts_lib
 from mhd_jax.placement import layout as layout_lib
 from mhd_jax.population import groups as groups_lib
 from mhd_jax.run import config_check
 from mhd_jax.run import programs
 from mhd_jax.run import progress
+from mhd_jax.run import residency
 from mhd_jax.run import safety
+from mhd_jax.run import streaming
 from mhd_jax.run import timing
 from mhd_jax.wire import communication
 from mhd_jax.wire import privacy
@@ -50,6 +53,11 @@ def _sync(name: str) -> None:
   """Waits for every process (nothing to wait for on one)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def _programs(layout):
+  """The programs of a population resident on the layout, or streamed in cohorts."""
+  return streaming if isinstance(layout, cohorts_lib.Cohorts) else programs
 
 
 def _initial_state(mngr, specs, data, config, layout, lead=True):
@@ -85,14 +93,14 @@ def _fresh_lag(state, specs, data, config, layout):
   if not tau:
     return state
   publics = [b['public']['image'] for b in itertools.islice(data.train_batches(0), tau)]
-  return programs.initial_lag(layout, specs, config, 'vmap')(
+  return _programs(layout).initial_lag(layout, specs, config, 'vmap')(
       state, layout.replicate(np.stack(publics)))
 
 
 def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
   """(strategy, compiled train step); 'auto' on a model with convolutions measures
   (`autotune`). Compiled here, before the first step, so no step's time holds it."""
-  make = lambda s: programs.train_step(layout, specs, config, s)
+  make = lambda s: _programs(layout).train_step(layout, specs, config, s)
   per_device = [s.num_clients // layout.mesh.devices.size for s in layout.padded_specs(specs)]
   t = time.time()
   strategy, step = autotune.compile_fastest(
@@ -137,6 +145,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                                     layout_lib.make_mesh(config.num_devices))
   data = data_lib.get_data(config, layout.local_client_ids())  # this process's clients
   config_check.validate_partition(data.partition, config)
+  layout = residency.place(config, layout, data)  # or cohorts streamed through it
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
   lock = wd.WorkdirLock(workdir)
   if lead:  # refuses a workdir in use before anything in it changes
@@ -193,6 +202,7 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
   else:  # resumed from the final checkpoint: nothing to compile but the evaluation
     strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
+  streamed = isinstance(layout, cohorts_lib.Cohorts)
   sent, fedavg = communication.costs(specs, state, adjacency, data.image_shape, config)
   logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
                '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
@@ -203,9 +213,11 @@ def _prepare(config, workdir, adjacency, layout, data, lead):
                jax.process_count(), layout.num_padding, exchange)
   return _Run(
       specs, mngr, state, start_step, wall_before, progress.Window.restore(window), train_step,
-      programs.predict(layout, specs, strategy),
-      jax.jit(lambda state, dynamics, step: _average(state, dynamics, step, average_real, layout)),
-      safety.make_state_check(layout), dynamics, sent, fedavg), batches
+      _programs(layout).predict(layout, specs, strategy),
+      streaming.average(average_real) if streamed else jax.jit(
+          lambda state, dynamics, step: _average(state, dynamics, step, average_real, layout)),
+      streaming.state_check(layout) if streamed else safety.make_state_check(layout),
+      dynamics, sent, fedavg), batches
 
 
 def _exchange(config, schedule, layout, num_classes) -> str:
