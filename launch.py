@@ -1,22 +1,27 @@
 """Runs one config: python launch.py --config=configs/default.py --workdir=DIR.
 
 Exit status: 0 done; 1 a loss, parameter or optimizer value became NaN or Inf
-(the last finite checkpoint is kept); 2 a bad config, flag, config file or
-workdir (one line per problem on stderr, nothing written), a workdir in use by
-another run, data that is not prepared, or a full disk; 143 (128 + SIGTERM)
-preempted, after saving a checkpoint: run the same command again to resume.
+(the last finite checkpoint is kept), or a checkpoint could not be saved (one
+line on stderr); 2 a bad config, flag, config file or workdir (one line per
+problem on stderr, nothing written), a workdir in use by another run, data that
+is not prepared, or a full disk; 143 (128 + SIGTERM) preempted, after saving a
+checkpoint: run the same command again to resume.
 
 `main(argv)` does all of it and returns the status, so tests run it in-process.
+Run as a script, a failed run (status 1 or 2) exits at once, without waiting
+for threads a library left behind (`_exit`).
 """
 
 import errno
 import logging as std_logging
+import os
 import sys
 
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mhd_jax.outputs import checkpoint
 from mhd_jax.run import config_check
 from mhd_jax.run import safety
 from mhd_jax.run import train
@@ -90,13 +95,12 @@ _QUIET_ORBAX = False
 
 
 def _orbax_filter(record) -> bool:
-  """Orbax logs every save at INFO (dropped: the progress lines stay readable), and a full disk
-  as tracebacks from each of its threads (dropped: `main` says it in one line)."""
+  """Orbax logs every save at INFO (dropped: the progress lines stay readable), and a failed
+  save (a full disk, or any other error) as tracebacks from each of its threads (dropped: the
+  error reaches the loop when it waits for the save, and `main` says it in one line)."""
   if '/orbax/' not in record.pathname:
     return True
-  if record.levelno < std_logging.WARNING:
-    return False
-  return not (record.exc_info and _disk_full(record.exc_info[1]))
+  return record.levelno >= std_logging.WARNING and not record.exc_info
 
 
 def main(argv) -> int:
@@ -136,14 +140,29 @@ def main(argv) -> int:
     return 128 + 15
   except Exception as e:  # pylint: disable=broad-except
     full = _disk_full(e)
-    if full is None:
-      raise
-    print(f'error: disk full (no space left on device) while writing {full} in {workdir}; free '
-          'space and run the same command again to resume from the last checkpoint.',
-          file=sys.stderr)
-    return 2
+    if full is not None:
+      print(f'error: disk full (no space left on device) while writing {full} in {workdir}; '
+            'free space and run the same command again to resume from the last checkpoint.',
+            file=sys.stderr)
+      return 2
+    if isinstance(e, checkpoint.SaveError):
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    raise
   return 0
 
 
+def _exit(status: int) -> None:
+  """Ends the process with `status`. A failed run (1, 2) ends at once: a save that failed
+  may leave orbax threads that wait up to 300 s for a signal that never comes, and
+  Python's exit would wait for them (everything of ours is written and closed by now)."""
+  if status in (1, 2):
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)
+
+
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  _exit(main(sys.argv))

@@ -133,10 +133,11 @@ def model_config(name: str, quick: bool, **distill):
 
 
 class Bench:
-  """A jitted step on fixed batches, timed in blocks of calls."""
+  """A jitted step on fixed batches, timed in blocks of calls; `sparse`: the exchange on a
+  neighbour table of `adjacency` (`programs.static_dynamics`), else dense."""
 
   def __init__(self, config, image, num_clients: int, strategy: str, devices: int,
-               adjacency=None, num_classes: int = 10, batch=None):
+               adjacency=None, num_classes: int = 10, batch=None, sparse: bool = False):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from mhd_jax.placement import clients  # pylint: disable=g-import-not-at-top
@@ -158,7 +159,7 @@ class Bench:
                                       layout_lib.make_mesh(devices))
     self.state = layout.pad_state(state)
     self.batch = layout.place_batch(batch)
-    self.rng = jax.random.PRNGKey(1)
+    self.rng, self.sparse = jax.random.PRNGKey(1), sparse
     self.lowered = self.make_step(specs, adjacency, config, layout).lower(
         self.state, self.batch, self.rng)
     self.step, self.compile_s, self.block = None, None, 1
@@ -190,7 +191,8 @@ class Bench:
     import numpy as np  # pylint: disable=g-import-not-at-top
     from mhd_jax.run import programs  # pylint: disable=g-import-not-at-top
     step = programs.train_step(layout, specs, config, self.strategy)
-    net, first_bad = programs.static_dynamics(adjacency), np.zeros(len(adjacency), np.int32)
+    net = programs.static_dynamics(adjacency, self.sparse)  # the exchange on a table, or dense
+    first_bad = np.zeros(len(adjacency), np.int32)
     return self.jax.jit(lambda state, batch, rng: step(state, batch, rng, first_bad, net)[:2],
                         donate_argnums=0)
 
@@ -200,10 +202,12 @@ class Bench:
     self.jax.block_until_ready((self.state, metrics))
 
   def time(self, k: int | None = None) -> float:
-    """Seconds per step over a block of calls."""
+    """Seconds per step over a block of calls; `cpu_s`: the process's CPU seconds per step
+    over it (every thread: on a shared machine, what the step cost rather than waited)."""
     k = k or self.block
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     self.run(k)
+    self.cpu_s = (time.process_time() - cpu) / k
     return (time.perf_counter() - t) / k
 
 

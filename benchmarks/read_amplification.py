@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mhd_jax.data import prepare  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mhd_jax.data import tfds_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mhd_jax.data import tfds_source  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CLIENTS = flags.DEFINE_integer('num_clients', 10, 'Clients fed.')
 _STEPS = flags.DEFINE_integer('steps', 60, 'Training steps read.')
@@ -61,8 +62,8 @@ def main(argv):
       data=dict(name='synthetic_jpegs', data_dir=root, train_split='train',
                 eval_split='validation', image_size=224, augment='imagenet', batch_size=b,
                 public_batch_size=b_pub, eval_batch_size=128)))
-  builder = tfds_data.get_builder('synthetic_jpegs', root)
-  sources, readers = tfds_data.audited_sources(builder, ('train', 'validation'))
+  builder = tfds_source.get_builder('synthetic_jpegs', root)
+  sources, readers = tfds_source.audited_sources(builder, ('train', 'validation'))
   data = tfds_data.get_data(config, sources=tuple(sources))
   startup_reads = readers[0].num_read
   batches = data.train_batches(0)

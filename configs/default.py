@@ -66,14 +66,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_heads = 3            # 1 = naive distillation, >= 2 = MHD
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'digits'     # 'digits' (embedded) or a TFDS name
+  c.data.name = 'digits'     # 'digits' or 'mnist1d' (embedded) or a TFDS name
   c.data.data_dir = ''       # TFDS data_dir ('' = TFDS default)
-  c.data.train_split = 'train'  # TFDS split for training (digits: unused, see split_seed)
-  c.data.eval_split = 'test'   # TFDS split for evaluation (digits: unused)
+  c.data.train_split = 'train'  # TFDS split for training (embedded datasets: unused; the
+                             # digits split by split_seed and test_fraction, mnist1d by num_test)
+  c.data.eval_split = 'test'   # TFDS split for evaluation (embedded datasets: unused)
   c.data.image_size = 8      # TFDS: output height and width
   c.data.augment = 'none'    # TFDS: 'imagenet' | 'cifar' | 'none'
   c.data.split_seed = 0      # digits: seed of the fixed train/test split
   c.data.test_fraction = 0.25  # digits: fraction held out for evaluation
+  c.data.num_samples = 5000  # mnist1d: examples generated (a multiple of 10; cached on disk)
+  c.data.num_test = 1000     # mnist1d: the last num_test of them are the test set (5000 and
+                             # 1000: the published dataset and split)
   c.data.batch_size = 32     # private examples per client per step
   c.data.public_batch_size = 64  # public examples per step, shared by all clients
   c.data.eval_batch_size = 512  # evaluation batch (the last batch is padded and masked)
@@ -82,7 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.skew = 0.9               # probability that a private example goes to an owner of its
                              # class (else to a random client): 0 = iid, 1 = disjoint
   c.dirichlet_alpha = 0.5    # partition = 'dirichlet': concentration of the label partition
-  c.public_fraction = 0.3    # fraction of the training set made public (unlabelled)
+  c.public_fraction = 0.3    # fraction of the training set made public (unlabelled); 0 = none
+                             # (embedded datasets, runs that do not distil: topology='none')
 
   # none | complete | ring | chain | star | islands | random_regular | explicit | erdos_renyi |
   # small_world | torus | random_geometric (the random ones are drawn from seed)
@@ -129,17 +134,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.nu_emb = 0.0             # weight of embedding distillation
   c.temperature = 1.0        # KD temperature T (losses scaled by T^2)
   # How a head's target is built from its candidates: most_confident | mean | random |
-  # confidence_weighted | neighbours_first | neighbour_and_self.
+  # confidence_weighted | neighbours_first | neighbour_and_self, or a score rule that mixes the
+  # candidates weighted by edge weight x score^target_power: confidence_weighted |
+  # relative_confidence | certainty_weighted | exp_entropy_weighted | class_relative.
   # confidence_weighted is the measured MHD recipe (docs/results.md, "When do auxiliary heads
   # help?"); the rules' formulas are in docs/algorithm.md.
   c.target = 'confidence_weighted'
+  c.target_power = 1.0       # score rules: each score raised to this power (1 = the score;
+                             # larger = closer to most_confident)
   c.include_self = False     # aux head k also distils from the client's own head k-1
   c.average_every = 0        # FedAvg / gossip baseline: every N steps each client averages
                              # its weights with its in-neighbours' (W = D^-1 (A + I), within
                              # its group: same-architecture clients only); 0 = off
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'mlp'       # mlp | cnn | resnet18 | resnet34 | resnet18_cifar | resnet34_cifar
+  # mlp | cnn | resnet18 | resnet34 | resnet18_cifar | resnet34_cifar (cnn and the ResNets: 2-D
+  # images only), or the published MNIST-1D models at their published sizes (any input):
+  # linear (no hidden layer) | mnist1d_mlp | mnist1d_cnn | mnist1d_gru (mhd_jax/models/mnist1d.py)
+  c.model.name = 'mlp'
   c.model.width = 128        # MLP units / CNN base channels / ResNet base width (64 canonical)
   c.model.depth = 2          # MLP layers / CNN stages (mlp / cnn only)
   c.model.dtype = 'float32'  # computation dtype ('bfloat16' on accelerators); params stay float32

@@ -153,7 +153,7 @@ def test_sharded_predict_matches_single_device():
   images = ts.make_batch(0, n=n)['public']['image']
   layout = layout_lib.Layout.create([n], layout_lib.make_mesh())
   preds = programs.predict(layout, specs, 'hybrid')(layout.pad_state(state), images)
-  ref = jax.jit(evaluate.make_predict(specs, 'vmap'))(state, images)
+  ref = jax.jit(evaluate.make_predict(specs))(state, images)  # vmap over the clients
   assert preds.shape == (n, ts.H, images.shape[0])
   np.testing.assert_array_equal(preds, ref)
 

@@ -178,3 +178,15 @@ def test_docs_architecture_imports_column_is_the_import_graph():
   wrong = {m: (sorted(rows[m]), sorted(d.removeprefix('mhd_jax.') for d in graph[m]))
            for m in rows if m in graph and rows[m] != {d.removeprefix('mhd_jax.') for d in graph[m]}}
   assert not wrong, f'docs/architecture.md imports differ (table, code): {wrong}'
+
+
+def test_docs_architecture_states_each_package_as_its_docstring_does():
+  """One section per package, with its docstring's summary and its 'May import:' rule."""
+  doc = open(os.path.join(ROOT, 'docs', 'architecture.md')).read()
+  for package in PACKAGES:
+    docstring = ast.get_docstring(ast.parse(open(os.path.join(PACKAGE, package,
+                                                              '__init__.py')).read()))
+    summary = ' '.join(docstring.split('\n\n')[0].split())
+    rule = ' '.join(docstring.split('May import:')[1].split())
+    section = ' '.join(doc.split(f'### `{package}`\n')[1].split('\n#')[0].split())
+    assert summary in section and f'May import: {rule}' in section, package

@@ -11,10 +11,10 @@ from mhd_jax.population import state as state_lib
 
 
 def test_averaging_matrix_is_row_stochastic_over_self_and_neighbours():
-  w = baselines.averaging_matrix(topology.chain(3))
+  w = baselines.averaging_matrix(topology.chain(3).toarray())
   np.testing.assert_allclose(w, [[1 / 2, 1 / 2, 0], [1 / 3, 1 / 3, 1 / 3], [0, 1 / 2, 1 / 2]],
                              rtol=1e-6)
-  np.testing.assert_allclose(baselines.averaging_matrix(topology.empty(2)), np.eye(2))
+  np.testing.assert_allclose(baselines.averaging_matrix(topology.empty(2).toarray()), np.eye(2))
 
 
 def _state(values_per_group):
@@ -52,7 +52,7 @@ def test_averaging_follows_the_steps_participants_and_links():
   state = _state([[[1.0], [2.0], [9.0], [6.0]]])
   average = jax.jit(baselines.make_average([_Spec(4)], topology.complete(4)))
   # Client 2 sits the step out: it keeps its weights and nobody averages with it.
-  out = average(state, jnp.asarray(topology.complete(4), jnp.float32),
+  out = average(state, jnp.asarray(topology.complete(4).toarray(), jnp.float32),
                 jnp.array([True, True, False, True]))
   np.testing.assert_allclose(out.groups[0].params['w'], [[3.0], [3.0], [9.0], [3.0]], rtol=1e-6)
   np.testing.assert_allclose(out.groups[0].batch_stats['m'][2], [90.0], rtol=1e-6)

@@ -19,6 +19,7 @@ def run_benchmark(script, *flags):
   return records[1:]
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 @pytest.mark.parametrize('models', ['default'])  # resnet18_cifar: +50 s of compilation
 def test_client_scaling_quick(models):
   (row,) = run_benchmark('client_scaling.py', f'--models={models}')
@@ -32,6 +33,7 @@ def test_client_scaling_quick(models):
   assert row['compile_s'] > 0
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_distill_overhead_quick():
   (row,) = run_benchmark('distill_overhead.py', '--models=default')
   assert row['n_clients'] == 2
@@ -45,6 +47,7 @@ def test_distill_overhead_quick():
     assert row[key] > 0, key
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_dp_overhead_quick():
   (row,) = run_benchmark('dp_overhead.py')
   assert row['model'] == 'default' and row['n_clients'] == 2
@@ -103,6 +106,7 @@ def run_accelerator(tmp_path, *flags):
   return records[1:]
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_accelerator_quick(tmp_path):
   rows = run_accelerator(tmp_path)
   assert [(r['n_clients'], r['strategy']) for r in rows] == [
@@ -126,6 +130,7 @@ def test_accelerator_quick(tmp_path):
   assert auto['step_ms'] == timed[auto['chose']]['step_ms']
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_accelerator_budget_skips_the_rest(tmp_path):
   """A spent budget writes every remaining row as skipped and exits cleanly (no timing)."""
   rows = run_accelerator(tmp_path, '--budget_s=0.001', '--n=1,3', '--strategies=vmap,loop')
@@ -141,9 +146,71 @@ def test_peak_by_device_kind():
   assert peak('TPU v5 lite') == 197.0 and peak('TPU v5') == 459.0 and peak('cpu') is None
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_dynamics_draws_quick():
   from mhd_jax.network import graph_schedule  # pylint: disable=g-import-not-at-top
   rows = run_benchmark('dynamics_draws.py')
   assert [r['draw'] for r in rows] == [f'schedule={k}' for k in graph_schedule.SCHEDULES] + [
       'participation=bernoulli']
   assert all(r['n_clients'] == 8 and r['us_per_step'] > 0 for r in rows)
+
+
+@pytest.mark.slow  # a benchmark script in its own process
+def test_population_scaling_quick():
+  rows = run_benchmark('population_scaling.py')
+  assert [(r['graph'], r['n_clients'], r['exchange'], r['width']) for r in rows] == [
+      ('ring', 16, 'sparse', 3), ('ring', 16, 'dense', 16)]  # a table row: i, 2 neighbours
+  for r in rows:
+    assert r['per_client_ms'] == pytest.approx(r['step_ms'] / 16, rel=2e-3, abs=1e-4)
+    assert r['cpu_per_client_ms'] == pytest.approx(r['cpu_step_ms'] / 16, rel=2e-3, abs=1e-4)
+    assert r['peak_rss_mb'] >= r['step_memory_mb'] > 0 and r['compile_s'] > 0
+    assert r['per_client_vs_16'] > 0 and r['cpu_per_client_vs_16'] > 0  # against itself
+
+
+def _population_scaling():
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import population_scaling  # pylint: disable=g-import-not-at-top
+  return population_scaling
+
+
+def test_population_scaling_collectives_from_hlo():
+  """The cross-device ops of a compiled step, read off its HLO text, with their bytes."""
+  hlo = ('  %all-gather = f32[1024,3,64,10]{3,2,1,0} all-gather(f32[128,3,64,10]{3,2,1,0} %x), '
+         'channel_id=1, replica_groups=[1,8]<=[8], dimensions={0}\n'
+         '  %cp = s32[16]{0} collective-permute(s32[16]{0} %y), source_target_pairs={{0,1}}\n'
+         '  %add = f32[1024]{0} add(f32[1024]{0} %a, f32[1024]{0} %b)\n')
+  assert _population_scaling().collectives(hlo) == [
+      {'op': 'all-gather', 'shape': 'f32[1024, 3, 64, 10]', 'bytes': 4 * 1024 * 3 * 64 * 10},
+      {'op': 'collective-permute', 'shape': 's32[16]', 'bytes': 64}]
+
+
+def test_population_scaling_table():
+  """Sparse against dense comes from the CPU times of the rows it names; skipped rows say why."""
+  row = lambda n, e, cpu: {'model': 'default', 'graph': 'ring', 'n_clients': n, 'exchange': e,
+                           'width': 3 if e == 'sparse' else n, 'step_ms': 2 * cpu,
+                           'per_client_ms': 2 * cpu / n, 'per_client_vs_16': 1.5,
+                           'cpu_step_ms': cpu, 'cpu_per_client_ms': cpu / n,
+                           'cpu_per_client_vs_16': 1.25, 'step_memory_mb': n / 2,
+                           'peak_rss_mb': 500, 'compile_s': 3.0}
+  rows = [row(16, 'sparse', 8.0), row(16, 'dense', 10.0), row(64, 'sparse', 48.0),
+          row(64, 'dense', 96.0),
+          {'model': 'default', 'graph': 'ring', 'n_clients': 256, 'exchange': 'dense',
+           'width': 256, 'skipped': 'too big'}]
+  lines = _population_scaling().table(rows).splitlines()
+  cells = [[c.strip() for c in l.strip('|').split('|')] for l in lines[2:]]
+  assert all(len(c) == len(lines[0].strip('|').split('|')) for c in cells)
+  assert [c[10] for c in cells[:4]] == ['0.80', '', '0.50', '']
+  assert cells[2][7:10] == ['1.50', '0.750', '1.25'] and cells[2][12] == '0.500'
+  assert cells[4][5] == 'too big'
+
+
+@pytest.mark.slow  # a benchmark script in its own process
+def test_exchange_crossover_quick():
+  (row,) = run_benchmark('exchange_crossover.py')
+  assert (row['n_clients'], row['degree'], row['width'], row['share']) == (8, 2, 3, 0.375)
+  assert row['topology'] == 'random_regular' and row['sparse_memory_mb'] > 0
+  # One repeat: each ratio is that round's sparse / dense time, rounded to 3 digits.
+  assert row['sparse_vs_dense'] == pytest.approx(row['sparse_step_ms'] / row['dense_step_ms'],
+                                                 rel=5e-3, abs=2e-3)
+  assert row['cpu_sparse_vs_dense'] == pytest.approx(
+      row['sparse_cpu_step_ms'] / row['dense_cpu_step_ms'], rel=5e-3, abs=2e-3)

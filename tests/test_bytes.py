@@ -25,8 +25,8 @@ def _config(**kw):
 
 
 def _sent(adjacency, config, num_heads=3, head=2560, emb=0):
-  n = len(adjacency)
-  read, q = communication.read_probabilities(adjacency, num_heads, config)
+  n = adjacency.shape[0]
+  read, q = communication.readers(adjacency, num_heads, config)
   return communication.bytes_sent_per_step(read, q, [head] * n, [emb] * n)
 
 
@@ -105,7 +105,7 @@ def test_what_is_not_counted_changes_no_other_client():
     # Its head H-2 is counted, and is read: the check can fail.
     read = _after_step(specs, state, batch, config, lambda p: f'head_{H - 2}' in p)
     assert not _others_equal(base, read), target
-  assert communication.read_probabilities(ADJ, H, _config())[0][H - 1].sum() == 0
+  assert communication.readers(ADJ, H, _config())[0][H - 1].sum() == 0
   # Without distillation nothing is counted, and nothing of client 0 reaches anyone.
   off = _config(nu_main=0.0, nu_aux=0.0, nu_emb=0.0)
   assert _sent(ADJ, off).sum() == 0

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from scipy import sparse
 
 from configs import default
 from mhd_jax import models
@@ -32,15 +33,31 @@ def test_bytes_sent_follow_out_degree_and_output_size():
   # head 0 to two neighbours; the last head is read by nobody (tests/test_bytes.py).
   config = ml_collections.ConfigDict(dict(nu_main=1.0, nu_aux=1.0, nu_emb=0.0,
                                           target='mean', include_self=False))
-  read, q = communication.read_probabilities(topology.chain(3), 2, config)
+  read, q = communication.readers(topology.chain(3), 2, config)
   sent = communication.bytes_sent_per_step(read, q, [7 * 3 * 4] * 3, [0] * 3)
   np.testing.assert_array_equal(sent, [84, 168, 84])
   # Directed: only client 0 receives (from 2), so only client 2 sends.
   a = np.zeros((3, 3), np.float32)
   a[0, 2] = 1.0
-  read, q = communication.read_probabilities(a, 2, config)
+  read, q = communication.readers(a, 2, config)
   np.testing.assert_array_equal(communication.bytes_sent_per_step(read, q, [10] * 3, [0] * 3),
                                 [0, 0, 10])
+
+
+@pytest.mark.parametrize('include_self, want', [(False, [17 / 9, 143 / 144, 15 / 16]),
+                                                (True, [11 / 6, 9 / 10, 9 / 10])])
+def test_random_readers_by_hand_on_a_weighted_sparse_graph(include_self, want):
+  """Client i's two heads each draw one source with probability A[i, j] / sum_j A[i, j]
+  (head 1 also itself under include_self); j's head 0 is read unless both draws miss it:
+  R[0, j] = sum_i 1 - (1 - d0[i, j]) (1 - d1[i, j]). E.g. j = 1, no self: 1 - (3/4)^2 from
+  client 0 and 1 - (2/3)^2 from client 2."""
+  a = np.array([[0, 1, 3], [1, 0, 0], [2, 1, 0]], np.float32)
+  config = ml_collections.ConfigDict(dict(nu_main=1.0, nu_aux=1.0, nu_emb=0.0, target='random',
+                                          include_self=include_self))
+  for form in (a, sparse.csr_array(a)):
+    read, q = communication.readers(form, 2, config)
+    np.testing.assert_allclose(read, [want, [0, 0, 0]], rtol=1e-12)
+    assert not q.any()
 
 
 def test_fedavg_moves_two_copies_of_the_parameters():

@@ -137,7 +137,7 @@ def test_bytes_per_step_with_heads_and_every():
   step, top-3 at 8 bits of C = 10 on B = 4: each client sends head 0 to 2 peers half the time."""
   config = ml_collections.ConfigDict({'nu_main': 1.0, 'nu_aux': 1.0, 'nu_emb': 0.0,
                                       'target': 'most_confident', 'include_self': False})
-  read, emb = communication.read_probabilities(np.ones((3, 3)) - np.eye(3), 3, config)
+  read, emb = communication.readers(np.ones((3, 3)) - np.eye(3), 3, config)
   spec = comp.WireSpec(topk=3, bits=8, heads_sent=1, every=2)
   head = comp.encoded_bytes(spec, 4, 10, 1)
   assert head == 4 * (3 + 3 + 2)  # codes, uint8 ids, float16 scale per row

@@ -60,6 +60,10 @@ BAD = {
                           "dp.enabled with model.name='resnet18_cifar': its BatchNorm mixes"),
     'unknown norm': ('default', {'model.norm': 'layer'}, 1,
                      "config.model.norm must be batch or group, got 'layer'."),
+    'no public set to distil on': ('default', {'public_fraction': 0.0}, 1,
+                                   'public_fraction=0 leaves no public set, which distillation'),
+    'no public set on TFDS': ('cifar100_resnet18', {'public_fraction': 0.0, 'topology': 'none'},
+                              1, 'public_fraction=0 (no public set) is served by the embedded'),
 }
 # What launch.py prints for two of them, in its own process: exit status 2, one line, no
 # traceback (the others take the same path: `ConfigError` from `train_and_evaluate`).

@@ -38,6 +38,8 @@ def get_config(name, arg=None):
 DESIGN = {
     'default': (5, 3, 'complete', 0.9, 0.3, 'digits', 'mlp', 1500),
     'digits_hetero': (8, 3, 'complete', 0.9, 0.3, 'digits', 'mlp', 2000),
+    'mnist1d': (10, 3, 'complete', 0.9, 0.3, 'mnist1d', 'mnist1d_cnn', 1500),
+    'mnist1d_hetero': (10, 3, 'complete', 0.9, 0.3, 'mnist1d', 'mnist1d_cnn', 1500),
     'cifar100_resnet18': (10, 3, 'complete', 0.9, 0.1, 'cifar100', 'resnet18_cifar', 30000),
     'imagenet_hetero': (8, 4, 'complete', 0.9, 0.1, 'imagenet2012', 'resnet18', 100000),
     'imagenet_resnet18': (8, 4, 'complete', 0.9, 0.1, 'imagenet2012', 'resnet18', 100000),
@@ -107,13 +109,14 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   specs = groups_lib.make_specs(config, data.num_classes)
   state = checkpoint.abstract_state(specs, data.image_shape)
   # Traced once for all clients ('vmap'); the strategies agree (test_strategies.py).
-  step = programs.make_train_step(specs, topology.build(config), config, 'vmap')
+  step = programs.make_train_step(specs, topology.build(config).toarray(), config, 'vmap')
   new_state, metrics = jax.eval_shape(step, state, batch, jax.random.PRNGKey(0))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert jax.tree.leaves(state.groups[0].batch_stats)  # ResNets carry batch statistics
   assert all(m.shape == (n,) for m in jax.tree.leaves(metrics))
 
 
+@pytest.mark.slow  # compiles the ResNet-18 step and predict of a real config
 def test_one_tfds_config_runs_end_to_end_under_mock_data(tmp_path):
   config = get_config('cifar100_resnet18', 'small')
   with tfds.testing.mock_data(num_examples=64):

@@ -17,11 +17,14 @@ import pytest
 
 from configs import default
 from mhd_jax import data as data_lib
+from mhd_jax.data import contract
 from mhd_jax.data import digits
 from mhd_jax.run import config_check
+from mhd_jax.run import data_check
 from tests.conftest import ROOT, short_config
 
 REAL_LOAD = digits._load_digits  # pylint: disable=protected-access
+REAL_PERMUTATION = contract.permutation
 
 
 @pytest.fixture(scope='module')
@@ -88,6 +91,39 @@ def test_evaluation_covers_the_test_set_once_and_masks_the_padding(data):
   assert padded > 0 and (~batches[-1]['mask']).sum() == padded
 
 
+@pytest.mark.parametrize('batch_size', [1, 5, 32])
+def test_streams_are_each_streams_epoch_indices_in_any_step_order(batch_size, monkeypatch):
+  """`Streams` (every client at once, an epoch's permutation kept while a batch may need it)
+  against `epoch_indices` (one stream at a time): pools shorter and longer than a batch,
+  steps forwards, backwards and repeated; a pool of 100 draws its permutation once an epoch."""
+  ids, sizes = np.array([5, 0, 9, 2, 7, 1, 4, 3]), np.array([1, 2, 3, 7, 31, 32, 33, 100])
+  streams = contract.Streams(3, ids, sizes, batch_size)
+  for step in [0, 1, 2, 40, 3, 3, 41, 1000, 999, 0] + list(range(5, 25)):
+    want = [data_lib.epoch_indices(3, i, step, p, batch_size) for i, p in zip(ids, sizes)]
+    np.testing.assert_array_equal(streams.positions(step), np.stack(want))
+  drawn = []
+  monkeypatch.setattr(contract, 'permutation', lambda *a: drawn.append(a) or REAL_PERMUTATION(*a))
+  streams = contract.Streams(3, [3], [100], batch_size)
+  for step in range(100 // batch_size):  # one epoch
+    streams.positions(step)
+  assert drawn == [(3, 3, 0, 100)]
+  with pytest.raises(ValueError, match='stream 9 has no examples'):
+    contract.Streams(0, [8, 9], [4, 0], 2)
+
+
+def test_with_no_public_set_the_public_batch_is_zeros_and_one_client_holds_all():
+  """public_fraction = 0, allowed where nothing distils (the MNIST-1D external check)."""
+  config = short_config(**{'num_clients': 1, 'num_heads': 1, 'topology': 'none',
+                           'public_fraction': 0.0, 'dynamics.staleness': 2})
+  assert config_check.problems(config, num_devices=1) == []
+  d = data_lib.get_data(config)
+  data_check.validate_partition(d.partition, config)
+  assert [len(p) for p in d.partition.client_indices] == [len(d.train_labels)]
+  batch = next(d.train_batches(3))
+  for key in ('public', 'public_ahead'):
+    assert batch[key]['image'].shape == (64, 8, 8, 1) and not batch[key]['image'].any()
+
+
 def _digest(tree) -> str:
   h = hashlib.sha256()
   for k in sorted(tree):
@@ -113,9 +149,9 @@ def test_dispatch_and_validation_read_one_registry_of_dataset_names(monkeypatch)
   served = object()
   monkeypatch.setitem(data_lib.EMBEDDED, 'toy', lambda c, ids: (served, c.data.name, ids))
   assert data_lib.get_data(config, [2]) == (served, 'toy', [2])
-  assert config_check._dataset_problem('toy') is None  # pylint: disable=protected-access
+  assert data_check.dataset_problem('toy') is None  # pylint: disable=protected-access
   monkeypatch.delitem(data_lib.EMBEDDED, 'toy')
-  problem = config_check._dataset_problem('toy')  # pylint: disable=protected-access
+  problem = data_check.dataset_problem('toy')  # pylint: disable=protected-access
   assert problem.startswith("unknown dataset 'toy'") and "'digits'" in problem
 
 

@@ -106,6 +106,7 @@ def assert_same_run(workdir, reference_workdir):
     assert _tensorboard_series(workdir, tag) == _tensorboard_series(reference_workdir, tag)
 
 
+@pytest.mark.slow  # three launch.py processes side by side, two resumed
 def test_sigkill_midway_then_resume_ends_as_an_uninterrupted_run(interrupted):
   killed_at = interrupted['killed_at']
   assert killed_at < 300 and interrupted['midway'][interrupted['killed']]
@@ -113,6 +114,7 @@ def test_sigkill_midway_then_resume_ends_as_an_uninterrupted_run(interrupted):
   assert_same_run(interrupted['killed'], interrupted['reference'])
 
 
+@pytest.mark.slow  # three launch.py processes side by side, two resumed
 def test_sigterm_saves_the_current_step_then_resume_ends_as_an_uninterrupted_run(interrupted):
   (stopped,) = interrupted['stopped_at']
   assert 50 <= stopped < 300 and interrupted['midway'][interrupted['termed']]

@@ -39,8 +39,8 @@ def _sparse(net: distill.Network) -> distill.Network:
 
 
 def test_the_table_holds_the_graph_and_each_links_other_end():
-  for a in (A, topology.ring(7), topology.random_regular(10, 3, 0), topology.star(5),
-            topology.complete(4), topology.empty(3)):
+  for a in [A] + [g.toarray() for g in (topology.ring(7), topology.random_regular(10, 3, 0),
+                                        topology.star(5), topology.complete(4), topology.empty(3))]:
     table, w = neighbours.build([a])
     np.testing.assert_array_equal(neighbours.dense(table, w[0]), a)
     senders, rev = np.asarray(table.senders_NxK), np.asarray(table.reverse_NxK)
@@ -55,7 +55,8 @@ def test_the_table_holds_the_graph_and_each_links_other_end():
 
 
 def test_a_cycle_shares_one_table_with_a_weight_array_per_graph():
-  graphs = [topology.ring(6), topology.chain(6) * 2, topology.star(6)]
+  graphs = [topology.ring(6).toarray(), 2 * topology.chain(6).toarray(),
+            topology.star(6).toarray()]
   table, w = neighbours.build(graphs)
   assert w.shape[0] == 3
   for a, wg in zip(graphs, w):
@@ -154,8 +155,8 @@ def test_a_step_of_two_groups_gives_the_dense_state(rule):
 
 @pytest.mark.parametrize('kind', ['static', 'edge_failure', 'matching', 'cycle'])
 def test_the_schedules_draw_the_same_graphs_on_a_table(kind):
-  base = topology.random_regular(12, 3, 0)
-  graphs = np.stack([base, topology.ring(12)]) if kind == 'cycle' else base[None]
+  base = topology.random_regular(12, 3, 0).toarray()
+  graphs = np.stack([base, topology.ring(12).toarray()]) if kind == 'cycle' else base[None]
   table, weights = neighbours.build(list(graphs))
   common = dict(kind=kind, key=gs.stream_key(3, 2), failure_p=jnp.float32(0.4),
                 every=jnp.int32(2))
@@ -223,3 +224,20 @@ def test_a_forced_exchange_that_cannot_hold_the_population_is_refused():
   problem = neighbours.fits(False, 10_000, 5, 3, 64, 10, 2**33)
   assert problem.startswith('exchange=dense needs at least 143.1 GiB for 10000 clients')
   assert 'exchange=sparse needs 0.43 GiB' in problem and '\n' not in problem
+
+
+def test_a_run_forced_onto_dense_is_told_what_the_graphs_own_table_needs():
+  """The refusal's sparse estimate is on the ring's table (3 columns), not on N columns."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from mhd_jax.run import config_check  # pylint: disable=g-import-not-at-top
+  from mhd_jax.run import startup  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.unlock()
+  config.update(num_clients=3000, topology='ring', exchange='dense')
+  config.data.public_batch_size = 2048  # dense: 412 GiB, more than a host holds
+  layout = layout_lib.Layout.create([3000], layout_lib.make_mesh(1))
+  exchange = startup._exchange  # pylint: disable=protected-access
+  with pytest.raises(config_check.ConfigError, match=r'exchange=sparse needs 2\.47 GiB'):
+    exchange(config, gs.build(config), layout, 10)
+  config.exchange = 'sparse'
+  assert exchange(config, gs.build(config), layout, 10) == 'sparse (a neighbour table of 3 columns)'

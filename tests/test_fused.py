@@ -5,6 +5,8 @@ running averages in the order private, then public) and keep the private
 batch out of the public outputs.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -102,21 +104,31 @@ def test_eval_mode_ignores_segments():
   ts.assert_trees_close(segmented, plain, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('strategy,name', [('vmap', 'resnet'), ('hybrid', 'resnet'),
-                                           ('loop', 'resnet'), ('vmap', 'cnn')])
+@functools.cache
+def _reference(name):
+  """(state, reference group, reference metrics): the fused model's initial population and
+  test_step's two-call reference two steps later, computed op by op once per backbone."""
+  specs = tiny_specs(True, name)
+  state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
+  ref, metrics = state.groups[0], None
+  for s in range(2):
+    ref, metrics = ts.reference_step(specs[0], ref, ts.make_batch(s), ts.ADJ,
+                                     ts.distill_config('mean'), jax.random.PRNGKey(3), s)
+  return state, ref, metrics
+
+
+@pytest.mark.parametrize('strategy,name', [
+    ('vmap', 'resnet'), ('vmap', 'cnn'),
+    pytest.param('hybrid', 'resnet', marks=pytest.mark.slow),  # the same check, other mappings
+    pytest.param('loop', 'resnet', marks=pytest.mark.slow)])
 def test_fused_step_matches_per_client_reference(strategy, name):
   """The fused step under each strategy against test_step's two-call reference, two steps."""
-  config = ts.distill_config('mean')
   specs = tiny_specs(True, name)
   assert specs[0].model.fused_passes
-  state = state_lib.init_state(specs, ts.IMAGE, jax.random.PRNGKey(0))
-  step = jax.jit(programs.make_train_step(specs, ts.ADJ, config, strategy))
-  rng = jax.random.PRNGKey(3)
-  ref = state.groups[0]
+  state, ref, ref_metrics = _reference(name)
+  step = jax.jit(programs.make_train_step(specs, ts.ADJ, ts.distill_config('mean'), strategy))
   for s in range(2):
-    batch = ts.make_batch(s)
-    ref, ref_metrics = ts.reference_step(specs[0], ref, batch, ts.ADJ, config, rng, s)
-    state, metrics = step(state, batch, rng)
+    state, metrics = step(state, ts.make_batch(s), jax.random.PRNGKey(3))
   for part in ('params', 'batch_stats', 'opt_state'):
     ts.assert_trees_close(getattr(state.groups[0], part), getattr(ref, part), **TOL)
   ts.assert_trees_close(metrics, ref_metrics, **TOL)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import launch
@@ -29,7 +30,8 @@ OVERRIDES = [
     'optimizer.name=rmsprop', 'optimizer.schedule=linear', 'optimizer.learning_rate=-1',
     'optimizer.momentum=1.5', 'optimizer.weight_decay=-1', 'optimizer.warmup_steps=-5',
     'optimizer.grad_clip=-1', 'nu_main=-5', 'nu_aux=-1', 'nu_emb=-0.1', 'target=loudest',
-    'strategy=fast', 'partition=zipf', 'topology=hypercube', 'num_devices=3', 'num_devices=-1',
+    'strategy=fast', 'partition=zipf', 'topology=hypercube', 'num_devices=-1',
+    f'num_devices={jax.device_count() + 1}',  # one more than there are, however many that is
     'data.augment=fancy', 'data.name=nosuchdataset', 'include_self=maybe', 'seed=x',
     'edge_prob=1.5', 'rewire_prob=-0.1', 'grid_rows=-1', 'radius=-1',
     'dynamics.schedule=gossip', 'dynamics.failure_p=1.5', 'dynamics.failure_p=-0.1',
@@ -145,8 +147,10 @@ def test_disk_full_is_one_line(tmp_path, capfd, monkeypatch):
   assert 'config.json' in refusal[0] and not os.path.exists(workdir / 'config.json')
 
 
-@pytest.mark.parametrize('argv', [['--config.bogus_field=1'], ['--config=/no/such/file.py'],
-                                  ['--config.optimizer.learning_rate=-1']])
+@pytest.mark.parametrize('argv', [
+    ['--config.bogus_field=1'],  # the others, the same path in processes of their own: slow
+    pytest.param(['--config=/no/such/file.py'], marks=pytest.mark.slow),
+    pytest.param(['--config.optimizer.learning_rate=-1'], marks=pytest.mark.slow)])
 def test_real_process_refuses_in_one_line(argv, tmp_path):
   workdir = tmp_path / 'run'
   out = subprocess.run([sys.executable, 'launch.py', f'--workdir={workdir}', *argv], cwd=ROOT,
@@ -168,6 +172,7 @@ sys.exit(launch.main(['launch.py', '--workdir=' + sys.argv[1], '--config.num_ste
 """
 
 
+@pytest.mark.slow  # a launch.py process that trains
 def test_disk_full_on_orbax_background_save_is_one_line(tmp_path):
   # Raised on orbax's finalize thread, as a full disk would be, it reaches the loop wrapped the
   # way orbax wraps it; orbax's own tracebacks of it are dropped. A real process: training runs

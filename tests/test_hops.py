@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from mhd_jax.network import topology
-from mhd_jax.outputs import workdir as wd
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.studies import metrics as sm
 
 
@@ -28,8 +28,8 @@ def _per_class(correct_head_NxN, heads=2):
   """N clients owning class i each, 10 test examples per class; head k = correct / (k + 1)."""
   n = len(correct_head_NxN)
   correct = np.stack([np.asarray(correct_head_NxN, float) / (k + 1) for k in range(heads)], 1)
-  return wd.PerClass(correct_NxHxC=correct, count_C=np.full(n, 10),
-                     primary_NxC=np.eye(n, dtype=bool))
+  return summary_lib.PerClass(correct_NxHxC=correct, count_C=np.full(n, 10),
+                              primary_NxC=np.eye(n, dtype=bool))
 
 
 def test_hop_curves_on_a_chain_by_hand():
@@ -61,7 +61,7 @@ def test_hop_curves_on_a_ring_wrap_around():
 
 
 def test_reachability_chain_without_main_distillation_is_exact_k_walks():
-  a = topology.chain(6)
+  a = topology.chain(6).toarray()
   r = sm.reachability(a, num_heads=4, nu_main=0.0, include_self=False)
   np.testing.assert_array_equal(r[0], np.eye(6, dtype=bool))
   for k in range(1, 4):

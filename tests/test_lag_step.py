@@ -184,6 +184,7 @@ def test_tfds_serves_the_public_batch_tau_steps_ahead():
     jax.tree.map(np.testing.assert_array_equal, lagged[0][stream], live[stream])
 
 
+@pytest.mark.slow  # a benchmark script in its own process
 def test_dynamics_overhead_benchmark_quick():
   """`benchmarks/dynamics_overhead.py --quick` runs all three steps and its ratios are the
   quotients of the times it prints."""

@@ -13,7 +13,7 @@ from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
 from tests.conftest import ROOT
 
-_HOLD = ('import sys, time; sys.path.insert(0, {root!r}); from mhd_jax import workdir; '
+_HOLD = ('import sys, time; sys.path.insert(0, {root!r}); from mhd_jax.outputs import workdir; '
          'workdir.WorkdirLock({workdir!r}).acquire(); print("locked", flush=True); '
          'time.sleep(600)')
 

@@ -350,3 +350,77 @@ def test_neighbour_and_self_halves_between_best_neighbour_and_own_head():
   np.testing.assert_array_equal(
       losses.mixing_weights(_P3, w_off, 'neighbour_and_self', None),
       losses.mixing_weights(_P3, w_off, 'most_confident', None))
+
+
+# ------------------------------------------------------------ score rules
+
+
+def score_reference(p_BxC, rule):
+  """One sender's score on each example of its batch, written out example by example."""
+  out = []
+  for p in p_BxC:
+    ent = -sum(v * math.log(v) for v in p if v > 0)
+    c = int(np.argmax(p))
+    out.append({'confidence_weighted': max(p),
+                'relative_confidence': max(p) / np.mean([max(q) for q in p_BxC]),
+                'certainty_weighted': 1 - ent / math.log(len(p)),
+                'exp_entropy_weighted': math.exp(-ent),
+                'class_relative': p[c] / np.mean([q[c] for q in p_BxC])}[rule])
+  return np.array(out)
+
+
+def _score_mixing_reference(probs, own, adjacency, rule, power):
+  """M[i, k, b, j] per receiver i: W[k, i, j] s_j^power over the candidates, s_j scored on
+  what i holds of j (its own outputs for j = i), normalised per example."""
+  n, h, b, _ = probs.shape
+  m = np.zeros((n, h, b, n))
+  for i in range(n):
+    for k in range(h):
+      w = [adjacency[i, j] + (k > 0 and j == i) for j in range(n)]
+      s = np.array([w[j] * score_reference((own if j == i else probs)[j, k], rule) ** power
+                    if w[j] > 0 else np.zeros(b) for j in range(n)])  # [N, B]
+      m[i, k] = (s / np.where(s.sum(0) > 0, s.sum(0), 1)).T
+  return m
+
+
+@pytest.mark.parametrize('power', [1.0, 3.0])
+@pytest.mark.parametrize('rule', sorted(losses.SCORES))
+def test_score_rules_match_a_per_client_reference(rule, power):
+  rng = np.random.default_rng(1)
+  n, h, b, c = 4, 3, 5, 6
+  probs, own = (np.asarray(jax.nn.softmax(rng.normal(size=(n, h, b, c)) * 3, -1), np.float64)
+                for _ in range(2))
+  adjacency = rng.random((n, n)) * (1 - np.eye(n)) * (rng.random((n, n)) < 0.7)
+  adjacency[2] = 0  # a client with no neighbour: only its own head, for heads k >= 1
+  w = losses.candidate_weights(jnp.asarray(adjacency, jnp.float32), h, include_self=True)
+  m = losses.mixing_weights(jnp.asarray(probs, jnp.float32), w, rule, None,
+                            own_NxHxBxC=jnp.asarray(own, jnp.float32), power=power)
+  np.testing.assert_allclose(m, _score_mixing_reference(probs, own, adjacency, rule, power),
+                             rtol=2e-5, atol=1e-6)
+  np.testing.assert_array_equal(m[2, 0], np.zeros((b, n)))
+
+
+def test_class_relative_discounts_a_sender_that_names_one_class_everywhere():
+  # Sender 1 says class 0 on both examples; sender 2 says class 0 only on example 0.
+  probs = jnp.array([[[0.5, 0.5], [0.5, 0.5]],
+                     [[0.8, 0.2], [0.8, 0.2]],
+                     [[0.6, 0.4], [0.1, 0.9]]])[:, None]  # [N=3, H=1, B=2, C=2]
+  np.testing.assert_allclose(losses.class_relative(probs)[1:, 0],
+                             [[1.0, 1.0], [0.6 / 0.35, 0.9 / 0.65]], rtol=1e-6)
+  a = jnp.array([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+  w = losses.candidate_weights(a, 1, include_self=False)
+  m = losses.mixing_weights(probs, w, 'class_relative', None)
+  s = 0.6 / 0.35
+  np.testing.assert_allclose(m[0, 0, 0], [0.0, 1 / (1 + s), s / (1 + s)], rtol=1e-6)
+  # confidence_weighted favours the sender that is more confident (0.8 > 0.6) on example 0.
+  m_cw = losses.mixing_weights(probs, w, 'confidence_weighted', None)
+  np.testing.assert_allclose(m_cw[0, 0, 0], [0.0, 0.8 / 1.4, 0.6 / 1.4], rtol=1e-6)
+  # A higher power moves the weight towards the larger score.
+  m4 = losses.mixing_weights(probs, w, 'class_relative', None, power=4.0)
+  np.testing.assert_allclose(m4[0, 0, 0], [0.0, 1 / (1 + s**4), s**4 / (1 + s**4)], rtol=1e-5)
+
+
+def test_certainty_is_zero_for_uniform_and_one_for_one_hot():
+  probs = jnp.array([[0.25] * 4, [1.0, 0.0, 0.0, 0.0]])[None, None]  # [1, 1, B=2, C=4]
+  np.testing.assert_allclose(losses.certainty(probs)[0, 0], [0.0, 1.0], atol=1e-6)
+  np.testing.assert_allclose(losses.exp_entropy(probs)[0, 0], [0.25, 1.0], rtol=1e-6)

@@ -47,6 +47,18 @@ def test_label_counts_and_primary_mask_hand_checked():
   np.testing.assert_array_equal(p.primary_mask(), [[True, False, False], [False, True, True]])
 
 
+def test_by_client_is_each_clients_sorted_share_in_one_pass():
+  """`by_client` (one sort) against the pass per client it replaced, clients without any."""
+  rng = np.random.default_rng(0)
+  values, dest = rng.permutation(500), rng.integers(0, 40, 500)
+  dest[dest == 7] = 8  # client 7 gets nothing
+  got = partition.by_client(values, dest, 41)  # client 40 neither
+  assert len(got) == 41
+  for i, share in enumerate(got):
+    np.testing.assert_array_equal(share, np.sort(values[dest == i]))
+  assert len(got[7]) == len(got[40]) == 0
+
+
 def test_class_blocks():
   blocks = partition.class_blocks(3, 10)
   assert [b.tolist() for b in blocks] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]

@@ -161,11 +161,12 @@ def test_a_dp_runs_summary_reports_the_accountants_epsilon(tmp_path):
   """A tiny DP run: summary.json's ε of each client is the PLD accountant's for its q = B / n_i,
   and the log record and TensorBoard carry the same values."""
   from mhd_jax.run import train  # pylint: disable=g-import-not-at-top
+  from mhd_jax.outputs import summary as summary_lib  # pylint: disable=g-import-not-at-top
   from mhd_jax.outputs import workdir as wd  # pylint: disable=g-import-not-at-top
   from tests.conftest import read_records, short_config  # pylint: disable=g-import-not-at-top
   config = short_config(**{'num_steps': 10, 'eval_every': 10, 'log_every': 10, 'num_clients': 3,
                            'dp.enabled': True, 'dp.noise_multiplier': 1.3, 'dp.clip_norm': 0.7})
-  summary = wd.Summary.from_json(train.train_and_evaluate(config, str(tmp_path)))
+  summary = summary_lib.Summary.from_json(train.train_and_evaluate(config, str(tmp_path)))
   sizes = wd.read_partition(str(tmp_path))['client_sizes']
   for c, n in zip(summary.clients, sizes):
     assert c.epsilon == _accountant_epsilon(1.3, 32 / n, 10, 1e-5)
@@ -173,4 +174,4 @@ def test_a_dp_runs_summary_reports_the_accountants_epsilon(tmp_path):
                         'accountant': privacy.ACCOUNTANT}
   (rec,) = [r for r in read_records(str(tmp_path)) if 'dp' in r]
   assert rec['dp']['epsilon'] == [c.epsilon for c in summary.clients]
-  assert wd.read_summary(str(tmp_path)) == summary
+  assert summary_lib.read_summary(str(tmp_path)) == summary

@@ -9,8 +9,10 @@ import pytest
 
 from mhd_jax import models
 from mhd_jax.algorithm import distill
+from mhd_jax.algorithm import losses
 from mhd_jax.population import state as state_lib
 from mhd_jax.run import programs
+from tests import test_losses
 from tests.conftest import ConvBN
 
 N, H, C, B, B_PUB = 3, 3, 5, 4, 6
@@ -19,9 +21,10 @@ IMAGE = (8, 8, 1)
 ADJ = np.array([[0, 1, 3], [1, 0, 0], [2, 1, 0]], np.float32)
 
 
-def distill_config(target='most_confident', include_self=False, nu_emb=0.5):
+def distill_config(target='most_confident', include_self=False, nu_emb=0.5, target_power=1.0):
   return ml_collections.ConfigDict(dict(nu_main=1.0, nu_aux=0.7, nu_emb=nu_emb, temperature=2.0,
-                                        target=target, include_self=include_self))
+                                        target=target, include_self=include_self,
+                                        target_power=target_power))
 
 
 def make_specs(name='mlp', n=N, aux_backbone_grad=True):
@@ -86,6 +89,12 @@ def reference_step(spec, group, batch, adjacency, config, rng, step):
       elif config.target == 'random':
         j = int(draws[i, k])
         tgt, emb = probs[j][src], teach[j][1]
+      elif config.target in losses.SCORES:  # per example b: w_j score_j[b]^power, normalised
+        s = {j: wj * test_losses.score_reference(np.asarray(probs[j][src]), config.target)
+                ** config.target_power for j, wj in w.items()}
+        total = sum(s.values())
+        tgt = sum(s[j][:, None] * probs[j][src] for j in w) / total[:, None]
+        emb = sum(s[j][:, None] * teach[j][1] for j in w) / total[:, None]
       else:
         rows, erows = [], []
         for b in range(B_PUB):
@@ -134,12 +143,13 @@ def assert_trees_close(a, b, **kw):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw), a, b)
 
 
-@pytest.mark.parametrize('target,include_self,model', [
-    ('most_confident', False, 'mlp'), ('mean', False, 'mlp'), ('random', False, 'mlp'),
-    ('most_confident', True, 'mlp'), ('mean', True, 'convbn')])
-def test_stacked_step_matches_per_client_reference(target, include_self, model):
+@pytest.mark.parametrize('target,include_self,model,power', [
+    ('most_confident', False, 'mlp', 1.0), ('mean', False, 'mlp', 1.0),
+    ('random', False, 'mlp', 1.0), ('most_confident', True, 'mlp', 1.0),
+    ('mean', True, 'convbn', 1.0), ('class_relative', True, 'mlp', 2.0)])
+def test_stacked_step_matches_per_client_reference(target, include_self, model, power):
   """Parameters, batch statistics, optimizer state and every metric, after two steps."""
-  config = distill_config(target, include_self)
+  config = distill_config(target, include_self, target_power=power)
   specs = make_specs(model)
   state = state_lib.init_state(specs, IMAGE, jax.random.PRNGKey(0))
   batches = [make_batch(s) for s in range(2)]

@@ -9,10 +9,12 @@ import types
 import numpy as np
 import pytest
 
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
-from mhd_jax.studies import cli as studies
+from mhd_jax.studies import claims
 from mhd_jax.studies import runs as study_runs
+from mhd_jax.studies import tables
 from tests.conftest import ROOT
 
 
@@ -22,23 +24,52 @@ def test_chain_hops_averages_pairs_at_each_distance(tmp_path):
   correct[:, -1] = [[10, 5, 2], [4, 10, 6], [0, 8, 10]]
   np.savez(tmp_path / 'per_class.npz', correct_NxHxC=correct, count_C=np.full(3, 10),
            primary_NxC=np.eye(3, dtype=bool))
-  hops = studies.chain_hops(str(tmp_path))
+  hops = claims.chain_hops(str(tmp_path))
   # d=1: pairs (0,1) (1,0) (1,2) (2,1) -> 50, 40, 60, 80; d=2: (0,2) (2,0) -> 20, 0.
   np.testing.assert_allclose(hops, [57.5, 10.0])
 
 
 def test_headline_takes_head0_private_and_last_head_shared():
-  client = lambda i, private, shared: wd.ClientSummary(i, private, shared, 0)
-  summary = wd.Summary(num_clients=2, num_heads=2, steps=1, wall_seconds=0.0,
-                       mean_private_acc=[0.8, 0.05], mean_shared_acc=[0.3, 0.7],
-                       clients=[client(0, [0.9, 0.1], [0.2, 0.6]),
-                                client(1, [0.7, 0.0], [0.4, 0.8])], bytes_sent_per_step=0)
-  h = studies.headline([summary, summary])
+  client = lambda i, private, shared: summary_lib.ClientSummary(i, private, shared, 0)
+  summary = summary_lib.Summary(num_clients=2, num_heads=2, steps=1, wall_seconds=0.0,
+                                mean_private_acc=[0.8, 0.05], mean_shared_acc=[0.3, 0.7],
+                                clients=[client(0, [0.9, 0.1], [0.2, 0.6]),
+                                         client(1, [0.7, 0.0], [0.4, 0.8])],
+                                bytes_sent_per_step=0)
+  h = tables.headline([summary, summary])
   assert np.isclose(h['private_mean'], 80.0) and np.isclose(h['shared_mean'], 70.0)
   assert h['private_std'] == 0.0
-  assert np.isclose(studies.headline([summary], clients=[1])['shared_mean'], 80.0)
+  assert np.isclose(tables.headline([summary], clients=[1])['shared_mean'], 80.0)
 
 
+def test_models_study_asks_claim5_three_ways():
+  """Small in the mix vs small alone, large in the mix vs large alone, and the one large client
+  vs the best small client of its own run; each from the right clients of the right run."""
+  def run(shared):  # last head's shared accuracy per client (head 0 differs, so heads matter)
+    clients = [summary_lib.ClientSummary(i, [0.0, 0.0], [0.0, a], 0) for i, a in enumerate(shared)]
+    return summary_lib.Summary(num_clients=4, num_heads=2, steps=1, wall_seconds=0.0,
+                               mean_private_acc=[0.0, 0.0], mean_shared_acc=[0.0, 0.0],
+                               clients=clients, bytes_sent_per_step=0)
+  base = types.SimpleNamespace(num_clients=4, get=lambda *_: {})
+  variants, analyse = claims.models(base, None)
+  assert variants['one large among small']['groups']['g1']['num_clients'] == 1
+  assert variants['mixed']['groups']['g0']['model'] == claims.SMALL  # small first in the mix
+  runs = {'small-only': [run([.1, .2, .9, .9]), run([.3, .4, .9, .9])],
+          'large-only': [run([.9, .9, .5, .6]), run([.9, .9, .7, .8])],
+          'mixed': [run([.7, .8, .2, .2]), run([.5, .6, .4, .4])],
+          'one large among small': [run([.1, .6, .3, .9]), run([.2, .1, .7, .8])]}
+  results, md, _ = analyse(runs, None)
+  c = results['claim5']
+  np.testing.assert_allclose(c['small in the mix'], [75, 55])
+  np.testing.assert_allclose(c['small alone'], [15, 35])
+  np.testing.assert_allclose(c['large in the mix'], [20, 40])
+  np.testing.assert_allclose(c['large alone'], [55, 75])
+  np.testing.assert_allclose(c['the large client'], [90, 80])
+  np.testing.assert_allclose(c['the best small client'], [60, 70])
+  assert '## Claim 5' in md and md.count('| ') >= 9
+
+
+@pytest.mark.slow  # a study end to end: 6 runs in worker processes
 def test_methods_study_writes_its_table_plot_and_numbers(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'mhd_jax.studies', 'methods', f'--workdir={tmp_path}', '--seeds=1',
@@ -68,6 +99,7 @@ def _study(name, workdir, *args):
       cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # a study's quick form: 4 runs in worker processes
 def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
   out = _study('hops', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
@@ -80,7 +112,7 @@ def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
   assert np.asarray(chain['H=2']['per_seed']).shape == (1, 2, 9)  # [seeds, heads, d]
   # The hop curve of every run is the one its per_class.npz gives by hand.
   run = tmp_path / 'hops' / 'chain_H2' / 'seed0'
-  np.testing.assert_allclose(chain['H=2']['per_seed'][0][1], studies.chain_hops(str(run)))
+  np.testing.assert_allclose(chain['H=2']['per_seed'][0][1], claims.chain_hops(str(run)))
   md = (tmp_path / 'hops.md').read_text()
   assert '### ring' in md and '| 2 | 1 |' in md and '| | pairs | 18 |' in md
   assert os.path.getsize(tmp_path / 'hops.png') > 10_000
@@ -107,6 +139,7 @@ def _tiny_runs(tmp_path):
                          str(tmp_path / f'H{h}')) for h in (1, 2)]
 
 
+@pytest.mark.slow  # 4 runs in worker processes
 def test_parallel_runs_match_serial_runs_and_finished_runs_are_reused(tmp_path):
   serial = _tiny_runs(tmp_path / 'serial')
   parallel = _tiny_runs(tmp_path / 'parallel')
@@ -127,12 +160,16 @@ def test_parallel_runs_match_serial_runs_and_finished_runs_are_reused(tmp_path):
 
 def test_a_workdir_of_another_config_is_refused_up_front(tmp_path):
   runs = _tiny_runs(tmp_path)
-  study_runs.execute(runs[:1], jobs=1, progress=lambda _: None)
+  os.makedirs(runs[0].workdir)  # the H=1 run's config.json, as its training writes it
+  with open(wd.path(runs[0].workdir, wd.CONFIG), 'w') as f:
+    f.write(runs[0].config.to_json(indent=1, sort_keys=True))
+  study_runs.check(runs)  # its own config is accepted there
   other = study_runs.Run(runs[1].config, runs[0].workdir)  # H=2 into the H=1 run's workdir
   with pytest.raises(config_check.ConfigError, match='different config'):
     study_runs.check([other])
 
 
+@pytest.mark.slow  # two studies' quick forms: 9 runs in worker processes
 def test_efficiency_and_recipes_quick_forms_read_their_runs(tmp_path):
   for name in ('efficiency', 'recipes'):
     out = _study(name, tmp_path, '--quick', '--seeds=1', '--jobs=2')
@@ -157,7 +194,7 @@ def test_efficiency_and_recipes_quick_forms_read_their_runs(tmp_path):
   np.testing.assert_allclose(mhd['private'][0], 100 * summary['mean_private_acc'][0])
   np.testing.assert_allclose(mhd['shared_best'][0], 100 * max(summary['mean_shared_acc']))
   # Far-hop accuracy of the last head = the hop curve's pair-weighted mean over d >= 5.
-  curve = studies.chain_hops(str(tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0'))
+  curve = claims.chain_hops(str(tmp_path / 'recipes' / 'chain_MHD_H=4' / 'seed0'))
   pairs = np.array([18, 16, 14, 12, 10, 8, 6, 4, 2])
   np.testing.assert_allclose(mhd['far_last'][0], (curve[4:] * pairs[4:]).sum() / pairs[4:].sum(),
                              rtol=1e-6)
@@ -187,6 +224,7 @@ def test_dynamics_tables_mark_differences_beyond_the_noise_against_the_baseline(
   assert base[-1] == '+0.0 |' and low[-1] == '-19.0 * |'
 
 
+@pytest.mark.slow  # a study's quick form: 12 runs in worker processes
 def test_dynamics_study_quick_form_runs_every_axis_that_draws(tmp_path):
   out = _study('dynamics', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
@@ -221,3 +259,52 @@ def test_dynamics_study_runs_fedavg_on_every_axis_but_staleness():
   assert variants['naive (H=1): staleness tau tau=8'] == {
       'num_clients': 10, 'topology': 'ring', 'num_steps': 1200, 'eval_every': 40,
       'num_heads': 1, 'dynamics.staleness': 8}
+
+
+def _client_summaries(shared_by_client):
+  """A summary whose client i has last-head shared accuracy shared_by_client[i] (%), private 90,
+  two heads (head 0's mean shared accuracy 10 below the last head's)."""
+  clients = [types.SimpleNamespace(shared_acc=[x / 100 - 0.1, x / 100], private_acc=[0.9, 0.9])
+             for x in shared_by_client]
+  mean = float(np.mean(shared_by_client)) / 100
+  return types.SimpleNamespace(clients=clients, mean_shared_acc=[mean - 0.1, mean])
+
+
+def test_targets_study_splits_the_groups_and_marks_against_confidence_weighted():
+  from configs import digits_hetero  # pylint: disable=g-import-not-at-top
+  from mhd_jax.studies import targets  # pylint: disable=g-import-not-at-top
+  opts = study_runs.Options(seeds=(0, 1, 2), rules=('confidence_weighted', 'class_relative^4'))
+  variants, analyse = targets.targets(digits_hetero.get_config(), opts)
+  assert variants == {'confidence_weighted': {'target': 'confidence_weighted', 'target_power': 1.0},
+                      'class_relative^4': {'target': 'class_relative', 'target_power': 4.0}}
+  # Groups in client order: 'large' holds clients 0-3, 'small' clients 4-7.
+  summaries = {'confidence_weighted': [_client_summaries([80] * 4 + [s] * 4) for s in (60, 61, 62)],
+               'class_relative^4': [_client_summaries([80] * 4 + [s] * 4) for s in (90, 91, 92)]}
+  results, md, _ = analyse(summaries, None)
+  cw = results['confidence_weighted']
+  np.testing.assert_allclose(cw['large shared'], [80, 80, 80])
+  np.testing.assert_allclose(cw['small shared'], [60, 61, 62])
+  np.testing.assert_allclose(cw['shared head 1'], [70, 70.5, 71])
+  np.testing.assert_allclose(cw['shared head 0'], [60, 60.5, 61])
+  assert 'large = clients 0-3 (mlp, width 256, depth 3)' in md
+  row = [r for r in md.splitlines() if r.startswith('| class_relative^4 |')][0].split(' | ')
+  head = md.splitlines()[2].split(' | ')
+  assert row[head.index('small shared')] == '91.0 ± 1.0 ↑'
+  assert row[head.index('large shared')] == '80.0 ± 0.0'  # equal: no mark
+
+
+def test_diagnose_group_figures_by_hand():
+  from mhd_jax.studies import diagnose  # pylint: disable=g-import-not-at-top
+  # Group 0: client 0 names each example's class (one-hot, balanced batch of 2 classes);
+  # group 1: client 1 is uniform, client 2 says class 0 on both examples.
+  probs = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.5, 0.5]],
+                    [[1.0, 0.0], [1.0, 0.0]]])
+  mixing = np.array([[[0.0, 0.25, 0.75], [0.0, 0.5, 0.5]],   # client 0: all from group 1
+                     [[0.6, 0.0, 0.4], [0.2, 0.0, 0.8]],     # client 1: 0.6, 0.2 from group 0
+                     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])    # client 2: 1.0, 0.0 from group 0
+  g0, g1 = diagnose.group_figures(probs, mixing, np.array([0, 1, 1]))
+  np.testing.assert_allclose([g0['conf'], g0['certainty'], g0['information'], g0['from_others']],
+                             [1.0, 1.0, 1.0, 1.0])
+  np.testing.assert_allclose([g1['conf'], g1['certainty'], g1['from_others']],
+                             [0.75, 0.5, (0.6 + 0.2 + 1.0 + 0.0) / 4])
+  np.testing.assert_allclose(g1['information'], 0.0, atol=1e-12)  # neither varies by example

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from mhd_jax.data import prepare
 from mhd_jax.data import tfds_data
+from mhd_jax.data import tfds_source
 
 NUM_TRAIN, NUM_TEST = 120, 25
 
@@ -71,8 +72,8 @@ def tiny_data(root, **kw):
   """
   config = make_config('tiny_images', root, augment='none', **kw)
   config.data.image_size = 8
-  builder = tfds_data.get_builder('tiny_images', root)
-  sources, readers = tfds_data.audited_sources(builder, ('train', 'test'))
+  builder = tfds_source.get_builder('tiny_images', root)
+  sources, readers = tfds_source.audited_sources(builder, ('train', 'test'))
   return tfds_data.get_data(config, sources=tuple(sources)), sources, readers
 
 
@@ -181,9 +182,9 @@ def test_read_amplification_is_one(tiny_dir):
 
 def test_labels_are_scanned_without_cache(tiny_dir):
   data = tiny_data(tiny_dir)[0]
-  builder = tfds_data.get_builder('tiny_images', tiny_dir)
-  source = tfds_data.open_source(builder, 'train', tiny_dir)
-  labels = tfds_data.scan_labels(source, builder.info.features)
+  builder = tfds_source.get_builder('tiny_images', tiny_dir)
+  source = tfds_source.open_source(builder, 'train', tiny_dir)
+  labels = tfds_source.scan_labels(source, builder.info.features)
   assert source.num_read == NUM_TRAIN
   np.testing.assert_array_equal(labels, np.arange(NUM_TRAIN) % 4)
   np.testing.assert_array_equal(data.train_labels, labels)

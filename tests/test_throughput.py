@@ -41,13 +41,24 @@ def test_steps_per_sec_leaves_out_compile_restore_eval_and_checkpoints(tmp_path,
       'examples_per_sec'] for r in records)
 
 
-def test_logged_metrics_are_means_over_the_window(tmp_path):
-  runs = {}
-  for every in (1, 4):
-    workdir = str(tmp_path / f'every{every}')
-    train.train_and_evaluate(short_config(**{'num_steps': 8, 'log_every': every,
-                                             'eval_every': 8, 'checkpoint.every': 0}), workdir)
-    runs[every] = {r['step']: r for r in read_records(workdir) if 'clients' in r}
+def _eight_steps(log_every):
+  """8 steps of the default config logged every `log_every` steps, checkpointed at the end."""
+  return short_config(**{'num_steps': 8, 'log_every': log_every, 'eval_every': 8,
+                         'checkpoint.every': 0})
+
+
+@pytest.fixture(scope='module')
+def windows(tmp_path_factory):
+  """{log_every: workdir} of one 8-step run, logged every step and every 4 steps."""
+  out = {every: str(tmp_path_factory.mktemp(f'every{every}')) for every in (1, 4)}
+  for every, workdir in out.items():
+    train.train_and_evaluate(_eight_steps(every), workdir)
+  return out
+
+
+def test_logged_metrics_are_means_over_the_window(windows):
+  runs = {every: {r['step']: r for r in read_records(workdir) if 'clients' in r}
+          for every, workdir in windows.items()}
   per_step = runs[1]  # a window of one step: that step's metrics
   for end in (4, 8):
     for term in distill.TERMS:
@@ -59,15 +70,14 @@ def test_logged_metrics_are_means_over_the_window(tmp_path):
   assert not np.allclose(runs[4][8]['clients']['ce'], per_step[8]['clients']['ce'])
 
 
-def test_a_window_cut_by_a_preemption_logs_the_same_means_after_the_resume(tmp_path, monkeypatch):
-  config = short_config(**{'num_steps': 8, 'log_every': 4, 'eval_every': 8,
-                           'checkpoint.every': 0})
-  train.train_and_evaluate(config, str(tmp_path / 'reference'))
+def test_a_window_cut_by_a_preemption_logs_the_same_means_after_the_resume(
+    windows, tmp_path, monkeypatch):
+  config = _eight_steps(4)  # the run of windows[4]
   with monkeypatch.context() as patch:  # a SIGTERM at step 6: the window of steps 5-8 is cut
     patch.setattr(safety.SigtermWatch, 'stop_at', lambda self, step: step == 6)
     with pytest.raises(safety.Preempted):
       train.train_and_evaluate(config, str(tmp_path / 'cut'))
   train.train_and_evaluate(config, str(tmp_path / 'cut'))
-  cut, reference = read_records(str(tmp_path / 'cut')), read_records(str(tmp_path / 'reference'))
+  cut, reference = read_records(str(tmp_path / 'cut')), read_records(windows[4])
   assert [r['step'] for r in cut] == [4, 8, 8] and cut[1]['window_steps'] == 4
   assert cut == reference

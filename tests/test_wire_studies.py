@@ -4,7 +4,9 @@ import json
 import os
 
 import numpy as np
+import pytest
 
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.studies import cli as studies
 from mhd_jax.wire import compression
@@ -12,6 +14,7 @@ from mhd_jax.wire import privacy
 from tests.test_studies import _study
 
 
+@pytest.mark.slow  # a study's quick form: 4 runs in worker processes
 def test_communication_study_reports_bytes_and_accuracy(tmp_path):
   out = _study('communication', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
@@ -25,7 +28,7 @@ def test_communication_study_reports_bytes_and_accuracy(tmp_path):
   assert b['MHD, float32, all classes'] == 5 * 4 * 2 * compression.encoded_bytes(full, 64, 10, 1)
   assert b['MHD, top-1'] == 5 * 4 * 2 * compression.encoded_bytes(top1, 64, 10, 1)
   assert b['MHD, head 0 only (heads_sent=1)'] == b['MHD, float32, all classes'] / 2
-  fedavg = wd.read_summary(str(tmp_path / 'communication' /
+  fedavg = summary_lib.read_summary(str(tmp_path / 'communication' /
                                studies.run_dirname('FedAvg (every 10 steps)') / 'seed0'))
   assert b['FedAvg (every 10 steps)'] == fedavg.fedavg_bytes_per_round / 10
   md = (tmp_path / 'communication.md').read_text()
@@ -33,6 +36,7 @@ def test_communication_study_reports_bytes_and_accuracy(tmp_path):
   assert os.path.getsize(tmp_path / 'communication.png') > 10_000
 
 
+@pytest.mark.slow  # a study's quick form: 4 runs in worker processes
 def test_privacy_study_reports_epsilon_per_variant(tmp_path):
   out = _study('privacy', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]

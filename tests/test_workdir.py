@@ -7,11 +7,12 @@ import os
 import numpy as np
 from tensorboard.backend.event_processing import plugin_event_accumulator
 
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.outputs import writers
 from tests.conftest import short_config
 
-# summary.json as `train` wrote it before `workdir.Summary` existed (2 clients, 2 heads).
+# summary.json as `train` wrote it before `summary.Summary` existed (2 clients, 2 heads).
 OLD_SUMMARY = {
     'num_clients': 2, 'num_heads': 2, 'steps': 40, 'wall_seconds': 12.5,
     'mean_private_acc': [0.75, 0.5], 'mean_shared_acc': [0.25, 0.375],
@@ -26,29 +27,29 @@ OLD_SUMMARY = {
 def test_an_existing_summary_reads_typed_and_writes_back_byte_for_byte(tmp_path):
   old = json.dumps(OLD_SUMMARY, indent=1)  # how train.py wrote it: json.dump(..., indent=1)
   (tmp_path / 'summary.json').write_text(old)
-  summary = wd.read_summary(str(tmp_path))
+  summary = summary_lib.read_summary(str(tmp_path))
   assert summary.clients[1].private_acc == [1.0, 0.75] and summary.clients[1].id == 1
   assert summary.mean_shared_acc == [0.25, 0.375] and summary.fedavg_bytes_per_round == 9000
   out = tmp_path / 'again'
   out.mkdir()
-  wd.write_summary(str(out), summary)
+  summary_lib.write_summary(str(out), summary)
   assert (out / 'summary.json').read_text() == old  # same keys, order and values
 
 
 def test_a_summary_from_before_fedavg_was_recorded_reads_as_zero(tmp_path):
   older = {k: v for k, v in OLD_SUMMARY.items() if k != 'fedavg_bytes_per_round'}
   (tmp_path / 'summary.json').write_text(json.dumps(older))
-  assert wd.read_summary(str(tmp_path)).fedavg_bytes_per_round == 0
+  assert summary_lib.read_summary(str(tmp_path)).fedavg_bytes_per_round == 0
 
 
 def test_per_class_keeps_the_npz_keys_and_arrays(tmp_path):
   rng = np.random.default_rng(0)
-  pc = wd.PerClass(correct_NxHxC=rng.integers(0, 9, (3, 2, 4)), count_C=np.full(4, 9),
-                   primary_NxC=rng.random((3, 4)) < 0.5)
-  wd.write_per_class(str(tmp_path), pc)
+  pc = summary_lib.PerClass(correct_NxHxC=rng.integers(0, 9, (3, 2, 4)), count_C=np.full(4, 9),
+                            primary_NxC=rng.random((3, 4)) < 0.5)
+  summary_lib.write_per_class(str(tmp_path), pc)
   with np.load(tmp_path / 'per_class.npz') as z:  # what studies and notebooks have read
     assert sorted(z.files) == ['correct_NxHxC', 'count_C', 'primary_NxC']
-  back = wd.read_per_class(str(tmp_path))
+  back = summary_lib.read_per_class(str(tmp_path))
   for name in ('correct_NxHxC', 'count_C', 'primary_NxC'):
     np.testing.assert_array_equal(getattr(back, name), getattr(pc, name))
     assert getattr(back, name).dtype == getattr(pc, name).dtype
@@ -95,11 +96,11 @@ def test_a_resumed_writer_keeps_records_up_to_its_step_and_writes_no_second_hpar
 
 
 def test_a_dp_summary_round_trips_and_an_old_one_has_no_epsilon(tmp_path):
-  assert wd.Summary.from_json(OLD_SUMMARY).clients[0].epsilon is None
+  assert summary_lib.Summary.from_json(OLD_SUMMARY).clients[0].epsilon is None
   dp = dict(OLD_SUMMARY, dp={'delta': 1e-5, 'noise_multiplier': 1.0, 'clip_norm': 1.0,
                              'accountant': 'pld'},
             clients=[dict(c, epsilon=3.5 + c['id']) for c in OLD_SUMMARY['clients']])
-  summary = wd.Summary.from_json(dp)
+  summary = summary_lib.Summary.from_json(dp)
   assert summary.clients[1].epsilon == 4.5 and summary.dp['delta'] == 1e-5
   assert summary.to_json() == dp
-  assert wd.Summary.from_json(OLD_SUMMARY).to_json() == OLD_SUMMARY
+  assert summary_lib.Summary.from_json(OLD_SUMMARY).to_json() == OLD_SUMMARY

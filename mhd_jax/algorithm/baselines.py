@@ -8,11 +8,12 @@ weights; on other graphs it is gossip averaging. Optimizer states stay local.
 Under `config.dynamics` the averaging after step s uses step s's graph and
 participants (docs/dynamics.md).
 The supervised upper bound needs no code: one client holding all private data
-(`num_clients=1, topology='none'`, see `studies.SUPERVISED`).
+(`num_clients=1, topology='none'`, see `studies.methods.SUPERVISED`).
 """
 
 import jax
 import jax.numpy as jnp
+from scipy import sparse
 
 from mhd_jax.population import state as state_lib
 
@@ -47,20 +48,22 @@ def make_average(specs, adjacency):
   averaging within each group over a step's graph and participants (default: `adjacency`,
   every client).
 
-  The graph is dense ([N, N]) or, with `senders_NxK`, weights [N, K] on a neighbour
-  table (`network.neighbours`). The training loop passes the network of the step the
-  averaging follows (`programs.network_at`), so averaging respects `config.dynamics`
-  like the step does: a failed link or an unmatched pair carries no weights either.
+  The graph is dense ([N, N]; `adjacency` may be scipy.sparse) or, with `senders_NxK`,
+  weights [N, K] on a neighbour table (`network.neighbours`). The training loop passes
+  the network of the step the averaging follows (`programs.network_at`), so averaging
+  respects `config.dynamics` like the step does: a failed link or an unmatched pair
+  carries no weights either.
   """
   firsts = state_lib.offsets(specs)
-  base = jnp.asarray(adjacency, jnp.float32)
   mix = lambda w, tree: jax.tree.map(
       lambda x: jnp.einsum('ij,j...->i...', w, x, precision=jax.lax.Precision.HIGHEST
                            ).astype(x.dtype), tree)
 
   def average(state: state_lib.TrainState, weights=None, active_N=None,
               senders_NxK=None) -> state_lib.TrainState:
-    a = base if weights is None else weights
+    if weights is None:  # densified only here: the training loop always passes its step's graph
+      weights = adjacency.toarray() if sparse.issparse(adjacency) else adjacency
+    a = jnp.asarray(weights, jnp.float32)
     live = jnp.ones(a.shape[0], jnp.float32) if active_N is None else active_N.astype(
         jnp.float32)
     groups = []

@@ -122,7 +122,7 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
   heads or steps not sent, whose neighbour weights
   `compression.neighbour_weights` drops). O is always live and never crosses
   the wire: client i's own head k-1 (its own column, `include_self`) is
-  weighed by O[i]'s confidence and mixed as O[i] (`targets`; docs/dynamics.md).
+  weighed by its score on O[i] and mixed as O[i] (`targets`; docs/dynamics.md).
   Only active clients learn, and only from senders that were active when they
   computed what they sent and are linked to them in this step's graph.
   """
@@ -147,9 +147,10 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
                                 spec, step)
     got = sent[:, jnp.maximum(jnp.arange(h) - 1, 0)]  # receiver head k reads source src(k)
     weights_SxHxK = compression.neighbour_weights(weights_SxHxK, self_SxK, spec, step)
-  score_SxKxHxB = neighbours.gather(losses.scores(got, config.target), senders, s)
+  power = config.get('target_power', 1.0)
+  score_SxKxHxB = neighbours.gather(losses.scores(got, config.target, power), senders, s)
   score_SxHxBxK = jnp.where(self_SxK[:, None, None, :],
-                            losses.scores(own, config.target)[..., None],
+                            losses.scores(own, config.target, power)[..., None],
                             jnp.moveaxis(score_SxKxHxB, 1, -1))
   cand_ids = (neighbours.ids(senders, m, s) if net.by_id
               else neighbours.gather(net.ids_S, senders))

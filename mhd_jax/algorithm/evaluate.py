@@ -37,6 +37,9 @@ def make_predict(specs: Sequence[state_lib.GroupSpec], for_each: Callable | None
   return predict
 
 
+TABLE_CLIENTS = 100  # the log's and the report's tables list this many clients, then the mean
+
+
 @dataclasses.dataclass(frozen=True)
 class Accuracies:
   """Evaluation results; accuracies are fractions in [0, 1]."""
@@ -46,10 +49,19 @@ class Accuracies:
   count_C: np.ndarray        # test examples per class
 
   def rows(self):
-    """(name, private_H, shared_H) per client, then the mean: the rows of every table."""
-    n = self.private_NxH.shape[0]
+    """(name, private_H, shared_H) of the first `TABLE_CLIENTS` clients, then the mean over
+    all of them: the rows of every table (`summary.json` holds every client)."""
+    n = min(self.private_NxH.shape[0], TABLE_CLIENTS)
     return [(str(i), self.private_NxH[i], self.shared_NxH[i]) for i in range(n)] + [
         ('mean', self.private_NxH.mean(0), self.shared_NxH.mean(0))]
+
+  def hidden(self) -> str | None:
+    """The line a table shows for the clients `rows` leaves out (None when it shows all)."""
+    n = self.private_NxH.shape[0]
+    if n <= TABLE_CLIENTS:
+      return None
+    return (f'... and {n - TABLE_CLIENTS:,} more clients (every client is in summary.json); '
+            f'the mean is over all {n:,}')
 
   def per_class(self) -> np.ndarray:
     """[N, H, C] accuracy of each client and head on each class."""

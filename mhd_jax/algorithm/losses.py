@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 TARGET_RULES = ('most_confident', 'mean', 'random', 'confidence_weighted', 'neighbours_first',
-                'neighbour_and_self')
+                'neighbour_and_self', 'relative_confidence', 'certainty_weighted',
+                'exp_entropy_weighted', 'class_relative')
 _HIGHEST = jax.lax.Precision.HIGHEST  # targets are mixtures of probabilities: keep f32 on TPU
 
 
@@ -59,10 +60,64 @@ def source_probs(teacher_logits_NxHxBxC, temperature):
   return jax.nn.softmax(teacher_logits_NxHxBxC[:, src] / temperature, axis=-1)
 
 
-def scores(probs_SxHxBxC, rule: str):
-  """[S, H, B]: what a sender's output weighs in `rule`: its confidence max_c P[j, k, b, c]."""
-  del rule  # every rule weighs the plain confidence
+# --------------------------------------------------------- sender scores
+# Each score is a pure function of one sender's own outputs on the public batch: [S, H, B] from
+# P [S, H, B, C], so every receiver weighs a sender alike, whatever form the candidates take.
+
+
+def confidence(probs_SxHxBxC):
+  """conf[j, k, b] = max_c P[j, k, b, c]."""
   return probs_SxHxBxC.max(-1)
+
+
+def relative_confidence(probs_SxHxBxC):
+  """conf[j, k, b] / mean_b' conf[j, k, b']: a sender's confidence against its own level."""
+  conf_SxHxB = confidence(probs_SxHxBxC)
+  return conf_SxHxB / jnp.maximum(conf_SxHxB.mean(-1, keepdims=True), 1e-30)
+
+
+def _entropy(probs_SxHxBxC):
+  return -jnp.sum(jax.scipy.special.xlogy(probs_SxHxBxC, probs_SxHxBxC), axis=-1)
+
+
+def certainty(probs_SxHxBxC):
+  """1 - H(P[j, k, b]) / log C: 0 for the uniform distribution, 1 for a one-hot."""
+  log_c = jnp.log(probs_SxHxBxC.shape[-1])
+  return jnp.maximum(1.0 - _entropy(probs_SxHxBxC) / log_c, 0.0)
+
+
+def exp_entropy(probs_SxHxBxC):
+  """exp(-H(P[j, k, b])): 1/C for the uniform distribution, 1 for a one-hot."""
+  return jnp.exp(-_entropy(probs_SxHxBxC))
+
+
+def class_relative(probs_SxHxBxC):
+  """P[j, k, b, c_b] / mean_b' P[j, k, b', c_b], c_b = argmax_c P[j, k, b, c].
+
+  The sender's probability of the class it predicts, against the mean
+  probability it gives that class over the public batch: about 1 for a sender
+  that calls every example c (or says nothing), up to ~C for one that names c
+  only on the examples of c (a balanced batch), B at most.
+  """
+  c_SxHxB = probs_SxHxBxC.argmax(-1)
+  p_SxHxB = jnp.take_along_axis(probs_SxHxBxC, c_SxHxB[..., None], -1)[..., 0]
+  prior_SxHxB = jnp.take_along_axis(probs_SxHxBxC.mean(-2), c_SxHxB, -1)
+  return p_SxHxB / jnp.maximum(prior_SxHxB, 1e-30)
+
+
+# The score rules: a candidate's weight in a target is its edge weight x its score^power.
+SCORES = {'confidence_weighted': confidence, 'relative_confidence': relative_confidence,
+          'certainty_weighted': certainty, 'exp_entropy_weighted': exp_entropy,
+          'class_relative': class_relative}
+
+
+def scores(probs_SxHxBxC, rule: str, power: float = 1.0):
+  """[S, H, B]: what a sender's output weighs in `rule`: SCORES[rule](P)^power for a score
+  rule, else its confidence max_c P[j, k, b, c] (the one-hot rules pick by it)."""
+  if rule not in SCORES:
+    return confidence(probs_SxHxBxC)
+  score_SxHxB = SCORES[rule](probs_SxHxBxC)
+  return score_SxHxB if power == 1 else score_SxHxB ** power  # power 1 keeps the bits
 
 
 def _best(score_SxHxBxK, allowed_SxHxBxK):
@@ -94,7 +149,7 @@ def candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, rule: str, rng, ids
   Candidates are the columns of `weights_SxHxK` (`candidate_weights`): a
   candidate c of client i is allowed for head k where W[i, k, c] > 0; the
   client's own head k-1 is its column `self_SxK` (under `include_self`), the
-  others are its neighbours. `score_SxHxBxK` is each candidate's confidence
+  others are its neighbours. `score_SxHxBxK` is each candidate's score
   (`scores`, the own column from the client's own, undecoded outputs),
   `ids_S`/`cand_ids_SxK` the clients' and candidates' ids (the random draws).
 
@@ -107,6 +162,13 @@ def candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, rule: str, rng, ids
       ids (see `_random_choice`);
     confidence_weighted: W[i, k, c] conf[c] / sum_c' W[i, k, c'] conf[c'],
       a mixture in which no single over-confident source wins outright;
+    the other score rules (`SCORES`): the same mixture with conf[c] replaced by
+      the candidate's score s[c] (raised to `target_power`; with p = P[c, k, b],
+      p_bar its mean over the public batch, c_b = argmax p):
+      relative_confidence: conf[c] / mean_b' conf[c] (over the examples b');
+      certainty_weighted: 1 - H(p) / log C;
+      exp_entropy_weighted: exp(-H(p));
+      class_relative: p[c_b] / p_bar[c_b];
     neighbours_first: one-hot on the most confident neighbour; the own head
       only where client i has no neighbour candidate for head k;
     neighbour_and_self: 1/2 the most confident neighbour + 1/2 the own head
@@ -130,7 +192,7 @@ def candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, rule: str, rng, ids
     choice_SxHxB = jnp.broadcast_to(_random_choice(logw, rng, ids_S, cand_ids_SxK)[:, :, None],
                                     (s, h, b))
     return jax.nn.one_hot(choice_SxHxB, k) * has_SxH[:, :, None, None]
-  if rule == 'confidence_weighted':
+  if rule in SCORES:
     w = jnp.where(cand_SxHxBxK, weights_SxHxK[:, :, None, :] * score_SxHxBxK, 0.0)
     return w / jnp.maximum(w.sum(-1, keepdims=True), 1e-30)
   if rule == 'neighbours_first':
@@ -143,18 +205,18 @@ def candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, rule: str, rng, ids
 
 
 def mixing_weights(probs_NxHxBxC, weights_NxHxN, rule: str, rng, ids_N=None,
-                   own_NxHxBxC=None):
+                   own_NxHxBxC=None, power: float = 1.0):
   """`candidate_mixing` in the dense form, every client a candidate: M [N, H, B, N].
 
   `own_NxHxBxC` (default `probs_NxHxBxC`): what client i holds of its own head
   k-1, the candidate j = i; it differs from P[i] when P is what the peers
   receive after compression (`compression.transmit`), which never carries a
-  client's outputs to itself. `ids_N` default 0..N-1.
+  client's outputs to itself. `ids_N` default 0..N-1; `power` the score rules' power.
   """
   n = probs_NxHxBxC.shape[0]
   eye = jnp.eye(n, dtype=bool)
-  conf_NxHxB = scores(probs_NxHxBxC, rule)
-  own = conf_NxHxB if own_NxHxBxC is None else scores(own_NxHxBxC, rule)
+  conf_NxHxB = scores(probs_NxHxBxC, rule, power)
+  own = conf_NxHxB if own_NxHxBxC is None else scores(own_NxHxBxC, rule, power)
   score = jnp.where(eye[:, None, None, :], own[..., None],
                     jnp.transpose(conf_NxHxB, (1, 2, 0))[None])
   ids = jnp.arange(n) if ids_N is None else ids_N

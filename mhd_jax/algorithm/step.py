@@ -186,7 +186,7 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
       teach nobody, and their state comes back unchanged.
     specs: the groups (models, optimizers, sizes S_g).
     config: reads nu_main, nu_aux, nu_emb, temperature, target, include_self, and where
-      present wire (`compression.WireSpec`) and dp (DP-SGD on the private CE: its
+      present target_power (default 1), wire (`compression.WireSpec`) and dp (DP-SGD on the private CE: its
       gradient is `privacy.private_grad`'s, the distillation terms' is added as is).
     for_each: `(fn, in_axes) -> fn over clients` (`clients.for_each_client`).
   """

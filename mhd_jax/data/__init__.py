@@ -2,15 +2,17 @@
 
 Every dataset is served as a `Data` (the contract, batch layout and shared
 helpers are in `contract`, re-exported here). `get_data` picks the dataset
-from `config.data.name`: a name in `EMBEDDED` (today `digits`, in `digits`),
-else a TFDS dataset (`tfds_data`, imported only then, so the embedded path
-never loads TensorFlow). `config_check` reads the same `EMBEDDED` and
-`AUGMENTS`, so validation and dispatch accept the same names.
+from `config.data.name`: a name in `EMBEDDED` (`digits` and `mnist1d`, each in
+the module of its name), else a TFDS dataset (`tfds_data`, imported only then,
+so the embedded path never loads TensorFlow). `config_check` reads the same
+`EMBEDDED` and `AUGMENTS`, so validation and dispatch accept the same names.
 
     mhd_jax/data/
-      contract.py   Data, epoch_indices, eval_batches_from_arrays, AUGMENTS
+      contract.py   Data, epoch_indices, eval_batches_from_arrays, from_arrays, AUGMENTS
       digits.py     the embedded sklearn digits
-      tfds_data.py  TFDS datasets by random access (TensorFlow)
+      mnist1d.py    the embedded MNIST-1D, generated once and cached
+      tfds_data.py  TFDS datasets by random access (TensorFlow): the pipeline
+      tfds_source.py  their records by index: builders, counted sources, labels
       prepare.py    `python -m mhd_jax.data.prepare`: one-time TFDS preparation
       partition.py  the public set and the non-iid client sets
 
@@ -20,6 +22,7 @@ May import: nothing of mhd_jax but `config_base`.
 from typing import Sequence
 
 from mhd_jax.data import digits as digits_lib
+from mhd_jax.data import mnist1d as mnist1d_lib
 from mhd_jax.data.contract import AUGMENTS, Batch, Data, epoch_indices, eval_batches_from_arrays
 
 __all__ = ['AUGMENTS', 'Batch', 'Data', 'EMBEDDED', 'epoch_indices',
@@ -27,7 +30,7 @@ __all__ = ['AUGMENTS', 'Batch', 'Data', 'EMBEDDED', 'epoch_indices',
 
 # Datasets served without TFDS: config.data.name -> (config, client_ids) -> Data.
 # Any other name is looked up in TFDS.
-EMBEDDED = {'digits': digits_lib.digits}
+EMBEDDED = {'digits': digits_lib.digits, 'mnist1d': mnist1d_lib.mnist1d}
 
 
 def get_data(config, client_ids: Sequence[int] | None = None) -> Data:

@@ -3,12 +3,11 @@
 Needs no download and no TensorFlow, so tests and the default config run anywhere.
 """
 
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from mhd_jax.data import contract
-from mhd_jax.data import partition as partition_lib
 
 NUM_EXAMPLES = 1797  # sklearn's load_digits, before the train/test split
 
@@ -30,37 +29,5 @@ def digits(config, client_ids: Sequence[int] | None = None) -> contract.Data:
   The train/test split uses `config.data.split_seed` (not `config.seed`) so
   that runs with different seeds are evaluated on the same test set.
   """
-  (train_x, train_y), (test_x, test_y) = _load_digits(
-      config.data.split_seed, config.data.test_fraction)
-  part = partition_lib.make(train_y, 10, config)
-  clients = list(range(config.num_clients)) if client_ids is None else list(client_ids)
-  b, b_pub = config.data.batch_size, config.data.public_batch_size
-  public_stream = config.num_clients  # stream ids 0..N-1 are the clients
-  tau = contract.staleness(config)
-
-  def public(step: int) -> dict:
-    pub = part.public_indices[contract.epoch_indices(
-        config.seed, public_stream, step, len(part.public_indices), b_pub)]
-    return {'image': train_x[pub]}
-
-  def train_batches(start_step: int) -> Iterator[contract.Batch]:
-    step = start_step
-    while True:
-      images, labels = [], []
-      for i in clients:
-        pool = part.client_indices[i]
-        idx = pool[contract.epoch_indices(config.seed, i, step, len(pool), b)]
-        images.append(train_x[idx])
-        labels.append(train_y[idx])
-      batch = {'private': {'image': np.stack(images), 'label': np.stack(labels)},
-               'public': public(step)}
-      if tau:
-        batch['public_ahead'] = public(step + tau)
-      yield batch
-      step += 1
-
-  return contract.Data(partition=part, num_classes=10, image_shape=train_x.shape[1:],
-                       train_batches=train_batches,
-                       eval_batches=lambda: contract.eval_batches_from_arrays(
-                           test_x, test_y, config.data.eval_batch_size),
-                       train_labels=train_y)
+  train, test = _load_digits(config.data.split_seed, config.data.test_fraction)
+  return contract.from_arrays(config, client_ids, train, test, 10)

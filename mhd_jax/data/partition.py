@@ -39,8 +39,10 @@ class Partition:
 
   def label_counts(self, labels: np.ndarray) -> np.ndarray:
     """[N, C] int: how many examples of class c client i holds."""
-    return np.stack([np.bincount(labels[idx], minlength=self.num_classes)
-                     for idx in self.client_indices])
+    n, c = self.num_clients, self.num_classes
+    owner = np.repeat(np.arange(n), [len(idx) for idx in self.client_indices])
+    held = labels[np.concatenate(self.client_indices)].astype(np.int64)
+    return np.bincount(owner * c + held, minlength=n * c).reshape(n, c)
 
 
 def primary_mask(primary_classes, num_classes: int) -> np.ndarray:
@@ -83,7 +85,8 @@ def class_skew(labels: np.ndarray, num_classes: int, num_clients: int,
   rng = np.random.default_rng(seed)
   public, private = _split_public(len(labels), public_fraction, rng)
   blocks = class_blocks(num_clients, num_classes)
-  owners = [np.flatnonzero([c in b for b in blocks]) for c in range(num_classes)]
+  owns_NxC = primary_mask(blocks, num_classes)
+  owners = [np.flatnonzero(owns_NxC[:, c]) for c in range(num_classes)]
   table = np.zeros((num_classes, max(map(len, owners))), np.int64)  # [C, max owners]
   for c, own in enumerate(owners):
     table[c, :len(own)] = own
@@ -94,8 +97,7 @@ def class_skew(labels: np.ndarray, num_classes: int, num_clients: int,
   owner = table[private_labels, k]
   to_owner = rng.random(len(private)) < skew
   dest = np.where(to_owner, owner, rng.integers(num_clients, size=len(private)))
-  clients = tuple(np.sort(private[dest == i]) for i in range(num_clients))
-  return Partition(clients, public, blocks, num_classes)
+  return Partition(by_client(private, dest, num_clients), public, blocks, num_classes)
 
 
 def dirichlet(labels: np.ndarray, num_classes: int, num_clients: int,
@@ -116,11 +118,17 @@ def dirichlet(labels: np.ndarray, num_classes: int, num_clients: int,
     members = np.flatnonzero(labels[private] == c)
     q = rng.dirichlet(np.full(num_clients, alpha))
     dest[members] = rng.choice(num_clients, size=len(members), p=q)
-  clients = tuple(np.sort(private[dest == i]) for i in range(num_clients))
-  counts = np.stack([np.bincount(labels[idx], minlength=num_classes) for idx in clients])
+  counts = np.bincount(dest * num_classes + labels[private],
+                       minlength=num_clients * num_classes).reshape(num_clients, num_classes)
   top = counts.argmax(axis=0)
-  primary = tuple(np.flatnonzero(top == i) for i in range(num_clients))
-  return Partition(clients, public, primary, num_classes)
+  return Partition(by_client(private, dest, num_clients), public,
+                   by_client(np.arange(num_classes), top, num_clients), num_classes)
+
+
+def by_client(values: np.ndarray, dest: np.ndarray, num_clients: int) -> tuple[np.ndarray, ...]:
+  """Per client i, the sorted `values` whose `dest` is i (one sort, not a pass per client)."""
+  order = np.lexsort((values, dest))
+  return tuple(np.split(values[order], np.cumsum(np.bincount(dest, minlength=num_clients))[:-1]))
 
 
 def _check_labels(labels, num_classes, num_clients):

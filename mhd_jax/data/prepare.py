@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mhd_jax.data import tfds_data
+from mhd_jax.data import tfds_source
 
 _DATASET = flags.DEFINE_string('dataset', None, 'TFDS name, e.g. imagenet2012.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data_dir ('' = TFDS default).")
@@ -57,7 +57,7 @@ def convert_to_array_record(builder, num_threads: int = 16) -> None:
 def prepare(name: str, data_dir: str = '', manual_dir: str = '',
             label_splits=('train',)) -> None:
   """Makes `name` readable by `tfds_data.get_data` (see the module docstring)."""
-  builder = tfds_data.get_builder(name, data_dir)
+  builder = tfds_source.get_builder(name, data_dir)
   if not builder.is_prepared():
     manual = manual_dir or os.path.join(builder.data_dir_root, 'downloads', 'manual')
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not (
@@ -69,11 +69,11 @@ def prepare(name: str, data_dir: str = '', manual_dir: str = '',
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
   elif 'array_record' not in {f.value for f in builder.info.available_file_formats()}:
     convert_to_array_record(builder)
-  builder = tfds_data.get_builder(name, data_dir)  # re-read dataset_info.json
+  builder = tfds_source.get_builder(name, data_dir)  # re-read dataset_info.json
   for split in label_splits:
-    source = tfds_data.open_source(builder, split, data_dir)
-    labels = tfds_data.scan_labels(source, builder.info.features)
-    path = tfds_data.label_cache_path(builder, split)
+    source = tfds_source.open_source(builder, split, data_dir)
+    labels = tfds_source.scan_labels(source, builder.info.features)
+    path = tfds_source.label_cache_path(builder, split)
     with tf.io.gfile.GFile(path, 'wb') as f:
       np.save(f, labels)
     logging.info('Cached %d labels of %s/%s at %s.', len(labels), name, split, path)

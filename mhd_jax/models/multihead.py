@@ -3,7 +3,8 @@
 `MultiHeadClassifier(x, train)` returns `(logits_HxBxC, {'embedding': e_BxD})`.
 Head 0 is the main head (private task); heads 1..H-1 are the auxiliary heads
 that distil from the neighbours' heads (docs/algorithm.md). Backbones are chosen by
-name (`config.model.name`) from `BACKBONES`.
+name (`config.model.name`) from `BACKBONES`; the published MNIST-1D models are in
+`mnist1d`.
 """
 
 from typing import Any, Callable
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mhd_jax.models import mnist1d
 from mhd_jax.models import resnet
 
 
@@ -60,7 +62,11 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     'resnet34': resnet.ResNet34,
     'resnet18_cifar': resnet.ResNet18Cifar,
     'resnet34_cifar': resnet.ResNet34Cifar,
+    **mnist1d.BACKBONES,  # the published MNIST-1D models, at their published sizes
 }
+# Backbones with 2-D convolutions: they read [H, W, C] images only (the others flatten their
+# input, or read it as a signal of its positions: see `mnist1d`).
+IMAGE_BACKBONES = ('cnn', 'resnet18', 'resnet34', 'resnet18_cifar', 'resnet34_cifar')
 
 
 class MultiHeadClassifier(nn.Module):
@@ -117,13 +123,18 @@ DTYPES = ('float32', 'bfloat16', 'float16')  # model.dtype: computation dtypes m
 
 
 def make_model(model_config, num_heads: int, num_classes: int) -> MultiHeadClassifier:
-  """The classifier described by `config.model` (name, width, depth, dtype, fused_passes)."""
+  """The classifier described by `config.model` (name, width, depth, dtype, fused_passes).
+
+  The MNIST-1D backbones (`mnist1d.BACKBONES`) take their published sizes, not width or depth.
+  """
   name = model_config.name
   if name not in BACKBONES:
     raise ValueError(f'unknown model {name!r}; choose one of {", ".join(BACKBONES)}.')
   if model_config.dtype not in DTYPES:
     raise ValueError(f'unknown dtype {model_config.dtype!r}; choose one of {", ".join(DTYPES)}.')
-  kwargs = {'width': model_config.width, 'dtype': jnp.dtype(model_config.dtype)}
+  kwargs = {'dtype': jnp.dtype(model_config.dtype)}
+  if name not in mnist1d.BACKBONES:  # those have their published sizes
+    kwargs['width'] = model_config.width
   if name in ('mlp', 'cnn'):
     kwargs['depth'] = model_config.depth
   if name.startswith('resnet'):

@@ -5,8 +5,8 @@ is pure and jittable with `step` a traced int32, so a graph that changes every
 step compiles once, and the graph of step s depends only on (seed, s), so a
 resume is exact. Steps are numbered as in the training loop, 1 .. num_steps
 (inside the step: `state.step + 1`). The graph is over the real clients,
-`A[i, j] > 0` when i learns from j, as `topology.build` gives it: a dense
-[N, N] matrix, or its weights [N, K] on a neighbour table (`neighbours`, the
+`A[i, j] > 0` when i learns from j (`topology.build`), held as a dense
+[N, N] matrix or as its weights [N, K] on a neighbour table (`neighbours`, the
 sparse exchange). Every random draw is keyed by the pair of clients a link
 joins, never by a position in either form, so both forms draw the same graphs.
 
@@ -102,21 +102,22 @@ def cycle_configs(config) -> list[ml_collections.ConfigDict]:
   return out
 
 
-def base_graphs(config) -> np.ndarray:
-  """[G, N, N] float32: the graphs a schedule draws from, each validated (host only)."""
+def base_graphs(config) -> list:
+  """The graphs a schedule draws from, each validated: [N, N] float32 scipy.sparse matrices
+  (host only)."""
   kind = config.dynamics.schedule
   if kind not in SCHEDULES:
     raise ValueError(f'unknown schedule {kind!r}: config.dynamics.schedule must be one of '
                      f'{", ".join(SCHEDULES)}.')
   if kind != 'cycle':
-    return topology.build(config)[None]
+    return [topology.build(config)]
   graphs = []
   for i, c in enumerate(cycle_configs(config)):
     try:
       graphs.append(topology.build(c))
     except ValueError as e:
       raise ValueError(f'dynamics.cycle_graphs, graph {i} ({c.topology}): {e}') from None
-  return np.stack(graphs)
+  return graphs
 
 
 def build(config, exchange: str | None = None) -> Schedule:
@@ -124,11 +125,11 @@ def build(config, exchange: str | None = None) -> Schedule:
   `config.exchange`) chooses (`neighbours.choose`); raises ValueError (one line) on a bad
   one."""
   graphs = base_graphs(config)
-  table, weights = neighbours.build(list(graphs))
+  table, weights = neighbours.build(graphs)
   neighbours.validate(table, weights)
-  if not neighbours.choose(exchange or config.get('exchange', 'auto'), graphs.shape[1],
-                           table.width):
-    table, weights = None, graphs
+  n = config.num_clients
+  if not neighbours.choose(exchange or config.get('exchange', 'auto'), n, table.width):
+    table, weights = None, np.stack([g.toarray() for g in graphs])
   return Schedule(kind=config.dynamics.schedule, graphs_GxNxK=jnp.asarray(weights),
                   key=stream_key(config.seed, _STREAM),
                   failure_p=jnp.asarray(config.dynamics.failure_p, jnp.float32),

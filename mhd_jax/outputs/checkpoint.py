@@ -12,14 +12,18 @@ checkpoint always has one and the loop never waits for the hashing. A run on
 a workdir resumes from the newest checkpoint that verifies (`verify`): newer
 ones that do not are named in one line each and moved to
 `skipped_checkpoints/` beside the checkpoints, and the run resumes exactly
-from the older one (docs/durable_runs.md).
+from the older one (docs/durable_runs.md). A save that fails, when it is made
+or on orbax's background thread, raises `SaveError` in one line.
 """
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import shutil
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -106,16 +110,73 @@ def manager(directory: str, config=None, lead: bool = True) -> ocp.CheckpointMan
   return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
 
 
+class SaveError(RuntimeError):
+  """A checkpoint could not be saved; the message is one line (the cause is chained)."""
+
+
+def _failed(what: str, error: Exception, started: set) -> SaveError:
+  """The `SaveError` of a failed save, once the threads it started have had time to end.
+
+  A save that fails part-way leaves orbax threads running (creating the step
+  folder, then signalling it): one still alive when the interpreter exits
+  blocks the exit, its peer waiting up to orbax's 300 s for a signal that never
+  comes. They end in milliseconds when given the time; a thread of orbax that
+  lives on (its metadata store's worker) costs the wait's bound once.
+  """
+  deadline = time.time() + 5.0
+  for thread in set(threading.enumerate()) - started:
+    while time.time() < deadline:
+      try:
+        thread.join(max(0.0, deadline - time.time()))
+        break
+      except RuntimeError:  # started but not running yet: joinable in a moment
+        time.sleep(0.01)
+  message = ' '.join(str(error).split())[:300] or type(error).__name__
+  return SaveError(f'{what} failed: {type(error).__name__}: {message}')
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: state_lib.TrainState, wall_seconds: float,
          force: bool = False, extra: dict | None = None) -> bool:
   """Saves (asynchronously) the state at `step`; False when the interval says no.
 
   `extra` (JSON) joins `meta`: the training loop keeps there the metric sums
   of a log window the checkpoint cuts in two.
+
+  Raises:
+    SaveError: this save, or the one before it (`wait`), failed.
   """
-  return mngr.save(step, force=force, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds, **(extra or {})})))
+  wait(mngr)  # orbax would too, but a failure of the last save is not this step's
+  started = set(threading.enumerate())
+  try:
+    return mngr.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({'step': step, 'wall_seconds': wall_seconds, **(extra or {})})))
+  except Exception as e:  # pylint: disable=broad-except  # any failure ends the run in one line
+    raise _failed(f'saving the checkpoint of step {step} in {mngr.directory}', e, started) from e
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight, if any.
+
+  Raises:
+    SaveError: it failed (its commit on orbax's background thread).
+  """
+  started = set(threading.enumerate())
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _failed(f'saving a checkpoint in {mngr.directory}', e, started) from e
+
+
+def close(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight (`wait`), then closes the manager."""
+  try:
+    wait(mngr)
+  except SaveError:
+    with contextlib.suppress(Exception):  # closing may raise the same failure: said once
+      mngr.close()
+    raise
+  mngr.close()
 
 
 def abstract_state(specs, image_shape, config=None) -> state_lib.TrainState:

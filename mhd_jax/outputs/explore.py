@@ -7,7 +7,7 @@
     acc = run.accuracies()                     # evaluate.Accuracies on the eval split
     acc.private_NxH, acc.shared_NxH, acc.per_class()   # [N, H], [N, H], [N, H, C]
     run.client_accuracy(2)                     # {'private': [H], 'shared': [H]}
-    run.metrics(), run.summary()               # metrics.jsonl records, workdir.Summary
+    run.metrics(), run.summary()               # metrics.jsonl records, summary.Summary
 
 Everything comes from the workdir: the config and dataset facts written
 beside the checkpoints, and the checkpoint itself. Nothing is re-stated.
@@ -25,6 +25,7 @@ from mhd_jax.algorithm import evaluate
 from mhd_jax.data import partition as partition_lib
 from mhd_jax.network import topology
 from mhd_jax.outputs import checkpoint
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.placement import clients
 from mhd_jax.population import groups as groups_lib
@@ -41,7 +42,9 @@ class Run:
     step: the step of the loaded checkpoint.
     state: the population's TrainState (clients stacked per group).
     specs: the population's groups (model, optimizer, size).
-    adjacency: [N, N], A[i, j] > 0 when client i learns from client j.
+    adjacency: [N, N], A[i, j] > 0 when client i learns from client j: a numpy array up to
+      `DENSE_CLIENTS` clients, above them a scipy.sparse csr_array (`.toarray()` is 4 N^2
+      bytes).
     partition: dataset facts and the partition (`partition.json`): num_classes,
       image_shape, primary_classes, client_sizes, label_counts.
   """
@@ -50,7 +53,7 @@ class Run:
   step: int
   state: state_lib.TrainState
   specs: tuple
-  adjacency: np.ndarray
+  adjacency: Any
   partition: dict
   _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -105,12 +108,15 @@ class Run:
     """The records of metrics.jsonl (training every log_every steps, and evaluations)."""
     return wd.read_metrics(self.workdir)
 
-  def summary(self) -> wd.Summary | None:
+  def summary(self) -> summary_lib.Summary | None:
     """summary.json, or None if the run has not finished."""
     try:
-      return wd.read_summary(self.workdir)
+      return summary_lib.read_summary(self.workdir)
     except FileNotFoundError:
       return None
+
+
+DENSE_CLIENTS = 2000  # `Run.adjacency` is dense up to this many clients (16 MB)
 
 
 def load(workdir: str, step: int | None = None) -> Run:
@@ -124,5 +130,8 @@ def load(workdir: str, step: int | None = None) -> Run:
         mngr, checkpoint.abstract_state(specs, tuple(facts['image_shape']), config), step)
   finally:
     mngr.close()
+  adjacency = topology.build(config)
+  if config.num_clients <= DENSE_CLIENTS:
+    adjacency = adjacency.toarray()
   return Run(workdir=workdir, config=config, step=int(meta['step']), state=state, specs=specs,
-             adjacency=topology.build(config), partition=facts)
+             adjacency=adjacency, partition=facts)

@@ -10,7 +10,11 @@
     report.md                per-client table of final accuracies, the means, the
                              communication cost and the plots
 
-Figures are built with `matplotlib.figure.Figure` (no pyplot state), so the
+Above `PLOT_CLIENTS` clients the plots show the spread over clients (the 10th to 90th
+percentile band, histograms) instead of a line or a bar per client, and the table lists
+the first `evaluate.TABLE_CLIENTS`; `graph.png` is drawn for at most `GRAPH_CLIENTS`
+clients and `GRAPH_LINKS` links (an arrow costs about 10 ms), and report.md says when it
+is not. Figures are built with `matplotlib.figure.Figure` (no pyplot state), so the
 functions are safe to call from a notebook, which can also draw them inline.
 """
 
@@ -18,9 +22,16 @@ import os
 
 from matplotlib import figure
 import numpy as np
+from scipy import sparse
 
 from mhd_jax.algorithm import evaluate
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
+
+
+PLOT_CLIENTS = 100   # above: the spread over clients, not a line or a bar per client
+GRAPH_CLIENTS = 200  # graph.png: at most this many clients ...
+GRAPH_LINKS = 500    # ... and links (pairs linked one way or both)
 
 
 def eval_history(records: list[dict]):
@@ -39,7 +50,11 @@ def plot_accuracy_over_steps(steps_T, private_TxNxH, shared_TxNxH) -> figure.Fig
   for row, (name, acc) in enumerate([('private', private_TxNxH), ('shared', shared_TxNxH)]):
     for k in range(num_heads):
       ax = axes[row, k]
-      ax.plot(steps_T, acc[:, :, k], '.-', lw=0.8, alpha=0.6)
+      if acc.shape[1] <= PLOT_CLIENTS:
+        ax.plot(steps_T, acc[:, :, k], '.-', lw=0.8, alpha=0.6)
+      else:
+        ax.fill_between(steps_T, *np.percentile(acc[:, :, k], [10, 90], axis=1), alpha=0.3,
+                        label='10th-90th percentile of clients')
       ax.plot(steps_T, acc[:, :, k].mean(1), 'ko-', lw=2.2, label='mean')
       ax.set_title(f'{name} accuracy, head {k}')
       ax.set_ylim(0, 1)
@@ -51,8 +66,11 @@ def plot_accuracy_over_steps(steps_T, private_TxNxH, shared_TxNxH) -> figure.Fig
 
 
 def plot_private_vs_shared(acc: evaluate.Accuracies) -> figure.Figure:
-  """Bars of final private and shared accuracy per client (and the mean), one panel per head."""
+  """Bars of final private and shared accuracy per client (and the mean), one panel per head;
+  above `PLOT_CLIENTS` clients, histograms of them over the clients."""
   n, num_heads = acc.private_NxH.shape
+  if n > PLOT_CLIENTS:
+    return _histograms(acc)
   fig = figure.Figure(figsize=(max(5.0, 0.45 * (n + 1) * num_heads + 1.5), 3.8),
                       layout='constrained')
   axes = fig.subplots(1, num_heads, sharey=True, squeeze=False)[0]
@@ -70,12 +88,36 @@ def plot_private_vs_shared(acc: evaluate.Accuracies) -> figure.Figure:
   return fig
 
 
+def _histograms(acc: evaluate.Accuracies) -> figure.Figure:
+  """Histograms over the clients of their final private and shared accuracy, one panel per
+  head."""
+  num_heads = acc.private_NxH.shape[1]
+  fig = figure.Figure(figsize=(4 * num_heads, 3.8), layout='constrained')
+  axes = fig.subplots(1, num_heads, sharey=True, squeeze=False)[0]
+  for k, ax in enumerate(axes):
+    for name, acc_NxH in [('private', acc.private_NxH), ('shared', acc.shared_NxH)]:
+      ax.hist(acc_NxH[:, k], bins=np.linspace(0, 1, 41), alpha=0.6,
+              label=f'{name} (mean {acc_NxH[:, k].mean():.3f})')
+    ax.set(xlabel='final accuracy', title=f'head {k}')
+    ax.legend(loc='upper left', fontsize=8)
+  axes[0].set_ylabel('clients')
+  return fig
+
+
+def drawable(adjacency_NxN) -> bool:
+  """Whether `draw_graph` draws this graph (at most `GRAPH_CLIENTS` clients and `GRAPH_LINKS`
+  links)."""
+  a = sparse.csr_array(adjacency_NxN)
+  return a.shape[0] <= GRAPH_CLIENTS and sparse.triu((a + a.T) != 0).nnz <= GRAPH_LINKS
+
+
 def draw_graph(ax, adjacency_NxN, values_N, label: str = 'shared accuracy, head 0') -> None:
-  """Draws the graph on `ax`: clients on a circle coloured by `values_N` in [0, 1].
+  """Draws the graph (dense or scipy.sparse; small: `drawable`) on `ax`: clients on a circle
+  coloured by `values_N` in [0, 1].
 
   An arrow j -> i means A[i, j] > 0 (i learns from j); a double arrow, both ways.
   """
-  a = np.asarray(adjacency_NxN) > 0
+  a = sparse.csr_array(adjacency_NxN).toarray() > 0
   n = a.shape[0]
   angle = np.pi / 2 - 2 * np.pi * np.arange(n) / n
   pos = np.stack([np.cos(angle), np.sin(angle)], 1)
@@ -103,7 +145,8 @@ def plot_graph(adjacency_NxN, values_N) -> figure.Figure:
 
 
 def markdown_table(acc: evaluate.Accuracies) -> str:
-  """Final private / shared accuracy (%) of every client and head, and the mean."""
+  """Final private / shared accuracy (%) of every client and head (the first
+  `evaluate.TABLE_CLIENTS`, then a line for the others), and the mean."""
   num_heads = acc.private_NxH.shape[1]
   head = '| client | ' + ' | '.join(f'private {k} | shared {k}' for k in range(num_heads)) + ' |'
   rows = [head, '|---' * (1 + 2 * num_heads) + '|']
@@ -111,10 +154,13 @@ def markdown_table(acc: evaluate.Accuracies) -> str:
     return f'| {name} | ' + ' | '.join(f'{100 * p:.1f} | {100 * s:.1f}'
                                        for p, s in zip(p_H, s_H)) + ' |'
   rows += [row(f'**{name}**' if name == 'mean' else name, p, s) for name, p, s in acc.rows()]
+  if acc.hidden():
+    rows += ['', acc.hidden() + '.']
   return '\n'.join(rows)
 
 
-def write(workdir: str, acc: evaluate.Accuracies, adjacency_NxN, summary: wd.Summary) -> list[str]:
+def write(workdir: str, acc: evaluate.Accuracies, adjacency_NxN,
+          summary: summary_lib.Summary) -> list[str]:
   """Writes the plots and report.md into WORKDIR/report (from its metrics.jsonl, the final
   accuracies and the summary); returns the paths written."""
   report_dir = wd.path(workdir, wd.REPORT)
@@ -122,8 +168,10 @@ def write(workdir: str, acc: evaluate.Accuracies, adjacency_NxN, summary: wd.Sum
   figures = {
       'accuracy_over_steps.png': plot_accuracy_over_steps(*eval_history(wd.read_metrics(workdir))),
       'private_vs_shared.png': plot_private_vs_shared(acc),
-      'graph.png': plot_graph(adjacency_NxN, acc.shared_NxH[:, 0]),
   }
+  graph = drawable(adjacency_NxN)
+  if graph:
+    figures['graph.png'] = plot_graph(adjacency_NxN, acc.shared_NxH[:, 0])
   paths = []
   for name, fig in figures.items():
     paths.append(os.path.join(report_dir, name))
@@ -140,7 +188,9 @@ def write(workdir: str, acc: evaluate.Accuracies, adjacency_NxN, summary: wd.Sum
       f'Bytes sent per step, all clients: {summary.bytes_sent_per_step:,} '
       f'(FedAvg, per round: {summary.fedavg_bytes_per_round:,}).',
       '',
-  ] + [f'![{name[:-4]}]({name})' for name in figures]
+  ] + [f'![{name[:-4]}]({name})' for name in figures] + ([] if graph else [
+      '', f'The communication graph is not drawn: it has more than {GRAPH_CLIENTS} clients or '
+      f'{GRAPH_LINKS} links.'])
   paths.append(os.path.join(report_dir, 'report.md'))
   with open(paths[-1], 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -126,7 +126,7 @@ class Cohorts:
     for g, spec in enumerate(self.padded_specs(specs)):
       init = jax.jit(lambda keys, spec=spec: state_lib.init_clients(spec, keys, image_shape),
                      out_shardings=self.clients)
-      parts = [jax.device_get(init(state_lib.client_keys(rng, c.ids_K)))
+      parts = [jax.device_get(init(state_lib.keys_of(rng, c.ids_K)))
                for c in self.of_group(g)]
       groups.append(self.join(parts, g))
     return state_lib.TrainState(step=np.zeros((), np.int32), groups=tuple(groups))

@@ -71,12 +71,16 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
 
 def memory_bytes(mesh: Mesh) -> int:
-  """Memory the mesh's devices hold together: each accelerator's allocator limit, or on CPU
-  the host's physical memory (its devices share it)."""
-  stats = [d.memory_stats() or {} for d in mesh.devices.flat]
-  if all('bytes_limit' in s for s in stats):
-    return int(sum(s['bytes_limit'] for s in stats))
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  """Memory the mesh's devices hold together: the allocator limit of this process's devices
+  times the mesh size, or on CPU the host's physical memory once per process (a process's
+  devices share it). Only this process's devices report their memory; on several hosts the
+  others are taken to be alike, so every host makes the same choice on a uniform pod."""
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  stats = [d.memory_stats() or {} for d in local]
+  if stats and all('bytes_limit' in s for s in stats):
+    return int(min(s['bytes_limit'] for s in stats) * mesh.devices.size)
+  processes = len({d.process_index for d in mesh.devices.flat})
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') * processes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,8 @@
-"""The population's groups (architectures) from a config, and the checks of `config.groups`."""
+"""The population's groups (architectures) from a config, and their checks: `config.groups`, and
+each model against the images (`shape_problems`)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mhd_jax import models
@@ -81,3 +84,37 @@ def problems(config, model_fields: dict) -> list[str]:
   except ValueError as e:
     return [str(e)]
   return []
+
+
+def shape_problems(config, num_classes: int, image_shape) -> list[str]:
+  """One line per group whose model leaves nothing of an input of `image_shape`.
+
+  A backbone that pools the image away (a CNN deeper than the image allows)
+  has a zero-size parameter or embedding: it would train a dense layer on no
+  inputs and fail when saved. Checked on the shapes alone (`jax.eval_shape` of
+  init and apply on one example): nothing is computed or compiled.
+  """
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  shape = 'x'.join(str(d) for d in image_shape)
+  found = []
+  for (name, _, model), spec in zip(group_configs(config), make_specs(config, num_classes)):
+    field = f'groups.{name}.model' if config.get('groups') else 'model'
+    deep = model.name in ('mlp', 'cnn')  # the backbones with a model.depth
+    what = f'config.{field} ({model.name}' + (f', depth {model.depth})' if deep else ')')
+    init = lambda x, m=spec.model: m.init_with_output(jax.random.PRNGKey(0), x, train=False)
+    try:
+      (_, inter), variables = jax.eval_shape(init, x)
+    except Exception as e:  # pylint: disable=broad-except  # e.g. a kernel larger than the image
+      found.append(f'{what} cannot run on {shape} images: {type(e).__name__}: '
+                   f'{" ".join(str(e).split())[:200]}')
+      continue
+    empty = [(jax.tree_util.keystr(path, simple=True, separator='/'), leaf.shape)
+             for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]
+             if leaf.size == 0]
+    if inter['embedding'].size == 0:
+      empty.append(('the embedding', inter['embedding'].shape))
+    if empty:
+      found.append(f'{what} leaves nothing of the {shape} images: {empty[0][0]} has shape '
+                   f'{empty[0][1]}; use ' + ('a smaller model.depth or ' if deep else '')
+                   + 'larger images.')
+  return found

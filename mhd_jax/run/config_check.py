@@ -1,14 +1,12 @@
 """Checks a config before anything heavy runs; one message per problem.
 
 `validate(config)` runs the checks that need no data (names, ranges, the
-graph, device layout); `validate_partition` runs once the partition exists,
-before any model is built. Both raise `ConfigError`, whose message has one
-line per problem; `launch.py` prints those lines and exits with status 2.
+graph, device layout); `data_check.validate_data` runs once the dataset and its
+partition exist, before any model is compiled. Both raise `ConfigError`, whose message
+has one line per problem; `launch.py` prints those lines and exits with
+status 2.
 """
 
-import logging as std_logging
-
-from absl import logging
 import jax
 import numpy as np
 
@@ -25,43 +23,13 @@ from mhd_jax.network import topology
 from mhd_jax.placement import clients
 from mhd_jax.population import groups as groups_lib
 from mhd_jax.population import optim
+from mhd_jax.run import data_check
 from mhd_jax.run import fields
 from mhd_jax.wire import compression
 from mhd_jax.wire import privacy
 
 
 ConfigError = config_base.ConfigError  # raised here and by the workdir checks
-
-
-def _dataset_problem(name: str, data_dir: str = '') -> str | None:
-  """A name in `data.EMBEDDED` (the names `data.get_data` serves itself), or one TFDS knows
-  (looked up only then; whether it is prepared is checked when it is opened,
-  `data.tfds_data.open_source`, before any compile)."""
-  absl_logger = logging.get_absl_logger()
-  level = absl_logger.level
-  absl_logger.setLevel(std_logging.ERROR)  # not absl's logging.ERROR, which is -2
-  try:
-    return _tfds_problem(name, data_dir)
-  finally:
-    absl_logger.setLevel(level)
-
-
-def _tfds_problem(name: str, data_dir: str) -> str | None:
-  if name in data_lib.EMBEDDED:
-    return None
-  embedded = ' or '.join(repr(n) for n in data_lib.EMBEDDED)
-  base = name.split(':')[0].split('/')[0]
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return (f'unknown dataset {name!r}: it is not {embedded}, and tensorflow-datasets is not '
-            'installed to look it up (pip install -r requirements.txt).')
-  try:
-    tfds.builder_cls(base)
-  except Exception:  # pylint: disable=broad-except  # tfds raises DatasetNotFoundError
-    return (f'unknown dataset {name!r}: config.data.name must be {embedded} or a TFDS '
-            'dataset name (e.g. cifar10, cifar100, imagenet2012).')
-  return None
 
 
 # The model fields a group may override: {name: ((is_type, type name), range check, meaning)}.
@@ -110,6 +78,9 @@ def warnings(config) -> list[str]:
     if flat.get(field, unused) != unused and flat.get(mode) != needed:
       out.append(f'config.{field}={flat[field]!r} has no effect unless config.{mode}='
                  f'{needed!r} (it is {flat.get(mode)!r}).')
+  if flat.get('target_power', 1.0) != 1 and flat.get('target') not in losses.SCORES:
+    out.append(f'config.target_power={flat["target_power"]!r} has no effect unless config.target '
+               f'is a score rule ({", ".join(losses.SCORES)}; it is {flat.get("target")!r}).')
   is_int = fields.is_int
   if is_int(flat.get('optimizer.warmup_steps')) and is_int(flat.get('num_steps')) and (
       flat['optimizer.warmup_steps'] >= flat['num_steps']):
@@ -127,6 +98,10 @@ def _range_problems(config) -> list[str]:
       problems.append(f'data.test_fraction={config.data.test_fraction} leaves {num_test} of '
                       f'{digits_lib.NUM_EXAMPLES} digits for evaluation; both splits need '
                       'examples.')
+  if config.data.name == 'mnist1d':
+    problems += data_check.mnist1d_problems(config, _model_names(config))
+  if config.public_fraction == 0:
+    problems += data_check.no_public_problems(config)
   profile = config.get('profile') or {}
   first, count = profile.get('start_step', 0), profile.get('num_steps', 0)
   is_int = fields.is_int
@@ -146,18 +121,22 @@ def _range_problems(config) -> list[str]:
   return problems
 
 
+def _model_names(config) -> list[tuple[str, str]]:
+  """(field, model name) of config.model and of each group (once the groups check out)."""
+  groups = [(f'groups.{name}.model.name', model.name)
+            for name, _, model in groups_lib.group_configs(config)
+            ] if config.groups and not groups_lib.problems(config, _MODEL_FIELDS) else []
+  return [('model.name', config.model.name)] + groups
+
+
 def _name_problems(config) -> list[str]:
   """Choices that must be one of a known list."""
   problems = []
-  dataset = _dataset_problem(config.data.name, config.data.data_dir)
+  dataset = data_check.dataset_problem(config.data.name, config.data.data_dir)
   if dataset:
     problems.append(dataset)
-  group_models = [(f'groups.{name}.model.name', model.name)
-                  for name, _, model in groups_lib.group_configs(config)
-                  ] if config.groups and not groups_lib.problems(config, _MODEL_FIELDS) else []
   for field, value, known in [
-      ('model.name', config.model.name, tuple(models.BACKBONES)),
-      *[(f, v, tuple(models.BACKBONES)) for f, v in group_models],
+      *[(f, v, tuple(models.BACKBONES)) for f, v in _model_names(config)],
       ('partition', config.partition, partition_lib.PARTITIONS),
       ('target', config.target, losses.TARGET_RULES),
       ('strategy', config.strategy, clients.STRATEGIES),
@@ -238,23 +217,3 @@ def validate(config, num_devices: int | None = None) -> None:
   found = problems(config, num_devices)
   if found:
     raise ConfigError(found)
-
-
-def validate_partition(part: partition_lib.Partition, config) -> None:
-  """Every client needs private examples, and the public set a whole public batch."""
-  num_public = len(part.public_indices)
-  if num_public < config.data.public_batch_size:
-    raise ConfigError([
-        f'public_fraction={config.public_fraction} leaves {num_public} public examples, fewer '
-        f'than data.public_batch_size={config.data.public_batch_size}; raise public_fraction or '
-        'lower public_batch_size.'])
-  topk = compression.topk_problems(config, part.num_classes)
-  if topk:
-    raise ConfigError(topk)
-  sizes = np.array([len(idx) for idx in part.client_indices])
-  empty = np.flatnonzero(sizes == 0).tolist()
-  if empty:
-    raise ConfigError([
-        f'the {config.partition} partition leaves clients {empty} without private examples '
-        f'({sizes.sum()} private examples for num_clients={config.num_clients}); use fewer '
-        'clients, a lower public_fraction or a larger dirichlet_alpha.'])

@@ -80,8 +80,11 @@ def client_table(acc: evaluate.Accuracies, steps_N=None) -> str:
     rows.append(f'{name:>6} ' + ' '.join(f'{100 * p[k]:6.1f} {100 * s[k]:8.1f}'
                                          for k in range(h)))
   if steps_N is not None:
-    steps = ['  steps'] + [f' {t:6d}' for t in steps_N] + [f' {np.mean(steps_N):6.1f}']
+    shown = len(rows) - 2
+    steps = ['  steps'] + [f' {t:6d}' for t in steps_N[:shown]] + [f' {np.mean(steps_N):6.1f}']
     rows = [r + t for r, t in zip(rows, steps)]
+  if acc.hidden():
+    rows.insert(-1, acc.hidden())
   return '\n'.join(rows)
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhd_jax.outputs import checkpoint
 from mhd_jax.placement import layout as layout_lib
 from mhd_jax.population import state as state_lib
 
@@ -63,7 +64,7 @@ def check_finite(first_bad_N, mngr, state_finite_N, step: int) -> None:
   bad = np.where((bad == 0) & ~np.asarray(jax.device_get(state_finite_N)), step, bad)
   if bad.any():
     step = int(bad[bad > 0].min())
-    mngr.wait_until_finished()  # the latest save may still be in flight
+    checkpoint.wait(mngr)  # the latest save may still be in flight
     latest = mngr.latest_step()
     kept = (f'the last finite checkpoint (step {latest}) is kept in {mngr.directory}'
             if latest is not None else 'no checkpoint was saved')

@@ -1,6 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Durability (see `checkpoint.py`, `safety.py`, `writers.py` and docs/durable_runs.md):
+It checks the config and the workdir, locks the workdir, lets `startup` restore or
+initialise the state and compile the step, runs the loop (`_train`) and writes
+the final results (`_run`). Durability (see `checkpoint.py`, `safety.py`,
+`writers.py` and docs/durable_runs.md):
 - the population is checkpointed every `checkpoint.every` steps and at the
   end; a run on a workdir that holds checkpoints resumes from the latest one
   and ends exactly as an uninterrupted run would, since the batch of step s
@@ -12,104 +15,32 @@ Durability (see `checkpoint.py`, `safety.py`, `writers.py` and docs/durable_runs
   clients, and no checkpoint of a bad state is ever written.
 """
 
-import dataclasses
-import itertools
 import os
 import time
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 
 from mhd_jax import data as data_lib
-from mhd_jax.algorithm import baselines
 from mhd_jax.algorithm import evaluate
-from mhd_jax.network import graph_schedule
-from mhd_jax.network import neighbours
 from mhd_jax.network import participation
 from mhd_jax.network import topology
 from mhd_jax.outputs import checkpoint
 from mhd_jax.outputs import report
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.outputs import writers
-from mhd_jax.placement import autotune
-from mhd_jax.placement import clients
-from mhd_jax.placement import cohorts as cohorts_lib
 from mhd_jax.placement import layout as layout_lib
 from mhd_jax.population import groups as groups_lib
 from mhd_jax.run import config_check
-from mhd_jax.run import programs
+from mhd_jax.run import data_check
 from mhd_jax.run import progress
 from mhd_jax.run import residency
 from mhd_jax.run import safety
-from mhd_jax.run import streaming
+from mhd_jax.run import startup
 from mhd_jax.run import timing
-from mhd_jax.wire import communication
 from mhd_jax.wire import privacy
-
-def _sync(name: str) -> None:
-  """Waits for every process (nothing to wait for on one)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
-def _programs(layout):
-  """The programs of a population resident on the layout, or streamed in cohorts."""
-  return streaming if isinstance(layout, cohorts_lib.Cohorts) else programs
-
-
-def _initial_state(mngr, specs, data, config, layout, lead=True):
-  """(state, step, wall seconds so far, log window) from the newest checkpoint that verifies,
-  or a fresh population (with teachers that lag, its lag buffers filled: `_fresh_lag`).
-  The window (`progress.Window.record`) is None at a log step.
-
-  Checkpoints hold the real clients only (no padding), so any device count
-  can restore them; the state comes back padded and placed on the mesh.
-  Newer checkpoints that fail verification are skipped with one line each
-  (`checkpoint.restore_newest_verified`).
-  """
-  latest, image_shape = mngr.latest_step(), data.image_shape
-  if latest is None:
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    return _fresh_lag(layout.init_state(specs, image_shape, rng), specs, data, config,
-                      layout), 0, 0.0, None
-  if latest > config.num_steps:
-    raise config_check.ConfigError([
-        f'{mngr.directory} holds a checkpoint of step {latest}, beyond num_steps='
-        f'{config.num_steps}; raise num_steps or choose another --workdir.'])
-  state, meta, step = checkpoint.restore_newest_verified(
-      mngr, layout.restore_target(checkpoint.abstract_state(specs, image_shape, config)), lead)
-  _sync('checkpoints verified')
-  logging.info('resuming from the checkpoint of step %d in %s.', step, mngr.directory)
-  return layout.pad_state(state), step, float(meta['wall_seconds']), meta.get('log_window')
-
-
-def _fresh_lag(state, specs, data, config, layout):
-  """A fresh state with its lag buffers (teachers that lag tau >= 1 steps): the initial models'
-  outputs on the public batches of steps 1..tau (docs/dynamics.md); unchanged when tau = 0."""
-  tau = config.dynamics.staleness
-  if not tau:
-    return state
-  publics = [b['public']['image'] for b in itertools.islice(data.train_batches(0), tau)]
-  return _programs(layout).initial_lag(layout, specs, config, 'vmap')(
-      state, layout.replicate(np.stack(publics)))
-
-
-def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
-  """(strategy, compiled train step); 'auto' on a model with convolutions measures
-  (`autotune`). Compiled here, before the first step, so no step's time holds it."""
-  make = lambda s: _programs(layout).train_step(layout, specs, config, s)
-  per_device = [s.num_clients // layout.mesh.devices.size for s in layout.padded_specs(specs)]
-  t = time.time()
-  strategy, step = autotune.compile_fastest(
-      make, autotune.candidates(config, specs, image_shape, steps_left), args,
-      autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device,
-                         layout.mesh.devices.size),
-      config.get('strategy_measure_steps', 0))
-  logging.info('train step compiled in %.1f s.', time.time() - t)
-  return strategy, step
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
@@ -119,7 +50,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   `metrics.jsonl` (one JSON record per log/eval step), `tensorboard/`,
   `checkpoints/` and their metadata, and at the end `summary.json`,
   `per_class.npz` and `report/` (`workdir.py` says what each holds). Returns
-  the summary (`workdir.Summary.to_json()`).
+  the summary (`summary.Summary.to_json()`).
   On several processes (`distributed.initialize`), each saves its part of the
   checkpoints and process 0 alone writes the other files.
 
@@ -133,6 +64,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     config_check.ConfigError: a bad config, or a workdir of another run.
     safety.NonFiniteLossError: a loss term became NaN or Inf.
     safety.Preempted: SIGTERM arrived; the current step was checkpointed.
+    checkpoint.SaveError: a checkpoint could not be saved (one line; the cause chained).
   """
   start = time.time()
   layout_lib.initialize_distributed(config)  # before anything touches the devices
@@ -144,7 +76,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   layout = layout_lib.Layout.create(groups_lib.group_sizes(config),
                                     layout_lib.make_mesh(config.num_devices))
   data = data_lib.get_data(config, layout.local_client_ids())  # this process's clients
-  config_check.validate_partition(data.partition, config)
+  data_check.validate_data(config, data)  # before anything is written or compiled
   layout = residency.place(config, layout, data)  # or cohorts streamed through it
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
   lock = wd.WorkdirLock(workdir)
@@ -161,84 +93,6 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     lock.release()
 
 
-@dataclasses.dataclass
-class _Run:
-  """What the loop needs, built once by `_prepare` (the state changes as it trains)."""
-  specs: tuple
-  mngr: object
-  state: object
-  start_step: int
-  wall_before: float
-  window: progress.Window
-  train_step: object
-  predict: object
-  average: object
-  finite_state: object
-  dynamics: tuple
-  sent: np.ndarray
-  fedavg: np.ndarray
-  epsilons: list | None = None  # DP runs: each client's ε at the end (`_epsilons`)
-
-
-def _prepare(config, workdir, adjacency, layout, data, lead):
-  """(`_Run`, batches): the state restored or initialised, the programs compiled."""
-  specs = groups_lib.make_specs(config, data.num_classes)
-  mngr = wd.checkpoint_manager(workdir, config, lead)
-  state, start_step, wall_before, window = _initial_state(mngr, specs, data, config, layout,
-                                                          lead)
-  if lead:
-    wd.write_metadata(workdir, config, data)
-  dynamics = (graph_schedule.build(config), participation.build(config))
-  exchange = _exchange(config, dynamics[0], layout, data.num_classes)
-  batches = map(layout.place_batch, data.train_batches(start_step))
-  train_step = None
-  if start_step < config.num_steps:
-    first = next(batches)
-    batches = itertools.chain([first], batches)
-    strategy, train_step = _compile_train_step(
-        config, specs, layout, data.image_shape,
-        (state, first, _step_rng(config), jnp.zeros(config.num_clients, jnp.int32), dynamics),
-        config.num_steps - start_step)
-  else:  # resumed from the final checkpoint: nothing to compile but the evaluation
-    strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
-  average_real = baselines.make_average(specs, adjacency)  # over the real clients only
-  streamed = isinstance(layout, cohorts_lib.Cohorts)
-  sent, fedavg = communication.costs(specs, state, adjacency, data.image_shape, config)
-  logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
-               '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
-               config.num_heads, config.topology, config.num_steps, sent.sum(), sent.mean(),
-               fedavg.mean())
-  logging.info('strategy %s on %d %s device(s), %d process(es); %d padded client(s); '
-               'exchange %s.', strategy, layout.mesh.devices.size, jax.default_backend(),
-               jax.process_count(), layout.num_padding, exchange)
-  return _Run(
-      specs, mngr, state, start_step, wall_before, progress.Window.restore(window), train_step,
-      _programs(layout).predict(layout, specs, strategy),
-      streaming.average(average_real) if streamed else jax.jit(
-          lambda state, dynamics, step: _average(state, dynamics, step, average_real, layout)),
-      streaming.state_check(layout) if streamed else safety.make_state_check(layout),
-      dynamics, sent, fedavg), batches
-
-
-def _exchange(config, schedule, layout, num_classes) -> str:
-  """What the step's exchange runs on, for the log; a forced one that cannot hold the
-  population is refused here, before anything compiles."""
-  sparse, s = schedule.table is not None, sum(layout.padded)
-  width = schedule.table.width if sparse else s
-  problem = neighbours.fits(sparse, s, width, config.num_heads, config.data.public_batch_size,
-                            num_classes, layout_lib.memory_bytes(layout.mesh))
-  if problem and config.get('exchange', 'auto') != 'auto':
-    raise config_check.ConfigError([problem])
-  return f'sparse (a neighbour table of {width} columns)' if sparse else 'dense'
-
-
-def _average(state, dynamics, step, average_real, layout):
-  """FedAvg / gossip averaging over the real clients, on the graph and participants of `step`."""
-  net = programs.network_at(dynamics, step)
-  return layout.pad_state(average_real(layout.unpad_state(state), net.weights_SxK,
-                                       net.active_S, net.senders_SxK))
-
-
 def _epsilons(config, data):
   """Each client's ε after num_steps steps (PLD; seconds per distinct client size), or None
   without DP."""
@@ -248,14 +102,10 @@ def _epsilons(config, data):
   return privacy.client_epsilons(config, sizes, config.num_steps)
 
 
-def _step_rng(config):
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-
-
-def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall):
+def _train(config, workdir, run: startup.Run, batches, layout, data, lead, early, wall):
   """The training loop from `run.start_step`; returns the last evaluation (None if no step)."""
   writer = writers.create(workdir, lead, config, run.start_step)
-  step_rng, first_bad = _step_rng(config), jnp.zeros(config.num_clients, jnp.int32)
+  step_rng, first_bad = startup.step_rng(config), jnp.zeros(config.num_clients, jnp.int32)
   every, acc, state, window = config.checkpoint.every, None, run.state, run.window
   primary, mngr = data.partition.primary_mask(), run.mngr
   timer = timing.StepTimer()  # steps/s over training steps only
@@ -276,6 +126,7 @@ def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall)
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
           timer.pause(state)
+          run.trained_at = time.time()
           safety.check_finite(first_bad, mngr, run.finite_state(state), step)
           taken_N = participation.steps_taken(run.dynamics[1], step - window.count + 1, step)
           progress.log_train(step, window, taken_N, timer.take(), run.sent, config, writer)
@@ -292,16 +143,17 @@ def _train(config, workdir, run: _Run, batches, layout, data, lead, early, wall)
           checkpoint.save(mngr, step, layout.unpad_state(state), wall(), force=True,
                           extra=record and {'log_window': record})
         if stop and not last:
-          mngr.wait_until_finished()
+          checkpoint.wait(mngr)
           raise safety.Preempted(step)
     run.epsilons = _epsilons(config, data) if run.start_step < config.num_steps else None
     if run.epsilons is not None:
       progress.log_privacy(config.num_steps, run.epsilons, privacy.summary_block(config), writer)
   finally:
     profiler.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
+    try:
+      checkpoint.close(mngr)  # a failed save raises `checkpoint.SaveError` here at the latest
+    finally:
+      writer.close()
   run.state = state
   return acc
 
@@ -315,8 +167,10 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   """
   if overwrite and lead:
     wd.clear_workdir(workdir)
-  _sync('workdir ready')
-  run, batches = _prepare(config, workdir, adjacency, layout, data, lead)
+  startup.sync('workdir ready')
+  run, batches = startup.prepare(config, workdir, adjacency, layout, data, lead)
+  run.trained_at = time.time()  # the loop moves it to its last step
+  logging.info('start-up: %.1f s until the first step.', run.trained_at - start)
   wall = lambda: run.wall_before + time.time() - start
   acc = _train(config, workdir, run, batches, layout, data, lead, early, wall)
   safety.stop_if_terminated(early, config.num_steps)
@@ -327,13 +181,16 @@ def _run(config, workdir, overwrite, start, adjacency, layout, data, lead, early
   logging.info('final accuracies (%%):\n%s', progress.client_table(acc, steps_N))
   if run.epsilons is None:  # resumed from the final checkpoint (or no DP)
     run.epsilons = _epsilons(config, data)
-  summary = wd.Summary.create(
+  summary = summary_lib.Summary.create(
       config, acc, run.sent, run.fedavg, wall(), steps_N, run.epsilons,
       privacy.summary_block(config) if run.epsilons is not None else None)
   if lead:
-    wd.write_summary(workdir, summary)
-    wd.write_per_class(workdir, wd.PerClass(acc.correct_NxHxC, acc.count_C, primary))
+    summary_lib.write_summary(workdir, summary)
+    summary_lib.write_per_class(workdir,
+                                summary_lib.PerClass(acc.correct_NxHxC, acc.count_C, primary))
     report.write(workdir, acc, adjacency, summary)
   safety.stop_if_terminated(early, config.num_steps)
-  _sync('outputs written')  # no process returns before the workdir is complete
+  startup.sync('outputs written')  # no process returns before the workdir is complete
+  logging.info('end of run: %.1f s after the last step (final evaluation, checkpoint, summary, '
+               'report).', time.time() - run.trained_at)
   return summary.to_json()

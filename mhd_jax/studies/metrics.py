@@ -6,28 +6,27 @@ direction knowledge flows: A[i, j] > 0 means client i learns from client j.
 
 import jax.numpy as jnp
 import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from mhd_jax.algorithm import losses
 from mhd_jax.outputs import report
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 
 
 def hop_distances(adjacency_NxN) -> np.ndarray:
   """[N, N] int: D[i, j] = fewest edges on a path j -> ... -> i (min k with (A^k)[i, j] > 0).
 
-  D[i, i] = 0; -1 where j never reaches i. Breadth-first by boolean matrix
-  products, so it serves a chain, a ring or any (directed) graph.
+  D[i, i] = 0; -1 where j never reaches i. Breadth-first from every client over the links
+  (`scipy.sparse.csgraph`, O(N E)), so it serves a chain, a ring or any (directed) graph,
+  dense or scipy.sparse.
   """
-  step = np.asarray(adjacency_NxN) > 0
-  n = step.shape[0]
-  dist = np.where(np.eye(n, dtype=bool), 0, -1)
-  frontier = np.eye(n, dtype=bool)
-  for d in range(1, n):
-    frontier = (step.astype(int) @ frontier.astype(int) > 0) & (dist < 0)
-    if not frontier.any():
-      break
-    dist[frontier] = d
-  return dist
+  a = sparse.csr_array(adjacency_NxN)
+  a = sparse.csr_array(a > 0, dtype=np.float32)
+  # Row i of A lists whom i learns from: a path i -> ... -> j along A carries j's knowledge to i.
+  dist = csgraph.shortest_path(a, method='D', directed=True, unweighted=True)
+  return np.where(np.isinf(dist), -1, dist).astype(np.int64)
 
 
 def pair_accuracies(correct_NxHxC, count_C, primary_NxC) -> np.ndarray:
@@ -37,7 +36,7 @@ def pair_accuracies(correct_NxHxC, count_C, primary_NxC) -> np.ndarray:
   return hits_HxNxN / np.maximum(count_N, 1)[None, None, :]
 
 
-def hop_curves(per_class: wd.PerClass, adjacency_NxN) -> dict:
+def hop_curves(per_class: summary_lib.PerClass, adjacency_NxN) -> dict:
   """Every head's accuracy (%) against hop distance d = 1..max in the run's graph.
 
   acc_HxD[k, d-1] = mean over the ordered pairs (i, j) with D[i, j] = d of the
@@ -54,12 +53,13 @@ def hop_curves(per_class: wd.PerClass, adjacency_NxN) -> dict:
 
 
 def load_hop_curves(run_dir: str, adjacency_NxN) -> dict:
-  return hop_curves(wd.read_per_class(run_dir), adjacency_NxN)
+  return hop_curves(summary_lib.read_per_class(run_dir), adjacency_NxN)
 
 
 def reachability(adjacency_NxN, num_heads: int, nu_main: float, include_self: bool,
                  nu_aux: float = 1.0) -> np.ndarray:
-  """[H, N, N] bool: R[k, i, j] = client j's head 0 (its labels) can influence client i's head k.
+  """[H, N, N] bool: R[k, i, j] = client j's head 0 (its labels) can influence client i's head k
+  (a dense or scipy.sparse adjacency).
 
   Only the distillation targets carry knowledge here (the shared backbone,
   `aux_backbone_grad`, is left out). Head 0 of client i learns from its labels
@@ -68,8 +68,9 @@ def reachability(adjacency_NxN, num_heads: int, nu_main: float, include_self: bo
   candidates W[k] (`losses.candidate_weights`, the client itself under
   `include_self`): R[k] = (W[k] > 0) R[k-1].
   """
+  a = sparse.csr_array(adjacency_NxN).toarray()  # dense: R is [H, N, N] anyway
   w = np.moveaxis(np.asarray(losses.candidate_weights(
-      jnp.asarray(adjacency_NxN, jnp.float32), num_heads, include_self)) > 0, 1, 0)
+      jnp.asarray(a, jnp.float32), num_heads, include_self)) > 0, 1, 0)
   r0 = hop_distances(w[0]) >= 0 if nu_main > 0 else np.eye(w.shape[1], dtype=bool)
   out = [r0]
   for k in range(1, num_heads):
@@ -104,6 +105,11 @@ def efficiency(steps_T, acc_T, bound_final: float | None = None) -> dict:
     if bound_final is not None:
       out[f'steps_{frac}_bound'] = steps_to(steps_T, acc_T, frac / 100 * bound_final)
   return out
+
+
+def run_auc(run_dir: str) -> float:
+  """A finished run's AUC (%): `efficiency` of its last head's shared accuracy over steps."""
+  return efficiency(*accuracy_curve(wd.read_metrics(run_dir)))['auc']
 
 
 def exceeds_noise(a, b) -> bool:

@@ -1,6 +1,6 @@
 """The `dynamics` study (issue 15): does MHD survive a real network?
 
-Like `head_studies`, `dynamics(base, opts) -> (variants, analyse)`. Each axis
+Like `claims`, `dynamics(base, opts) -> (variants, analyse)`. Each axis
 moves one property of the network away from the paper's setting (a static
 graph, every client at every step, live targets) and compares MHD (H=3),
 naive distillation (H=1) and gossip averaging (FedAvg) at every point against
@@ -15,8 +15,9 @@ distillation targets, which FedAvg has none of.
 
 import numpy as np
 
-from mhd_jax.studies import heads as hs
-from mhd_jax.studies import metrics as sm
+from mhd_jax.studies import methods
+from mhd_jax.studies import metrics
+from mhd_jax.studies import tables
 
 # 10 clients on a ring at the default skew 0.9 (each client's private data is 90% its
 # one primary class): every client has two neighbours and knowledge travels up to 5
@@ -52,8 +53,9 @@ QUICK_AXES = {'availability p': ('p=0.4',), 'link failure p': ('p=0.6',),
               'graph schedule': ('matching',)}
 
 
-# The compared methods (`studies` names the same overrides; it imports this module).
-METHODS = {'MHD (H=3)': hs.MHD, 'naive (H=1)': hs.NAIVE, 'FedAvg (every 10 steps)': hs.FEDAVG}
+# The compared methods (`methods`: the same overrides in every study).
+METHODS = {'MHD (H=3)': methods.MHD, 'naive (H=1)': methods.NAIVE,
+           'FedAvg (every 10 steps)': methods.FEDAVG}
 
 
 def axes(quick: bool) -> dict[str, dict[str, dict]]:
@@ -79,7 +81,7 @@ def dynamics(base, opts):
   """MHD, naive distillation and FedAvg on a network that changes, against the static graph.
 
   10 clients on a ring (skew 0.9: 90% of a client's data from its one class), 1200 steps
-  (`network_studies.NETWORK`, `STEPS`; --quick: the base config's graph and steps).
+  (`NETWORK`, `STEPS`; --quick: the base config's graph and steps).
   Axes, each against the static graph with every client at every step and
   live targets: availability p (bernoulli participation), link failure p
   (edge_failure), staleness tau, a random maximal matching per step (gossip).
@@ -140,7 +142,7 @@ def markdown(results: dict) -> str:
             cells.append('n/a')
             continue
           values, ref = by_method[m][key], None if by_method is base else base[m][key]
-          cells.append(hs._cell(values, hs._mark(values, ref)))  # pylint: disable=protected-access
+          cells.append(tables.cell(values, tables.mark(values, ref)))
       lines.append(f'| {p} | ' + ' | '.join(cells) + f' | {_gap(by_method)} |')
     parts.append('\n'.join(lines))
   return '\n\n'.join(parts) + '\n'
@@ -152,12 +154,12 @@ def _gap(by_method: dict) -> str:
   if not mhd or not naive:
     return 'n/a'
   gap = np.mean(mhd['shared']) - np.mean(naive['shared'])
-  return f"{gap:+.1f}{' *' if sm.exceeds_noise(mhd['shared'], naive['shared']) else ''}"
+  return f"{gap:+.1f}{' *' if metrics.exceeds_noise(mhd['shared'], naive['shared']) else ''}"
 
 
 def plot(results: dict, path: str):
   """Shared (top) and private (bottom) accuracy against each axis, one line per method."""
-  plt = hs._pyplot()  # pylint: disable=protected-access
+  plt = tables.pyplot()
   fig, axs = plt.subplots(2, len(results), figsize=(4.5 * len(results), 7), squeeze=False)
   for col, (a, points) in enumerate(results.items()):
     x = np.arange(len(points))
@@ -170,6 +172,6 @@ def plot(results: dict, path: str):
                     yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals], marker='o',
                     capsize=3, label=m)
       ax.set_xticks(x, list(points))
-      hs._label(ax, a, a, f'mean {key} accuracy (%), '  # pylint: disable=protected-access
+      tables.label(ax, a, a, f'mean {key} accuracy (%), '
                 + ('last head' if key == 'shared' else 'head 0'))
-  hs._save(plt, fig, path)  # pylint: disable=protected-access
+  tables.save(plt, fig, path)

@@ -13,8 +13,11 @@ import multiprocessing
 import os
 from typing import NamedTuple, Sequence
 
+from mhd_jax import data as data_lib
+from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
+from mhd_jax.run import data_check
 
 # One XLA thread per worker: K workers use K cores, and results do not depend on K.
 WORKER_XLA_FLAGS = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
@@ -26,6 +29,7 @@ class Options(NamedTuple):
   quick: bool = False        # the tests' form: a few steps and a small grid
   heads: tuple[int, ...] | None = None  # head counts (hops, efficiency); None = the study's own
   topologies: tuple[str, ...] = ('chain',)  # recipes
+  rules: tuple[str, ...] | None = None  # targets, target_hops: names in targets.RULES
 
 
 class Run(NamedTuple):
@@ -47,10 +51,16 @@ def variant_runs(base, overrides: dict, seeds, workdir: str) -> list[Run]:
 
 
 def check(runs: Sequence[Run]) -> None:
-  """Raises `config_check.ConfigError` naming the first run whose config is refused."""
+  """Raises `config_check.ConfigError` naming the first run whose config is refused.
+
+  Every check a run makes before it trains, the dataset's included (its
+  partition against the batches, the models against its images), so a study
+  stops before any run trains.
+  """
   for run in runs:
     try:
       config_check.validate(run.config)
+      data_check.validate_data(run.config, data_lib.get_data(run.config))
       wd.check_workdir(run.workdir, run.config, overwrite=False)
     except config_check.ConfigError as e:
       raise config_check.ConfigError([f'{run.workdir}: {p}' for p in e.problems]) from None
@@ -69,7 +79,7 @@ def _train(run: Run) -> float:
   return train.train_and_evaluate(run.config, run.workdir)['wall_seconds']
 
 
-def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[wd.Summary]:
+def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[summary_lib.Summary]:
   """Trains the unfinished runs on `jobs` worker processes; returns every run's summary."""
   todo = [r for r in runs if not finished(r)]
   if todo:
@@ -84,4 +94,4 @@ def execute(runs: Sequence[Run], jobs: int = 1, progress=print) -> list[wd.Summa
           progress(f'[{n}/{len(todo)}] {futures[future].workdir}: {future.result():.0f} s')
     finally:
       os.environ['XLA_FLAGS'] = flags
-  return [wd.read_summary(r.workdir) for r in runs]
+  return [summary_lib.read_summary(r.workdir) for r in runs]

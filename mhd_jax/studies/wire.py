@@ -1,16 +1,17 @@
 """Studies of what crosses the wire (issue 16): accuracy against bytes, and against ε.
 
-Same shape as `head_studies`: each study is `(base, opts) -> (variants,
+Same shape as `claims`: each study is `(base, opts) -> (variants,
 analyse)`, every variant runs on every seed, means ± std are over seeds
-(ddof=1), and ↑ / ↓ mark a difference beyond the noise
-(`study_metrics.exceeds_noise`, two standard errors) against the study's
-reference row. Accuracies (%) are the mean over clients of head 0's private
-accuracy and the last head's shared accuracy (`studies.headline`'s figures).
+(ddof=1), and ↑ / ↓ mark a difference beyond the noise (`tables.mark`, two
+standard errors) against the study's reference row. Accuracies (%) are the
+mean over clients of head 0's private accuracy and the last head's shared
+accuracy (`tables.headline`'s figures).
 """
 
 import numpy as np
 
-from mhd_jax.studies import heads as hs
+from mhd_jax.studies import methods
+from mhd_jax.studies import tables
 
 # Both studies run this many steps unless --config.num_steps is given on the command line
 # (`STEPS` is applied only where the base config keeps the default's 1500). Chosen so that a
@@ -18,8 +19,6 @@ from mhd_jax.studies import heads as hs
 STEPS = {'communication': 600, 'privacy': 600}
 DEFAULT_STEPS = 1500  # configs/default.py's num_steps
 
-MHD = {'num_heads': 3}
-NAIVE = {'num_heads': 1}
 # What the communication study sends: the default sends every head as float32 every step.
 WIRES = {
     'float32, all classes': {},
@@ -72,7 +71,8 @@ def _figures(summaries, runs) -> dict:
 
 
 def _acc_cells(figs, ref) -> list[str]:
-  return [hs._cell(figs[k], hs._mark(figs[k], ref and ref[k])) for k in ('private', 'shared')]
+  return [tables.cell(figs[k], tables.mark(figs[k], ref and ref[k]))
+          for k in ('private', 'shared')]
 
 
 # ------------------------------------------------------------------ communication
@@ -93,8 +93,8 @@ def communication(base, opts):
   """
   steps = _steps(base, 'communication')
   wires = {k: v for k, v in WIRES.items() if not opts.quick or k in QUICK_WIRES}
-  variants = {f'MHD, {k}': {**MHD, **steps, **v} for k, v in wires.items()}
-  variants['FedAvg (every 10 steps)'] = {**hs.FEDAVG, **steps}
+  variants = {f'MHD, {k}': {**methods.MHD, **steps, **v} for k, v in wires.items()}
+  variants['FedAvg (every 10 steps)'] = {**methods.FEDAVG, **steps}
 
   def analyse(summaries, runs):
     results = {v: _figures(summaries[v], runs[v]) for v in variants}
@@ -130,9 +130,9 @@ def privacy(base, opts):
   """
   steps = _steps(base, 'privacy')
   noises = NOISES[1:2] if opts.quick else NOISES
-  methods = {'MHD (H=3)': MHD, 'naive (H=1)': NAIVE}
+  compared = {'MHD (H=3)': methods.MHD, 'naive (H=1)': methods.NAIVE}
   variants = {}
-  for m, o in methods.items():
+  for m, o in compared.items():
     variants[f'{m}, no DP'] = {**o, **steps}
     for s in noises:
       variants[f'{m}, sigma={s}'] = {**o, **steps, 'dp.enabled': True, 'dp.noise_multiplier': s,
@@ -144,7 +144,7 @@ def privacy(base, opts):
              '|---|---|---|---|---|']
     for v, figs in results.items():
       ref = None if v.endswith('no DP') else results[v.split(',')[0] + ', no DP']
-      eps = ['∞ (no DP)' if None in figs[k] else hs._cell(figs[k])
+      eps = ['∞ (no DP)' if None in figs[k] else tables.cell(figs[k])
              for k in ('epsilon_mean', 'epsilon_max')]
       lines.append(f'| {v} | ' + ' | '.join(eps + _acc_cells(figs, ref)) + ' |')
     return results, '\n'.join(lines), lambda path: _plot(results, 'epsilon_mean',
@@ -157,7 +157,7 @@ def privacy(base, opts):
 def _plot(results: dict, x_key: str, xlabel: str, path: str):
   """Private and shared accuracy against `x_key`, one point per variant (error bars: std over
   seeds); variants without a value of x (no DP) are drawn as dashed lines."""
-  plt = hs._pyplot()
+  plt = tables.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(13, 5))
   for ax, key in zip(axes, ('shared', 'private')):
     for i, (name, figs) in enumerate(results.items()):
@@ -169,5 +169,5 @@ def _plot(results: dict, x_key: str, xlabel: str, path: str):
                   xerr=np.std(figs[x_key]) if len(y) > 1 else 0, fmt='o', color=color,
                   capsize=3, label=name)
     ax.set_xscale('log')
-    hs._label(ax, f'{key} accuracy', xlabel, f'{key} accuracy (%)')
-  hs._save(plt, fig, path)
+    tables.label(ax, f'{key} accuracy', xlabel, f'{key} accuracy (%)')
+  tables.save(plt, fig, path)

@@ -28,6 +28,7 @@ import functools
 
 import jax
 import numpy as np
+from scipy import sparse
 
 from mhd_jax import models
 from mhd_jax.wire import compression
@@ -43,40 +44,43 @@ def public_output_sizes(model, params, batch_stats, image_shape,
   return int(head), int(emb.size * emb.dtype.itemsize), int(emb.shape[-1])
 
 
-def read_probabilities(adjacency, num_heads: int, config, emb_dims=None):
-  """(P [H, N, N], Q [N, N]): per step, the probability that client i reads client j's head h
-  (P[h, i, j]) and its embedding (Q[i, j]); see the module doc. The diagonal is 0.
+def readers(adjacency, num_heads: int, config, emb_dims=None):
+  """(R [H, N], Re [N]): per step, the expected number of clients that read client j's head h,
+  R[h, j] = sum_i P[h, i, j], and its embedding, Re[j] = sum_i Q[i, j] (P, Q: the module doc).
 
-  Reads nu_main, nu_aux, nu_emb, target, include_self. `emb_dims`: [N] embedding
-  sizes (default: all equal).
+  Computed link by link, O(E), on a dense or scipy.sparse adjacency. Reads nu_main, nu_aux,
+  nu_emb, target, include_self. `emb_dims`: [N] embedding sizes (default: all equal).
   """
-  a = np.asarray(adjacency, np.float64)
-  n = a.shape[0]
-  off_diag = ~np.eye(n, dtype=bool)
-  edge = (a > 0) & off_diag
+  a = sparse.coo_array(adjacency if sparse.issparse(adjacency) else np.asarray(adjacency),
+                       dtype=np.float64)
+  a.sum_duplicates()
+  n, positive = a.shape[0], a.data > 0
+  i, j, w = a.row[positive], a.col[positive], a.data[positive]
+  link = i != j  # a client's own outputs never leave it
   nu = [config.nu_main if k == 0 else config.nu_aux for k in range(num_heads)]
-  if config.target == 'random':
-    w = np.stack([a + (config.include_self and k > 0) * np.eye(n) for k in range(num_heads)])
-    w = np.where(w > 0, w, 0.0)
-    draw = w / np.maximum(w.sum(-1, keepdims=True), 1e-300) * off_diag  # [H(k), N, N]
+  if config.target == 'random':  # head k draws j with probability W[k, i, j] / sum W[k, i, :]
+    total = np.bincount(i, weights=w, minlength=n)
+    draw = np.stack([w[link] / np.maximum(total + (config.include_self and k > 0), 1e-300)[i[link]]
+                     for k in range(num_heads)])  # [H(k), E]
   else:
-    draw = np.broadcast_to(edge.astype(np.float64), (num_heads, n, n))
-  not_read = np.ones((num_heads, n, n))
+    draw = np.ones((num_heads, link.sum()))
+  i, j = i[link], j[link]
+  not_read = np.ones_like(draw)
   for k in range(num_heads):
     if nu[k] != 0:
       not_read[max(k - 1, 0)] *= 1.0 - draw[k]  # head k reads the neighbours' head k-1
-  same = np.ones((n, n), bool) if emb_dims is None else (
-      np.asarray(emb_dims)[:, None] == np.asarray(emb_dims)[None, :])
-  q = draw[0] * same if config.nu_emb != 0 else np.zeros((n, n))
+  same = True if emb_dims is None else np.asarray(emb_dims)[i] == np.asarray(emb_dims)[j]
+  q = draw[0] * same if config.nu_emb != 0 else np.zeros_like(draw[0])
   if config.nu_emb != 0 and config.target not in ('mean', 'random'):
     not_read[0] *= 1.0 - q  # the embedding's mixing weighs head-0 confidences
-  return 1.0 - not_read, q
+  return (np.stack([np.bincount(j, weights=1.0 - r, minlength=n) for r in not_read]),
+          np.bincount(j, weights=q, minlength=n))
 
 
-def bytes_sent_per_step(read_HxNxN, emb_read_NxN, head_bytes_N, emb_bytes_N) -> np.ndarray:
+def bytes_sent_per_step(readers_HxN, emb_readers_N, head_bytes_N, emb_bytes_N) -> np.ndarray:
   """[N] bytes client j sends per step (expected value under `random`): see the module doc."""
-  heads = np.asarray(read_HxNxN).sum(axis=(0, 1)) * np.asarray(head_bytes_N, np.float64)
-  return heads + np.asarray(emb_read_NxN).sum(0) * np.asarray(emb_bytes_N, np.float64)
+  heads = np.asarray(readers_HxN).sum(0) * np.asarray(head_bytes_N, np.float64)
+  return heads + np.asarray(emb_readers_N) * np.asarray(emb_bytes_N, np.float64)
 
 
 def param_bytes(params) -> int:
@@ -92,7 +96,7 @@ def fedavg_bytes_per_round(params) -> int:
 def costs(specs, state, adjacency, image_shape, config):
   """([N] bytes each client sends per step, [N] FedAvg bytes per round for the same models).
 
-  Only what another client's loss reads (`read_probabilities`);
+  Only what another client's loss reads (`readers`);
   under target='random', the expected value per step. Under `config.wire`, a
   head's block is what `compression.encode` puts on the wire (values, class ids
   and scales: `compression.encoded_bytes`) on the share of steps it is sent
@@ -111,7 +115,7 @@ def costs(specs, state, adjacency, image_shape, config):
     embs += [emb] * spec.num_clients
     dims += [dim] * spec.num_clients
     fedavg += [fedavg_bytes_per_round(one.params)] * spec.num_clients
-  read, emb_read = read_probabilities(adjacency, config.num_heads, config, dims)
+  read, emb_read = readers(adjacency, config.num_heads, config, dims)
   if wire is not None:
     read, emb_read = compression.wire_reads(read, emb_read, wire)
   return bytes_sent_per_step(read, emb_read, heads, embs), np.array(fedavg)

@@ -134,15 +134,15 @@ def received_heads(spec: WireSpec, num_heads: int, step) -> jax.Array:
   return jnp.asarray(heads_sent_mask(spec, num_heads)) & (step % spec.every == 0)
 
 
-def wire_reads(read_HxNxN, emb_read_NxN, spec: WireSpec):
-  """`communication.read_probabilities`' (P, Q) per step under `spec`: P[h] times the share
-  of steps source head h is sent, Q (the embedding, sent with head 0) times head 0's.
+def wire_reads(readers_HxN, emb_readers_N, spec: WireSpec):
+  """`communication.readers`' (R, Re) per step under `spec`: R[h] times the share of steps
+  source head h is sent, Re (the embedding, sent with head 0) times head 0's.
 
-  Bytes per step are then `communication.bytes_sent_per_step(P', Q',
+  Bytes per step are then `communication.bytes_sent_per_step(R', Re',
   [encoded_bytes(spec, B_pub, C, 1)] * N, emb_bytes_N)`.
   """
-  frac_H = sent_fraction(spec, np.shape(read_HxNxN)[0])
-  return (np.asarray(read_HxNxN) * frac_H[:, None, None], np.asarray(emb_read_NxN) * frac_H[0])
+  frac_H = sent_fraction(spec, np.shape(readers_HxN)[0])
+  return np.asarray(readers_HxN) * frac_H[:, None], np.asarray(emb_readers_N) * frac_H[0]
 
 
 def neighbour_weights(weights_SxHxK, self_SxK, spec: WireSpec, step):

@@ -19,15 +19,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Backbones whose examples do not interact in a training forward pass. BatchNorm
-# (every ResNet here) mixes the batch's examples through its statistics, so an
-# example's "per-example gradient" depends on the others and clipping bounds nothing.
-DP_BACKBONES = ('mlp', 'cnn')
+from mhd_jax.models import mnist1d
+
+# Backbones whose examples do not interact in a training forward pass (the MLP, the CNN, the
+# published MNIST-1D models). BatchNorm (every ResNet here) mixes the batch's examples through
+# its statistics, so an example's "per-example gradient" depends on the others and clipping
+# bounds nothing.
+DP_BACKBONES = ('mlp', 'cnn', *mnist1d.BACKBONES)
 
 
 def supports_dp(model_config) -> bool:
   """Whether per-example gradients of this model (`config.model`, or a dict of its fields) are
-  per-example: no batch statistics (mlp, cnn, and the ResNets with `model.norm = 'group'`)."""
+  per-example: no batch statistics (`DP_BACKBONES`, and the ResNets with `model.norm = 'group'`)."""
   return (model_config['name'] in DP_BACKBONES
           or model_config.get('norm', 'batch') == 'group')
 
