@@ -95,8 +95,15 @@ def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
       autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device,
                          layout.mesh.devices.size),
       config.get('strategy_measure_steps', 0))
-  logging.info('train step compiled in %.1f s.', time.time() - t)
+  logging.info('train step compiled in %.1f s; XLA step memory %.1f MiB per device.',
+               time.time() - t, _memory_bytes(step) / 2**20)
   return strategy, step
+
+
+def _memory_bytes(step) -> int:
+  """A compiled step's buffers per device (XLA's memory analysis); a streamed step's own
+  count (its larger pass, plus the next cohort's inputs in flight)."""
+  return step.memory_bytes() if hasattr(step, 'memory_bytes') else layout_lib.compiled_bytes(step)
 
 
 @dataclasses.dataclass

@@ -154,11 +154,7 @@ class Streamed:
   def memory_bytes(self) -> int:
     """Per device: the largest of the compiled passes' buffers (arguments, outputs,
     temporaries; XLA's memory analysis), plus the next cohort's inputs, in flight."""
-    def one(compiled):
-      m = compiled.memory_analysis()
-      return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-              - m.alias_size_in_bytes)
-    return max(one(p) for p in self.sent + self.train) + self.inflight
+    return max(layout_lib.compiled_bytes(p) for p in self.sent + self.train) + self.inflight
 
   def memory_problem(self) -> str | None:
     """One line when a cohort needs more than `FRACTION` of a device's memory, else None."""
