@@ -16,7 +16,9 @@ ratio. One JSON object per line: the machine, then per (model, N):
     next cohort's inputs in flight: what the devices hold at once);
   host_store_mb: every client's state on the host; rss_mb, peak_rss_mb: the
     process's (every program compiled so far is held to the end);
-  resident_ms_per_client, streamed_ms_per_client, ratio_streamed_vs_resident;
+  resident_ms_per_client, streamed_ms_per_client, ratio_streamed_vs_resident (wall);
+    cpu_ratio_streamed_vs_resident: the same over the process's CPU seconds (every thread:
+    on a shared machine, what the steps cost rather than waited);
   pass1_ms_per_client, pass1_share: pass 1 alone (the second public forward,
     with the transfers of every client's variables), and its share of the
     streamed step.
@@ -86,9 +88,11 @@ class StreamedBench:
     return (time.perf_counter() - t) / k
 
   def time(self, k: int | None = None) -> float:
+    """Seconds per step over a block of calls; `cpu_s` the process's CPU seconds per step."""
     k = k or self.block
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     self.run(k)
+    self.cpu_s = (time.process_time() - cpu) / k
     return (time.perf_counter() - t) / k
 
 
@@ -114,10 +118,12 @@ def main():
       resident.warm()
       streamed.run(1)
       streamed.block = max(1, round(resident.block * resident.time(1) / streamed.time(1)))
-      t_res, t_str, t_p1 = [], [], []
+      t_res, t_str, t_p1, c_res, c_str = [], [], [], [], []
       for _ in range(args.repeats):
         t_res.append(resident.time())
+        c_res.append(resident.cpu_s)
         t_str.append(streamed.time())
+        c_str.append(streamed.cpu_s)
         t_p1.append(streamed.pass1(streamed.block))
       res_s, str_s, p1_s = (statistics.median(t) for t in (t_res, t_str, t_p1))
       common.emit({
@@ -127,6 +133,8 @@ def main():
           'streamed_ms_per_client': round(1e3 * str_s / n, 3),
           'ratio_streamed_vs_resident': round(statistics.median(
               s / r for r, s in zip(t_res, t_str)), 3),
+          'cpu_ratio_streamed_vs_resident': round(statistics.median(
+              s / r for r, s in zip(c_res, c_str)), 3),
           'pass1_ms_per_client': round(1e3 * p1_s / n, 3),
           'pass1_share': round(p1_s / str_s, 3),
           'resident_memory_mb': round(resident.memory_mb, 1),
