@@ -37,6 +37,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              # 0 = no measuring, the static rule: 'loop' on CPU for models
                              # with convolutions, else 'vmap'
   c.num_devices = 0          # devices the client axis is sharded over (0 = all)
+  # How many clients' state the devices hold at once (docs/scale.md, "Cohorts").
+  c.population = ml_collections.ConfigDict()
+  c.population.resident = 0  # K >= 1: the population's state lives in host memory and each step
+                             # streams it through the devices K clients at a time (what every
+                             # client sends, then each cohort's update; the same step); K >= N
+                             # or 0 while they fit: every client resident. 0 = auto: resident
+                             # when XLA's memory analysis says the step fits the devices, else
+                             # cohorts of the largest K that fits (logged)
   # jax.profiler trace of steps start_step .. start_step + num_steps - 1 into WORKDIR/profile/
   # (open with TensorBoard's profile plugin, or perfetto_trace.json.gz at ui.perfetto.dev).
   c.profile = ml_collections.ConfigDict()

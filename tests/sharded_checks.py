@@ -243,3 +243,24 @@ def test_lag_buffers_are_sharded_and_padded_like_the_clients(num_devices):
   ts.assert_trees_close(layout.unpad_state(state), ref, rtol=1e-5, atol=1e-6)
   ts.assert_trees_close(metrics, ref_metrics, rtol=1e-5, atol=1e-6)
   assert not np.asarray(state.lag[0].sent_NxT)[n:].any()
+
+
+@pytest.mark.parametrize('case,k,strategy', [('batchnorm_lag_wire', 8, 'hybrid'),
+                                             ('two_groups_random_table', 3, 'vmap')])
+def test_cohorts_sharded_over_8_devices_are_the_resident_step_on_one(case, k, strategy):
+  """Cohorts sharded over the 8 devices: 12 BatchNorm clients with teachers that lag and the
+  random rule in cohorts of 8 (one client per device, the last cohort padded); two groups
+  on a table in cohorts of 3, rounded up to 8. The resident single-device step is the
+  reference. (Without the wire's 8-bit codes here: a last-bit difference in a sender's
+  output may round to the next code, 2.5e-5 apart after 4 steps, as much for the resident
+  step sharded over 8 devices as for the cohorts; the wire is checked on one device.)"""
+  from tests import test_cohorts as tc  # pylint: disable=g-import-not-at-top
+  specs, config, batches, image, _, dynamics = tc.CASES[case]()
+  if case == 'batchnorm_lag_wire':  # 12 clients: cohorts [0..7] [8..11 + 4 padding]
+    n, config.target, config.wire = 12, 'random', None
+    specs = make_specs('convbn', n)
+    batches = [ts.make_batch(s, n=n) for s in range(4)]
+    dynamics = programs.static_dynamics(complete(n))
+  want = tc._run(specs, config, dynamics, batches, image, 0, 1, strategy)
+  got = tc._run(specs, config, dynamics, batches, image, k, 8, strategy)
+  ts.assert_trees_close(got, want, rtol=1e-5, atol=1e-6)

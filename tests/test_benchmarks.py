@@ -214,3 +214,16 @@ def test_exchange_crossover_quick():
                                                  rel=5e-3, abs=2e-3)
   assert row['cpu_sparse_vs_dense'] == pytest.approx(
       row['sparse_cpu_step_ms'] / row['dense_cpu_step_ms'], rel=5e-3, abs=2e-3)
+
+
+@pytest.mark.slow  # a benchmark script in its own process
+def test_cohorts_quick():
+  rows = run_benchmark('cohorts.py', '--models=default')
+  assert [(r['n_clients'], r['k'], r['cohort_width']) for r in rows] == [(2, 2, 2), (4, 2, 2)]
+  for r in rows:
+    assert r['resident_ms_per_client'] > 0 and r['streamed_ms_per_client'] > 0
+    assert r['ratio_streamed_vs_resident'] > 0 and r['cpu_ratio_streamed_vs_resident'] > 0
+    assert r['pass1_ms_per_client'] > 0 and r['pass1_share'] > 0
+    assert r['streamed_memory_mb'] > 0 and r['host_store_mb'] > 0
+  # The host store grows with N; one cohort's step does not.
+  assert rows[1]['host_store_mb'] == pytest.approx(2 * rows[0]['host_store_mb'], rel=1e-2)

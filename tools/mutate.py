@@ -138,8 +138,8 @@ BUGS = (
         ('tests/test_distillation.py',), 'the main-head distillation term dropped'),
     # The network as an input of the step (issues 13 and 15).
     Bug('inactive_client_updated', 'mhd_jax/algorithm/step.py',
-        '    groups.append(_keep_inactive(new, state.groups[g], active_n))',
-        '    groups.append(new)',
+        '  return _keep_inactive(new, group, active_n)',
+        '  return new',
         ('tests/test_dynamics_step.py', 'tests/test_sharding.py'),
         'a client that sits out a step (or padding) still updates'),
     Bug('inactive_client_teaches', 'mhd_jax/algorithm/distill.py',

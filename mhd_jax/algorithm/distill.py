@@ -14,6 +14,9 @@ parameters is the gradient of L_i alone.
 Everything here is over the S stacked clients a `Network` describes: the
 clients that are not active this step (unavailable, or padding that fills a
 device mesh) teach nobody, and their own terms are left out of the total.
+The students (the rows) are the senders themselves, or, for a population
+streamed through the devices in cohorts (`Network.cohort`), K students apart
+from every client's sent outputs (`Teachers` of all N clients).
 """
 
 import dataclasses
@@ -38,11 +41,16 @@ class Network:
   (`senders_SxK` None): candidate c is client c, the weights are the adjacency
   [S, S]. Sparse: candidate c is client `senders_SxK[i, c]`, a row of a neighbour
   table (`network.neighbours`), so the exchange costs O(S K), not O(S^2).
+
+  `by_id` (a cohort, `cohort`): the rows are some students and the senders every
+  client in id order, apart from them (`Teachers` of all N clients): a dense row
+  has N columns, and a candidate's index is its client id, row i's own the id ids_S[i].
   """
   weights_SxK: jax.Array  # float32, A[i, cand(i, c)]
   active_S: jax.Array     # bool: the client teaches and learns this step
   ids_S: jax.Array        # int32 client ids (padding: ids >= N); they key the random draws
   senders_SxK: jax.Array | None = None  # int32 table (padding: S); None: dense
+  by_id: bool = flax.struct.field(pytree_node=False, default=False)
 
   @classmethod
   def static(cls, adjacency_NxN) -> 'Network':
@@ -50,6 +58,19 @@ class Network:
     n = len(adjacency_NxN)
     return cls(jnp.asarray(adjacency_NxN, jnp.float32), jnp.ones(n, bool),
                jnp.arange(n, dtype=jnp.int32))
+
+  def cohort(self, ids_K) -> 'Network':
+    """The rows of the clients `ids_K` of this network over N clients, against every client
+    as a sender (`by_id`); ids >= N (padding) are inactive rows without candidates."""
+    n = self.active_S.shape[0]
+    take = lambda x, fill: x.at[ids_K].get(mode='fill', fill_value=fill)
+    return Network(take(self.weights_SxK, 0), take(self.active_S, False), ids_K,
+                   None if self.senders_SxK is None else take(self.senders_SxK, n), by_id=True)
+
+  @property
+  def rows_S(self):
+    """Each row's client among the senders when they are apart (`by_id`), else None."""
+    return self.ids_S if self.by_id else None
 
   @property
   def adjacency_SxS(self) -> jax.Array:
@@ -79,7 +100,9 @@ TERMS = tuple(f.name for f in dataclasses.fields(Metrics))  # metrics.jsonl's na
 @flax.struct.dataclass
 class Teachers:
   """What the neighbours sent when it is not their live public outputs (teachers that lag:
-  `lag.read_and_push`), on the public batch the students train on this step."""
+  `lag.read_and_push`; every client's, computed apart from the students: a cohort), on
+  the public batch the students train on this step; over the rows, or over every client
+  in id order when the network is `by_id`."""
   logits_SxHxBxC: jax.Array
   embs: Any            # per group [n_g, B, D_g]; None without embedding distillation
   sent_S: jax.Array    # bool: the sender was active when it computed them
@@ -89,7 +112,8 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
            teachers: Teachers | None = None):
   """(M [S, H, B, K] mixing weights over each client's candidates, P [S, H, B, C] what the
   peers receive, O [S, H, B, C] the clients' own outputs) of training step `step` (1-based,
-  may be traced).
+  may be traced). P is over the senders: the rows, or all N clients when the rows are a
+  cohort (`Network.by_id`, `teachers` of every client).
 
   P[j, k] and O[j, k] are candidate j's softmax(z_j^{src(k)} / T) for head k.
   The senders' outputs are the live public ones or, with `teachers` (teachers
@@ -106,8 +130,9 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
   senders = net.senders_SxK
   live = net.active_S.astype(jnp.float32)
   sent = live if teachers is None else teachers.sent_S.astype(jnp.float32)
-  w_SxK = net.weights_SxK * live[:, None] * neighbours.gather(sent, senders)
-  self_SxK = neighbours.is_self(senders, s)
+  m = sent.shape[0]  # the senders: the rows, or every client (`by_id`)
+  w_SxK = net.weights_SxK * live[:, None] * neighbours.gather(sent, senders, s)
+  self_SxK = neighbours.is_self(senders, m, net.rows_S)
   weights_SxHxK = losses.candidate_weights(w_SxK, h, config.include_self, self_SxK)
   own = losses.source_probs(jax.lax.stop_gradient(public_logits_SxHxBxC), config.temperature)
   sender_logits = jax.lax.stop_gradient(
@@ -123,27 +148,32 @@ def mixing(public_logits_SxHxBxC, net: Network, config, rng, step=1,
     got = sent[:, jnp.maximum(jnp.arange(h) - 1, 0)]  # receiver head k reads source src(k)
     weights_SxHxK = compression.neighbour_weights(weights_SxHxK, self_SxK, spec, step)
   power = config.get('target_power', 1.0)
-  score_SxKxHxB = neighbours.gather(losses.scores(got, config.target, power), senders)
+  score_SxKxHxB = neighbours.gather(losses.scores(got, config.target, power), senders, s)
   score_SxHxBxK = jnp.where(self_SxK[:, None, None, :],
                             losses.scores(own, config.target, power)[..., None],
                             jnp.moveaxis(score_SxKxHxB, 1, -1))
-  m = losses.candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, config.target, rng,
-                              net.ids_S, neighbours.gather(net.ids_S, senders))
-  return m, got, own
+  cand_ids = (neighbours.ids(senders, m, s) if net.by_id
+              else neighbours.gather(net.ids_S, senders))
+  mix = losses.candidate_mixing(score_SxHxBxK, weights_SxHxK, self_SxK, config.target, rng,
+                                net.ids_S, cand_ids)
+  return mix, got, own
 
 
-def targets(mixing_SxHxBxK, received_SxHxBxC, own_SxHxBxC, senders_SxK=None):
+def targets(mixing_SxHxBxK, received_MxHxBxC, own_SxHxBxC, senders_SxK=None, rows_S=None):
   """T[i, k] = sum_{c != i} M[i, k, :, c] P[c, k] + M[i, k, :, self] O[i, k]: the neighbours'
-  outputs as received, the own head as it is (candidates as in `Network`).
+  outputs as received, the own head as it is (candidates as in `Network`; P over the M
+  senders, row i's own P[rows_S[i]] when the rows are apart from them, `Network.rows_S`).
 
   Written as the full mixture of P plus M[i, k, :, self] (O[i, k] - P[i, k]), which is
   exactly +0 when nothing is compressed, so full precision changes no bit.
   """
-  t = losses.mix_targets(mixing_SxHxBxK, received_SxHxBxC, senders_SxK)
-  if received_SxHxBxC is own_SxHxBxC:
+  t = losses.mix_targets(mixing_SxHxBxK, received_MxHxBxC, senders_SxK)
+  if received_MxHxBxC is own_SxHxBxC:
     return t
-  self_SxK = neighbours.is_self(senders_SxK, mixing_SxHxBxK.shape[0])
+  self_SxK = neighbours.is_self(senders_SxK, received_MxHxBxC.shape[0], rows_S)
   self_SxHxB = jnp.where(self_SxK[:, None, None, :], mixing_SxHxBxK, 0.0).sum(-1)
+  received_SxHxBxC = (received_MxHxBxC if rows_S is None
+                      else received_MxHxBxC.at[rows_S].get(mode='fill', fill_value=0))
   return t + self_SxHxB[..., None] * (own_SxHxBxC - received_SxHxBxC)
 
 
@@ -153,23 +183,26 @@ def embedding_losses(mixing_SxHxBxK, embs, sizes, teacher_embs=None, senders_SxK
 
   Client i's target follows head 0's mixing, restricted to candidates whose
   embedding size matches i's (renormalised; examples whose source has another
-  size carry no embedding loss). The targets mix `teacher_embs` (same layout;
-  teachers that lag) or, by default, `embs` themselves. Head 0 has no own-head
-  candidate, so every embedding target is a neighbour's.
+  size carry no embedding loss). The targets mix `teacher_embs` (per group too:
+  teachers that lag, or every client's when the students are a cohort, whose
+  other groups then have no rows) or, by default, `embs` themselves. Head 0 has
+  no own-head candidate, so every embedding target is a neighbour's.
   """
   teacher_embs = embs if teacher_embs is None else teacher_embs
-  firsts = state_lib.firsts(sizes)
-  dims = [e.shape[-1] for e in embs]
+  firsts, t_sizes = state_lib.firsts(sizes), [e.shape[0] for e in teacher_embs]
+  t_firsts, t_dims = state_lib.firsts(t_sizes), [e.shape[-1] for e in teacher_embs]
   out = []
   for g, emb in enumerate(embs):
-    same = [h for h in range(len(embs)) if dims[h] == dims[g]]
-    cols = np.concatenate([np.arange(firsts[h], firsts[h] + sizes[h]) for h in same])
+    if not sizes[g]:
+      continue
+    same = [h for h in range(len(teacher_embs)) if t_dims[h] == emb.shape[-1]]
+    cols = np.concatenate([np.arange(t_firsts[h], t_firsts[h] + t_sizes[h]) for h in same])
     m_nxBxK = mixing_SxHxBxK[firsts[g]:firsts[g] + sizes[g], 0]
     rows = None  # dense: the same-size clients are the columns `cols`
     if senders_SxK is None:
       m_nxBxK = m_nxBxK[:, :, cols]
     else:  # a table: each candidate's row in the same-size teachers (len(cols): none)
-      row_of = np.full(mixing_SxHxBxK.shape[0], len(cols), np.int32)
+      row_of = np.full(sum(t_sizes), len(cols), np.int32)
       row_of[cols] = np.arange(len(cols))
       rows = jnp.asarray(row_of).at[senders_SxK[firsts[g]:firsts[g] + sizes[g]]].get(
           mode='fill', fill_value=len(cols))
@@ -205,7 +238,7 @@ def terms(private_logits, labels, public_logits, embs, sizes, net: Network, conf
   public outputs. The students' public outputs carry the gradient either way.
   """
   m_SxHxBxK, received, own = mixing(public_logits, net, config, rng, step, teachers)
-  target_SxHxBxC = targets(m_SxHxBxK, received, own, net.senders_SxK)
+  target_SxHxBxC = targets(m_SxHxBxK, received, own, net.senders_SxK, net.rows_S)
   has_target_SxH = m_SxHxBxK.sum(axis=(2, 3)) > 0
   teacher_embs = None if teachers is None else teachers.embs
   emb_S = (embedding_losses(m_SxHxBxK, embs, sizes, teacher_embs, net.senders_SxK)

@@ -110,7 +110,7 @@ def private_batches(batch, specs):
 
 def _loss(params, state, private, public, net, rng, specs, config, for_each, step, teachers,
           dp=False):
-  """The active clients' summed loss (without the private CE under `dp`: `_private_grads`
+  """The active clients' summed loss (without the private CE under `dp`: `private_grads`
   gives its gradient) and (metrics, batch statistics)."""
   outs = [for_each(functools.partial(client_outputs, spec.model), in_axes=(0, 0, 0, None))(
       params[g], state.groups[g].batch_stats, private[g]['image'], public)
@@ -130,7 +130,7 @@ def per_example_ce(model, params, x_BxF, y_B):
   return -jnp.take_along_axis(logp_BxC, y_B[:, None], axis=1)[:, 0]
 
 
-def _private_grads(params, private, net, rng, specs, dp_config, for_each):
+def private_grads(params, private, net, rng, specs, dp_config, for_each):
   """Per group, every client's DP-SGD gradient of its private CE (`privacy.private_grad`).
 
   Client i's noise key is fold_in(rng', id_i), rng' a key split off the step's
@@ -159,6 +159,17 @@ def _keep_inactive(new, old, active_n):
   """`new` for the active clients, `old` (bit for bit) for the others."""
   return jax.tree.map(lambda a, b: jnp.where(active_n.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
                       new, old)
+
+
+def optimizer_step(spec: state_lib.GroupSpec, group: state_lib.Group, grads, batch_stats,
+                   active_n) -> state_lib.Group:
+  """The group after its optimizer step on `grads`, with the batch statistics of its passes;
+  the clients not in `active_n` keep their state bit for bit."""
+  # The optimizer is elementwise per client: vmap is the fast form on every backend.
+  new_p, new_opt = jax.vmap(functools.partial(_update, spec.tx))(group.params, grads,
+                                                                  group.opt_state)
+  new = state_lib.Group(params=new_p, batch_stats=batch_stats, opt_state=new_opt)
+  return _keep_inactive(new, group, active_n)
 
 
 def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
@@ -192,14 +203,9 @@ def train_step(state: state_lib.TrainState, batch, rng, net: distill.Network, *,
       state.step + 1, teachers, dp)
   if dp:  # public terms' gradient + each client's DP-SGD gradient of its private CE
     grads = jax.tree.map(jnp.add, grads,
-                         _private_grads(params, private, net, rng, specs, config.dp, for_each))
-  groups = []
-  for g, (spec, first) in enumerate(zip(specs, state_lib.offsets(specs))):
-    # The optimizer is elementwise per client: vmap is the fast form on every backend.
-    new_p, new_opt = jax.vmap(functools.partial(_update, spec.tx))(
-        params[g], grads[g], state.groups[g].opt_state)
-    new = state_lib.Group(params=new_p, batch_stats=new_stats[g], opt_state=new_opt)
-    active_n = net.active_S[first:first + spec.num_clients]
-    groups.append(_keep_inactive(new, state.groups[g], active_n))
+                         private_grads(params, private, net, rng, specs, config.dp, for_each))
+  groups = tuple(optimizer_step(spec, state.groups[g], grads[g], new_stats[g],
+                                net.active_S[first:first + spec.num_clients])
+                 for g, (spec, first) in enumerate(zip(specs, state_lib.offsets(specs))))
   # Every client's buffer moves on: an inactive client's slot now holds what it did not send.
-  return state_lib.TrainState(step=state.step + 1, groups=tuple(groups), lag=buffers), metrics
+  return state_lib.TrainState(step=state.step + 1, groups=groups, lag=buffers), metrics

@@ -149,12 +149,13 @@ def dense(table: Table, weights_NxK) -> np.ndarray:
   return a[:, :n]
 
 
-def gather(x_N, senders_NxK):
-  """x[senders]: [N, K, ...] (padding reads 0); dense (senders None): x broadcast to
-  [N, N, ...], row i holding every client."""
-  if senders_NxK is None:
-    return jnp.broadcast_to(x_N[None], (x_N.shape[0],) + x_N.shape)
-  return x_N.at[senders_NxK].get(mode='fill', fill_value=0)
+def gather(x_N, senders_SxK, rows: int | None = None):
+  """x[senders]: [S, K, ...] (padding reads 0); dense (senders None): x broadcast to
+  [S, N, ...], row i holding every client (S = `rows`, by default N: the rows are the
+  senders)."""
+  if senders_SxK is None:
+    return jnp.broadcast_to(x_N[None], (x_N.shape[0] if rows is None else rows,) + x_N.shape)
+  return x_N.at[senders_SxK].get(mode='fill', fill_value=0)
 
 
 def reverse(x_NxK, table: Table | None):
@@ -165,15 +166,23 @@ def reverse(x_NxK, table: Table | None):
   return x_NxK.at[table.senders_NxK, table.reverse_NxK].get(mode='fill', fill_value=0)
 
 
-def is_self(senders_NxK, n: int):
-  """[N, K] bool: the column of client i itself in row i (dense: the diagonal)."""
-  if senders_NxK is None:
-    return jnp.eye(n, dtype=bool)
-  return senders_NxK == jnp.arange(senders_NxK.shape[0])[:, None]
+def is_self(senders_SxK, n: int, rows_S=None):
+  """[S, K] bool: the column of row i's own client among the n senders (dense: the diagonal).
+
+  `rows_S`: each row's client when the rows are not the senders themselves (a cohort of
+  students against every client: `distill.Network.cohort`); a row whose client is not
+  among the senders (padding, ids >= n) has no own column.
+  """
+  if rows_S is None:
+    if senders_SxK is None:
+      return jnp.eye(n, dtype=bool)
+    return senders_SxK == jnp.arange(senders_SxK.shape[0])[:, None]
+  cols_SxK = jnp.arange(n)[None] if senders_SxK is None else senders_SxK
+  return (cols_SxK == rows_S[:, None]) & (rows_S[:, None] < n)
 
 
-def ids(senders_NxK, n: int):
-  """[N, K] int32: the client id of each column (padding: N)."""
-  if senders_NxK is None:
-    return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None], (n, n))
-  return senders_NxK
+def ids(senders_SxK, n: int, rows: int | None = None):
+  """[S, K] int32: the client id of each column (padding: N); dense: S = `rows` (default n)."""
+  if senders_SxK is None:
+    return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None], (n if rows is None else rows, n))
+  return senders_SxK

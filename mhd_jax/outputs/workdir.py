@@ -22,10 +22,10 @@ Every other module reads and writes these through the functions here (the final
 results through `summary`). A run on a workdir resumes from its newest
 checkpoint that verifies; its config must equal the saved one except for the
 fields in `RESUMABLE` (how long, how often to log and save, where the data
-lives, how clients are run and on how many devices and hosts: none changes
-what a step computes, though `strategy` and `model.fused_passes` may change
-the last bits of the floats). `num_steps` stays fixed under a cosine
-schedule, whose shape depends on it. See
+lives, how clients are run, on how many devices and hosts and how many at once:
+none changes what a step computes, though `strategy`, `population.resident`
+and `model.fused_passes` may change the last bits of the floats). `num_steps`
+stays fixed under a cosine schedule, whose shape depends on it. See
 docs/durable_runs.md.
 """
 
@@ -63,7 +63,7 @@ RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint.every', 'checkp
              'distributed.initialize',
              'distributed.coordinator_address', 'distributed.num_processes',
              'distributed.process_id', 'strategy_measure_steps', 'profile.start_step',
-             'profile.num_steps')
+             'profile.num_steps', 'population.resident')
 
 
 def path(workdir: str, name: str) -> str:

@@ -83,6 +83,14 @@ def memory_bytes(mesh: Mesh) -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') * processes
 
 
+def compiled_bytes(compiled) -> int:
+  """A compiled program's buffers per device (XLA's memory analysis: arguments, outputs and
+  temporaries, less what the outputs alias)."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Where the clients live: each group's clients, padded to a multiple of the mesh size.

@@ -110,6 +110,10 @@ def _range_problems(config) -> list[str]:
     problems.append(f'profile window of {count} steps from step {first} lies outside the run '
                     f'(steps 1 to {config.num_steps}); set profile.start_step >= 1 and '
                     'profile.num_steps >= 0 (0 = off) within num_steps.')
+  if config.population.resident > 0 and config.distributed.initialize:
+    problems.append(f'population.resident={config.population.resident} streams the population '
+                    "through one process's devices; on several hosts it stays resident: use "
+                    'population.resident=0.')
   staleness = config.dynamics.staleness
   if is_int(staleness) and is_int(config.num_steps) and staleness >= config.num_steps:
     problems.append(f'dynamics.staleness={staleness} must be below num_steps={config.num_steps}: '

@@ -38,6 +38,8 @@ FIELDS = {
     'profile.start_step': (_INT, _NONNEG, '>= 0'),
     'profile.num_steps': (_INT, _NONNEG, '>= 0 (0 = off)'),
     'num_devices': (_INT, _NONNEG, '>= 0 (0 = all)'),
+    'population.resident': (_INT, _NONNEG,
+                            '>= 0 (clients on the devices at once; 0 = auto: all when they fit)'),
     'distributed.initialize': (_BOOL, None, ''),
     'distributed.coordinator_address': (_STR, None, ''),
     'distributed.num_processes': (_INT, _NONNEG, '>= 0'),

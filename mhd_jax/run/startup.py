@@ -25,12 +25,14 @@ from mhd_jax.outputs import checkpoint
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.placement import autotune
 from mhd_jax.placement import clients
+from mhd_jax.placement import cohorts as cohorts_lib
 from mhd_jax.placement import layout as layout_lib
 from mhd_jax.population import groups as groups_lib
 from mhd_jax.run import config_check
 from mhd_jax.run import programs
 from mhd_jax.run import progress
 from mhd_jax.run import safety
+from mhd_jax.run import streaming
 from mhd_jax.wire import communication
 
 
@@ -38,6 +40,11 @@ def sync(name: str) -> None:
   """Waits for every process (nothing to wait for on one)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def _programs(layout):
+  """The programs of a population resident on the layout, or streamed in cohorts."""
+  return streaming if isinstance(layout, cohorts_lib.Cohorts) else programs
 
 
 def _initial_state(mngr, specs, data, config, layout, lead=True):
@@ -73,14 +80,14 @@ def _fresh_lag(state, specs, data, config, layout):
   if not tau:
     return state
   publics = [b['public']['image'] for b in itertools.islice(data.train_batches(0), tau)]
-  return programs.initial_lag(layout, specs, config, 'vmap')(
+  return _programs(layout).initial_lag(layout, specs, config, 'vmap')(
       state, layout.replicate(np.stack(publics)))
 
 
 def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
   """(strategy, compiled train step); 'auto' on a model with convolutions measures
   (`autotune`). Compiled here, before the first step, so no step's time holds it."""
-  make = lambda s: programs.train_step(layout, specs, config, s)
+  make = lambda s: _programs(layout).train_step(layout, specs, config, s)
   per_device = [s.num_clients // layout.mesh.devices.size for s in layout.padded_specs(specs)]
   t = time.time()
   strategy, step = autotune.compile_fastest(
@@ -88,8 +95,15 @@ def _compile_train_step(config, specs, layout, image_shape, args, steps_left):
       autotune.cache_key(config, specs[0].model.num_classes, image_shape, per_device,
                          layout.mesh.devices.size),
       config.get('strategy_measure_steps', 0))
-  logging.info('train step compiled in %.1f s.', time.time() - t)
+  logging.info('train step compiled in %.1f s; XLA step memory %.1f MiB per device.',
+               time.time() - t, _memory_bytes(step) / 2**20)
   return strategy, step
+
+
+def _memory_bytes(step) -> int:
+  """A compiled step's buffers per device (XLA's memory analysis); a streamed step's own
+  count (its larger pass, plus the next cohort's inputs in flight)."""
+  return step.memory_bytes() if hasattr(step, 'memory_bytes') else layout_lib.compiled_bytes(step)
 
 
 @dataclasses.dataclass
@@ -134,6 +148,7 @@ def prepare(config, workdir, adjacency, layout, data, lead):
   else:  # resumed from the final checkpoint: nothing to compile but the evaluation
     strategy = clients.strategy_for(config.strategy, specs, data.image_shape)
   average_real = baselines.make_average(specs, adjacency)  # over the real clients only
+  streamed = isinstance(layout, cohorts_lib.Cohorts)
   sent, fedavg = communication.costs(specs, state, adjacency, data.image_shape, config)
   logging.info('%d clients, %d heads, topology %s, %d steps; bytes sent per step: %d in all, '
                '%.0f per client (FedAvg: %.0f per client per round).', config.num_clients,
@@ -144,9 +159,11 @@ def prepare(config, workdir, adjacency, layout, data, lead):
                jax.process_count(), layout.num_padding, exchange)
   return Run(
       specs, mngr, state, start_step, wall_before, progress.Window.restore(window), train_step,
-      programs.predict(layout, specs, strategy),
-      jax.jit(lambda state, dynamics, step: _average(state, dynamics, step, average_real, layout)),
-      safety.make_state_check(layout), dynamics, sent, fedavg), batches
+      _programs(layout).predict(layout, specs, strategy),
+      streaming.average(average_real) if streamed else jax.jit(
+          lambda state, dynamics, step: _average(state, dynamics, step, average_real, layout)),
+      streaming.state_check(layout) if streamed else safety.make_state_check(layout),
+      dynamics, sent, fedavg), batches
 
 
 def _exchange(config, schedule, layout, num_classes) -> str:

@@ -36,6 +36,7 @@ from mhd_jax.population import groups as groups_lib
 from mhd_jax.run import config_check
 from mhd_jax.run import data_check
 from mhd_jax.run import progress
+from mhd_jax.run import residency
 from mhd_jax.run import safety
 from mhd_jax.run import startup
 from mhd_jax.run import timing
@@ -76,6 +77,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                                     layout_lib.make_mesh(config.num_devices))
   data = data_lib.get_data(config, layout.local_client_ids())  # this process's clients
   data_check.validate_data(config, data)  # before anything is written or compiled
+  layout = residency.place(config, layout, data)  # or cohorts streamed through it
   lead = jax.process_index() == 0  # the process that writes all but the checkpoints
   lock = wd.WorkdirLock(workdir)
   if lead:  # refuses a workdir in use before anything in it changes
