@@ -192,7 +192,7 @@ class Bench:
     from mhd_jax.run import programs  # pylint: disable=g-import-not-at-top
     step = programs.train_step(layout, specs, config, self.strategy)
     net = programs.static_dynamics(adjacency, self.sparse)  # the exchange on a table, or dense
-    first_bad = np.zeros(len(adjacency), np.int32)
+    first_bad = np.zeros(adjacency.shape[0], np.int32)
     return self.jax.jit(lambda state, batch, rng: step(state, batch, rng, first_bad, net)[:2],
                         donate_argnums=0)
 

@@ -9,6 +9,7 @@ inside the program); metrics and predictions come back replicated.
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import sparse as scipy_sparse
 
 from mhd_jax.algorithm import distill
 from mhd_jax.algorithm import evaluate
@@ -24,11 +25,13 @@ from mhd_jax.placement import layout as layout_lib
 def static_dynamics(adjacency_NxN, sparse: bool = False):
   """The dynamics of a fixed graph where every client takes part every step (the paper's),
   dense or on a neighbour table (`sparse`)."""
-  n = len(adjacency_NxN)
+  n = np.shape(adjacency_NxN)[0]  # dense, or scipy.sparse as `topology.build` gives it
   key = jax.random.PRNGKey(0)  # drawn from by neither
-  table, graphs = None, np.asarray(adjacency_NxN, np.float32)[None]
   if sparse:
-    table, graphs = neighbours.build(list(graphs))
+    table, graphs = neighbours.build([adjacency_NxN])
+  else:
+    dense = adjacency_NxN.toarray() if scipy_sparse.issparse(adjacency_NxN) else adjacency_NxN
+    table, graphs = None, np.asarray(dense, np.float32)[None]
   schedule = graph_schedule.Schedule(
       kind='static', graphs_GxNxK=jnp.asarray(graphs), key=key,
       failure_p=jnp.zeros((), jnp.float32), every=jnp.ones((), jnp.int32), table=table)
