@@ -106,8 +106,11 @@ def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
   out = _study('hops', tmp_path, '--quick', '--seeds=1', '--jobs=2')
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((tmp_path / 'hops.json').read_text())
-  assert set(results) == {'chain', 'ring'}
+  assert set(results) == {'chain', 'ring', 'speed'}
   chain, ring = results['chain'], results['ring']
+  # The speed table: each run's final shared accuracy is its summary's (last head).
+  summary = summary_lib.read_summary(str(tmp_path / 'hops' / 'ring_H2' / 'seed0'))
+  assert np.isclose(results['speed']['ring_H2']['last'][0], 100 * summary.mean_shared_acc[-1])
   assert chain['H=2']['d'] == list(range(1, 10)) and ring['H=2']['d'] == [1, 2, 3, 4, 5]
   assert chain['H=2']['pairs'] == [18, 16, 14, 12, 10, 8, 6, 4, 2]
   assert ring['H=1']['pairs'] == [20, 20, 20, 20, 10]
@@ -117,6 +120,7 @@ def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
   np.testing.assert_allclose(chain['H=2']['per_seed'][0][1], claims.chain_hops(str(run)))
   md = (tmp_path / 'hops.md').read_text()
   assert '### ring' in md and '| 2 | 1 |' in md and '| | pairs | 18 |' in md
+  assert '| ring | 2 |' in md  # the speed table
   assert os.path.getsize(tmp_path / 'hops.png') > 10_000
 
 

@@ -46,7 +46,10 @@ def hops(base, opts):
         results[t][f'H={h}'] = {'d': per_seed[0]['d'], 'pairs': per_seed[0]['pairs_D'],
                                 'per_seed': acc.tolist()}
       md.append(_hops_table(t, results[t], heads))
-    return results, '\n\n'.join(md), lambda path: _plot_hops(results, path)
+    results['speed'] = {v: _speed(rs) for v, rs in runs.items()}
+    md.append(_speed_table(results['speed'], heads))
+    return results, '\n\n'.join(md), lambda path: _plot_hops(
+        {t: results[t] for t in ('chain', 'ring')}, path)
 
   return variants, analyse
 
@@ -65,6 +68,36 @@ def _hops_table(name: str, curves: dict, heads) -> str:
                for d in range(acc.shape[2])]
       lines.append(f'| {h} | {k} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
+
+
+def _speed(runs) -> dict[str, list]:
+  """Per seed: head 0's and the last head's final shared accuracy, the last head's AUC and steps
+  to 95% of its own final accuracy (`metrics.efficiency`)."""
+  out = {'head0': [], 'last': [], 'auc': [], 'steps_95_own': []}
+  for r in runs:
+    steps, acc = metrics.accuracy_curve(wd.read_metrics(r.workdir))
+    e = metrics.efficiency(steps, acc)
+    head0 = metrics.accuracy_curve(wd.read_metrics(r.workdir), head=0)[1][-1]
+    for k, v in (('head0', float(head0)), ('last', e['final']), ('auc', e['auc']),
+                 ('steps_95_own', e['steps_95_own'])):
+      out[k].append(v)
+  return out
+
+
+def _speed_table(speed: dict, heads) -> str:
+  """Final shared accuracy and speed per graph and H, marked against H = 1 on the same graph."""
+  lines = ['### final shared accuracy and speed\n',
+           '| graph | H | shared, head 0 | shared, last head | AUC (last head) | '
+           'steps to 95% of own final |', '|---|---|---|---|---|---|']
+  for t in ('chain', 'ring'):
+    ref = speed.get(f'{t}_H1')
+    for h in heads:
+      row = speed[f'{t}_H{h}']
+      mark = lambda k, low=False: '' if h == 1 or ref is None else tables.mark(row[k], ref[k], low)
+      lines.append(f'| {t} | {h} | ' + ' | '.join(
+          tables.cell(row[k], mark(k, k == 'steps_95_own'))
+          for k in ('head0', 'last', 'auc', 'steps_95_own')) + ' |')
+  return '\n'.join(lines) + '\n\nSteps: fewer is ↑.'
 
 
 def _plot_hops(results: dict, path: str):
