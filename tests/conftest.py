@@ -30,7 +30,8 @@ jax.config.update('jax_threefry_partitionable', False)
 # suite compiles only the programs a change touched: JAX keys each entry by the program, the
 # compile options and the jax/jaxlib versions, so a stale entry is never used. Set
 # MHD_TEST_JIT_CACHE=fresh for a cold, throw-away cache (what a clean CI machine has). Measured
-# on tests/test_step.py: 91 CPU-s cold, 32 warm (README, Quick start).
+# on tests/test_step.py: 91 CPU-s cold, 32 warm. The cache is not trimmed (JAX's size limit needs
+# the `filelock` package, and without it every read fails): delete the folder when it grows.
 _CACHE = os.environ.get('MHD_TEST_JIT_CACHE') or os.path.join(
     os.path.expanduser('~'), '.cache', 'mhd_jax', 'test_jit')
 if _CACHE == 'fresh':
@@ -38,8 +39,7 @@ if _CACHE == 'fresh':
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 for _name, _value in (('jax_compilation_cache_dir', _CACHE),
                       ('jax_persistent_cache_min_compile_time_secs', 0),
-                      ('jax_persistent_cache_min_entry_size_bytes', 0),
-                      ('jax_compilation_cache_max_size', 2 << 30)):  # least recently used go
+                      ('jax_persistent_cache_min_entry_size_bytes', 0)):
   jax.config.update(_name, _value)
   os.environ[_name.upper()] = str(_value)
 
