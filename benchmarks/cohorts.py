@@ -139,7 +139,7 @@ def main():
           'pass1_share': round(p1_s / str_s, 3),
           'resident_memory_mb': round(resident.memory_mb, 1),
           'streamed_memory_mb': round(streamed.memory_mb, 1),
-          'host_store_mb': round(streamed.host_mb, 1),
+          'host_store_mb': round(streamed.host_mb, 3),
           'rss_mb': round(_rss_mb(), 1), 'peak_rss_mb': round(common.peak_rss_mb(), 1),
           'resident_compile_s': round(resident.compile_s, 1),
           'streamed_compile_s': round(streamed.compile_s, 1),
