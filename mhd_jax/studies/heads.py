@@ -75,9 +75,9 @@ def _speed(runs) -> dict[str, list]:
   to 95% of its own final accuracy (`metrics.efficiency`)."""
   out = {'head0': [], 'last': [], 'auc': [], 'steps_95_own': []}
   for r in runs:
-    steps, acc = metrics.accuracy_curve(wd.read_metrics(r.workdir))
-    e = metrics.efficiency(steps, acc)
-    head0 = metrics.accuracy_curve(wd.read_metrics(r.workdir), head=0)[1][-1]
+    records = wd.read_metrics(r.workdir)
+    e = metrics.efficiency(*metrics.accuracy_curve(records))
+    head0 = metrics.accuracy_curve(records, head=0)[1][-1]
     for k, v in (('head0', float(head0)), ('last', e['final']), ('auc', e['auc']),
                  ('steps_95_own', e['steps_95_own'])):
       out[k].append(v)
