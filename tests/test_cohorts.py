@@ -8,6 +8,7 @@ state and metrics for every rule and feature. The 8-device checks are in
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -211,15 +212,17 @@ def test_bad_resident_values_are_refused_in_one_line():
 
 def test_auto_streams_what_does_not_fit_and_a_forced_cohort_too_large_is_refused(monkeypatch):
   """With the devices' memory set between one cohort of 2 and the resident step (from XLA's
-  analysis of one cohort of 1), auto picks cohorts of 2; a forced 4 is refused in one line."""
+  analysis of cohorts of 1 and 5), auto picks cohorts of 2; a forced 4 is refused in one
+  line."""
   config = short_config()
   layout = layout_lib.Layout.create([config.num_clients], layout_lib.make_mesh(1))
   data = data_lib.get_data(config)
   monkeypatch.setattr(layout_lib, 'memory_bytes', lambda mesh: 2**40)
   assert residency.place(config, layout, data) is layout  # within the bound: nothing compiled
-  probe = residency._probe(config, layout, data).compile()
-  per_client = probe.memory_bytes() - probe.fixed
-  memory = (probe.fixed + 2.5 * per_client) / streamed_step.FRACTION
+  probes = [residency._probe(config, layout, data, w).compile(check=False)
+            for w in residency.WIDTHS]
+  fixed, per_client = residency._line(probes, [p.memory_bytes() for p in probes])
+  memory = (fixed + 2.5 * per_client) / streamed_step.FRACTION
   monkeypatch.setattr(layout_lib, 'memory_bytes', lambda mesh: memory)
   cohorts = residency.place(config, layout, data)
   assert isinstance(cohorts, cohorts_lib.Cohorts) and cohorts.width == 2
@@ -263,3 +266,13 @@ def test_a_streamed_run_is_the_resident_run_and_resumes_exactly(tmp_path, capsys
     assert launch.main(['launch.py', *monkeypatch_memory]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('config error: population.resident: a cohort of 4')
+
+
+def test_auto_keeps_many_small_clients_resident(monkeypatch):
+  """2,048 MLP clients on a ring fit 24 GiB resident (about 1 GiB): what does not grow with
+  the clients (buffers over every client's outputs) is counted once, not once per client."""
+  config = short_config(num_clients=2048, topology='ring')
+  layout = layout_lib.Layout.create([2048], layout_lib.make_mesh(1))
+  data = types.SimpleNamespace(num_classes=10, image_shape=(8, 8, 1))
+  monkeypatch.setattr(layout_lib, 'memory_bytes', lambda mesh: 24 * 2**30)
+  assert residency.place(config, layout, data) is layout
