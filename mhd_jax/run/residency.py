@@ -8,10 +8,11 @@ fits, logged. What fits comes from two cohorts, of one and of eight clients per
 device (`streamed_step.Streamed`): the line through their bytes tells what every
 client adds and what does not grow with the clients (the public batch, every
 client's outputs and the exchange's buffers over them, the network). First from
-an upper bound of their traced programs (every value alive at once: when the
-line at N / devices fits, so does the resident step, and nothing is compiled),
-else from XLA's memory analysis of them compiled. A forced K whose cohort does
-not fit is refused in one line when its programs compile, before training.
+an upper bound of their traced programs (every value alive at once: when N /
+devices cohorts of one, or the line at N / devices, fit, so does the resident
+step, and nothing is compiled), else from XLA's memory analysis of them
+compiled. A forced K whose cohort does not fit is refused in one line when its
+programs compile, before training.
 """
 
 import math
@@ -52,9 +53,13 @@ def place(config, layout: layout_lib.Layout, data):
     return cohorts
   d = layout.mesh.devices.size
   per_device = math.ceil(n / d)
-  probes = [_probe(config, layout, data, w) for w in WIDTHS]
   budget = streamed_step.FRACTION * layout_lib.memory_bytes(layout.mesh) / d
-  fixed, per_client = _line(probes, [p.bound_bytes() for p in probes])  # more than it needs
+  probes = [_probe(config, layout, data, WIDTHS[0])]
+  bound = probes[0].bound_bytes()  # one cohort's values, all alive: more than it needs
+  if per_device * bound <= budget:  # (and N / d such cohorts more than the resident step)
+    return layout
+  probes.append(_probe(config, layout, data, WIDTHS[1]))
+  fixed, per_client = _line(probes, [bound, probes[1].bound_bytes()])
   if fixed + per_device * per_client <= budget:
     return layout
   fixed, per_client = _line(probes, [probes[0].compile().memory_bytes(),  # refused: 1 won't fit
