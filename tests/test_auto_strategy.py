@@ -128,6 +128,7 @@ def test_unwritable_cache_warns_once_and_the_run_goes_on(tmp_path, monkeypatch, 
   assert len(warnings(caplog)) == 1 and 'not written' in warnings(caplog)[0]
 
 
+@pytest.mark.slow  # three runs, one timing three strategies; the tests above cover its parts
 def test_auto_run_equals_the_run_of_its_choice_and_a_rerun_does_not_measure(
     tmp_path, cache, monkeypatch):
   timed = []

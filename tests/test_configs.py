@@ -95,7 +95,9 @@ def test_config_values_follow_the_design_and_pass_the_checks(name):
   assert config_check.problems(c, num_devices=1) == []
 
 
-@pytest.mark.parametrize('name', TFDS_CONFIGS)
+@pytest.mark.parametrize('name', [  # the paper's main config in the fast set, the rest slow
+    n if n == 'imagenet_resnet18' else pytest.param(n, marks=pytest.mark.slow)
+    for n in TFDS_CONFIGS])
 def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   """Every TFDS config's small form: mock data in the promised shapes, and its train step
   traced abstractly (`jax.eval_shape`: nothing compiled) on those batches."""

@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_sharded_checks_on_8_fake_devices():
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rs', 'tests/sharded_checks.py'],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  command = [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-rs', 'tests/sharded_checks.py']
+  out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   report = out.stdout[-6000:] + out.stderr[-2000:]
   assert out.returncode == 0, report
   assert 'skipped' not in out.stdout and ' passed' in out.stdout, report

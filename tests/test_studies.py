@@ -13,7 +13,9 @@ from mhd_jax.outputs import summary as summary_lib
 from mhd_jax.outputs import workdir as wd
 from mhd_jax.run import config_check
 from mhd_jax.network import topology as topology_lib
+from configs import default
 from mhd_jax.studies import claims
+from mhd_jax.studies import cli
 from mhd_jax.studies import metrics
 from mhd_jax.studies import runs as study_runs
 from mhd_jax.studies import tables
@@ -126,14 +128,23 @@ def test_hops_study_quick_form_reports_every_head_on_chain_and_ring(tmp_path):
 
 def test_bad_study_arguments_stop_in_one_line_before_training(tmp_path):
   for args, message in [(['nope'], "unknown study 'nope'"),
-                        (['hops', '--seeds=0'], '--seeds must be >= 1'),
-                        (['hops', '--heads=1,0'], 'num_heads must be >= 1'),
-                        (['recipes', '--config.temperature=0'], 'temperature must be > 0'),
                         (['efficiency', '--jobs=0'], '--jobs must be >= 1')]:
     out = _study(args[0], tmp_path, *args[1:])
     assert out.returncode == 2, (args, out.stderr[-2000:])
     assert out.stderr.strip().count('\n') == 0 and message in out.stderr, (args, out.stderr)
     assert not os.listdir(tmp_path), args  # nothing trained, nothing written
+  # What the command plans (and refuses in one line as above), asked in this process.
+  base = cli.study_base(default.get_config(), quick=True)
+  for name, opts, override, message in [
+      ('hops', dict(seeds=()), {}, '--seeds must be >= 1'),
+      ('hops', dict(heads=(1, 0)), {}, 'num_heads must be >= 1'),
+      ('recipes', {}, {'temperature': 0.0}, 'temperature must be > 0')]:
+    config = base.copy_and_resolve_references()
+    config.update_from_flattened_dict(override)
+    opts = study_runs.Options(**{'seeds': (0,), 'quick': True, **opts})
+    with pytest.raises(cli.UsageError, match=message):
+      cli.plan(name, config, opts, str(tmp_path / name))
+  assert not os.listdir(tmp_path)
 
 
 def _tiny_runs(tmp_path):

@@ -8,7 +8,7 @@ Each bug is a textual replacement in one product file (the text must occur
 exactly once, so a refactor that moves it makes the script say so instead of
 testing nothing). The working tree (tracked and untracked, not ignored files)
 is copied once into a temporary directory; each bug is applied there, the
-bug's test selection runs (`python -m pytest -q -x -p no:randomly SELECTION`),
+bug's test selection runs (`python -m pytest -q -x -n 0 SELECTION`),
 and the file is restored. The script prints a table: bug | caught? | by which
 test, and exits 1 if any bug survived (or 2 if a bug no longer applies).
 
@@ -326,8 +326,8 @@ def run_bug(bug: Bug, tree: str, timeout: int) -> tuple[str, str, float]:
     f.write(original.replace(bug.old, bug.new))
   start = time.time()
   try:
-    out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', *bug.tests], cwd=tree,
-                         capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, '-m', 'pytest', '-q', '-x', '-n', '0', *bug.tests]
+    out = subprocess.run(command, cwd=tree, capture_output=True, text=True, timeout=timeout)
     if out.returncode == 0:
       return 'NO', 'survived: ' + ' '.join(bug.tests), time.time() - start
     return 'yes', _first_failure(out.stdout + out.stderr), time.time() - start
