@@ -112,7 +112,7 @@ def measure(case: Case, repeats: int) -> dict:
   if problem:
     return {**case.row(), 'skipped': problem}
   b = case.bench().compile()
-  compiled = {'compile_s': round(b.compile_s, 1), 'step_memory_mb': round(b.memory_mb, 1)}
+  compiled = {'compile_s': round(b.compile_s, 3), 'step_memory_mb': round(b.memory_mb, 1)}
   if case.devices > 1:
     compiled['collectives'] = collectives(b.step.as_text())
   need = b.memory_mb * 2**20 * case.devices  # per device; fake CPU devices share the host's

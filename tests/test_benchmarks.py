@@ -37,11 +37,12 @@ def test_client_scaling_quick(models):
 def test_distill_overhead_quick():
   (row,) = run_benchmark('distill_overhead.py', '--models=default')
   assert row['n_clients'] == 2
-  # Each ratio is the quotient of the times it names (rounded to 3 digits).
+  # Each ratio is the quotient of the times it names: both rounded to 1 us on steps of about
+  # 0.4 ms, the ratio to 3 digits (so up to 0.4%; a wrong quotient is off by far more).
   assert row['ratio_mhd_vs_isolated'] == pytest.approx(
-      row['mhd_step_ms'] / row['isolated_step_ms'], rel=2e-3, abs=1e-3)
+      row['mhd_step_ms'] / row['isolated_step_ms'], rel=5e-3, abs=1e-3)
   assert row['ratio_mhd_vs_private_only'] == pytest.approx(
-      row['mhd_step_ms'] / row['private_only_step_ms'], rel=2e-3, abs=1e-3)
+      row['mhd_step_ms'] / row['private_only_step_ms'], rel=5e-3, abs=1e-3)
   for key in ('mhd_step_ms', 'isolated_step_ms', 'private_only_step_ms',
               'ratio_mhd_vs_isolated', 'ratio_mhd_vs_private_only'):
     assert row[key] > 0, key
