@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from configs import default
@@ -157,6 +158,18 @@ def test_device_split_names_each_batch():
   assert config_check.check_device_split(config, 4) == [
       'data.eval_batch_size=90 is not divisible by the device count (4); use a multiple of 4.']
   assert len(config_check.check_device_split(config, 8)) == 2
+
+
+def test_device_split_counts_the_meshs_devices(monkeypatch):
+  """On a host of 8 devices, a mesh of num_devices=4 splits over 4."""
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 8)
+  monkeypatch.setattr(jax, 'device_count', lambda: 8)
+  split = lambda n: [p for p in config_check.problems(short_config(**{
+      'num_devices': n, 'data.public_batch_size': 12, 'data.eval_batch_size': 96})) if
+                     'divisible by the device count' in p]
+  assert split(4) == []
+  assert split(0) == ['data.public_batch_size=12 is not divisible by the device count (8); '
+                      'use a multiple of 8.']
 
 
 def test_overwrite_removes_only_what_a_run_writes(tmp_path):

@@ -103,6 +103,7 @@ def test_tfds_config_small_form_builds_its_data_and_traces_its_step(name):
   traced abstractly (`jax.eval_shape`: nothing compiled) on those batches."""
   config = get_config(name, 'small')
   assert config.data.name != 'digits' and config.num_steps == 2
+  config.num_devices = 1  # the small form's batches are sized for one device, not 8 fake ones
   config_check.validate(config)
   with tfds.testing.mock_data(num_examples=64):
     data = data_lib.get_data(config)

@@ -142,7 +142,8 @@ def test_the_gru_reads_both_ways_and_runs_placed_on_a_mesh():
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
   stacked = jax.vmap(lambda k: gru.init(k, u, train=False))(keys)
   placed = clients.for_each_client(lambda v, y: gru.apply(v, y, train=False), 'vmap',
-                                   mesh=layout.make_mesh(), in_axes=(0, None))
+                                   mesh=layout.make_mesh(min(2, jax.device_count())),
+                                   in_axes=(0, None))
   e_Nx2x480 = np.asarray(jax.jit(placed)(stacked, u))
   assert not np.allclose(e_Nx2x480[0], e_Nx2x480[1])  # each client its own parameters
   for e_2x480 in e_Nx2x480:

@@ -177,13 +177,12 @@ def _network_problems(config) -> list[str]:
 
 
 def check_device_split(config, num_devices: int) -> list[str]:
-  """Problems with splitting batches over this host's `num_devices` devices.
+  """Problems with splitting batches over the mesh's `num_devices` devices on this host.
 
-  Today's step keeps the whole population on one device, so nothing is split
-  yet. This checks the batches every client shares (public and evaluation),
-  which a split of the data axis over devices divides; it is the one place
-  that says how a config must fit the devices, for the sharding of the client
-  axis to extend (client padding, per-client batch splits).
+  The client axis is sharded (clients padded to a multiple of the devices);
+  this checks the batches every client shares (public and evaluation), which
+  a split of the data axis over devices divides; it is the one place that says
+  how a config must fit the devices.
   """
   problems = []
   for field in ('public_batch_size', 'eval_batch_size'):
@@ -208,9 +207,11 @@ def problems(config, num_devices: int | None = None) -> list[str]:
   if config.num_devices > jax.device_count():
     found.append(f'num_devices={config.num_devices} but {jax.device_count()} device(s) are '
                  'available; use 0 (all) or at most that many.')
-  found += check_device_split(
-      config, jax.local_device_count() if num_devices is None else num_devices)
-  return found
+  if num_devices is None:  # the mesh's: num_devices of them when set, else this host's
+    num_devices = jax.local_device_count()
+    if 0 < config.num_devices <= num_devices:
+      num_devices = config.num_devices
+  return found + check_device_split(config, num_devices)
 
 
 def validate(config, num_devices: int | None = None) -> None:
