@@ -38,7 +38,7 @@ def get_config(name, arg=None):
 DESIGN = {
     'default': (5, 3, 'complete', 0.9, 0.3, 'digits', 'mlp', 1500),
     'digits_hetero': (8, 3, 'complete', 0.9, 0.3, 'digits', 'mlp', 2000),
-    'digits_cohorts': (64, 3, 'complete', 0.9, 0.3, 'digits', 'resnet18_cifar', 50),
+    'digits_cohorts': (64, 3, 'complete', 0.9, 0.3, 'digits', 'resnet18_cifar', 20),
     'mnist1d': (10, 3, 'complete', 0.9, 0.3, 'mnist1d', 'mnist1d_cnn', 1500),
     'mnist1d_hetero': (10, 3, 'complete', 0.9, 0.3, 'mnist1d', 'mnist1d_cnn', 1500),
     'population': (1024, 3, 'torus', 1.0, 0.3, 'mnist1d', 'mnist1d_mlp', 400),
