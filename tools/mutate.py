@@ -119,8 +119,8 @@ BUGS = (
         'src = jnp.maximum(jnp.arange(h) - 1, 0)', 'src = jnp.arange(h)',
         ('tests/test_losses.py', 'tests/test_step.py'), 'aux head k distils from head k'),
     Bug('adjacency_transposed', 'mhd_jax/algorithm/distill.py',
-        '  w_SxK = net.weights_SxK * live[:, None] * neighbours.gather(sent, senders)',
-        '  w_SxK = net.weights_SxK.T * live[:, None] * neighbours.gather(sent, senders)',
+        '  w_SxK = net.weights_SxK * live[:, None] * neighbours.gather(sent, senders, s)',
+        '  w_SxK = net.weights_SxK.T * live[:, None] * neighbours.gather(sent, senders, s)',
         ('tests/test_step.py',), 'learning from out-neighbours'),
     Bug('include_self_ignored', 'mhd_jax/algorithm/distill.py',
         '  weights_SxHxK = losses.candidate_weights(w_SxK, h, config.include_self, self_SxK)',
@@ -260,7 +260,7 @@ BUGS = (
         'np.asarray(emb_readers_N) * frac_H[0]', 'np.asarray(emb_readers_N)',
         ('tests/test_wire_bytes.py',), 'embedding bytes counted on every step under wire.every'),
     # The checks that need the data, and a failed save (issue 23).
-    Bug('batch_checked_against_all_clients', 'mhd_jax/run/config_check.py',
+    Bug('batch_checked_against_all_clients', 'mhd_jax/run/data_check.py',
         '  if config.data.batch_size > sizes[smallest]:',
         '  if config.data.batch_size > sizes.sum():', ('tests/test_bad_inputs.py',),
         'a batch checked against all private examples, not the smallest set'),
@@ -296,6 +296,10 @@ BUGS = (
         '  return np.where(np.isinf(dist), -1, dist).astype(np.int64)',
         '  return np.where(np.isinf(dist), -1, dist).astype(np.int64).T', ('tests/test_hops.py',),
         'hop distances along the links the wrong way'),
+    Bug('resident_bytes_times_n', 'mhd_jax/run/residency.py',
+        '  return max(b1 - w1 * per_client, 0), per_client', '  return 0, b1',
+        ('tests/test_cohorts.py', '-k', 'auto'),
+        "auto counts one cohort's buffers over every client's outputs once per client"),
 )
 
 
