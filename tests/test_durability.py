@@ -22,9 +22,12 @@ from mhd_jax.run import safety
 from mhd_jax.run import train
 from tests.conftest import ROOT, read_records, short_config
 
-# Long enough (seconds of training) to be interrupted midway, after its first checkpoint.
-FLAGS = ['--config.num_steps=300', '--config.log_every=50', '--config.eval_every=150',
-         '--config.checkpoint.every=50']
+# Long enough (seconds of training, beside other tests' processes) to be interrupted midway,
+# after its first checkpoint: at 300 steps a SIGTERM sent as step 50 was logged once came
+# only at the end.
+STEPS = 1000
+FLAGS = [f'--config.num_steps={STEPS}', '--config.log_every=50', '--config.eval_every=500',
+         '--config.checkpoint.every=100']
 ONLY_AT_THE_END = '--config.checkpoint.every=0'
 
 
@@ -100,7 +103,7 @@ def assert_same_run(workdir, reference_workdir):
     assert summary[key] == ref[key], key
   assert read_records(workdir) == read_records(reference_workdir)
   a, b = mhd_jax.load(str(workdir)), mhd_jax.load(str(reference_workdir))
-  assert a.step == b.step == 300
+  assert a.step == b.step == STEPS
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, a.state, b.state)))
   for tag in ('mean/loss', 'kd_aux/client_3', 'shared_acc_head1/client_0'):
     assert _tensorboard_series(workdir, tag) == _tensorboard_series(reference_workdir, tag)
@@ -109,7 +112,7 @@ def assert_same_run(workdir, reference_workdir):
 @pytest.mark.slow  # three launch.py processes side by side, two resumed
 def test_sigkill_midway_then_resume_ends_as_an_uninterrupted_run(interrupted):
   killed_at = interrupted['killed_at']
-  assert killed_at < 300 and interrupted['midway'][interrupted['killed']]
+  assert killed_at < STEPS and interrupted['midway'][interrupted['killed']]
   assert f'resuming from the checkpoint of step {killed_at}' in interrupted['kill_resume_stderr']
   assert_same_run(interrupted['killed'], interrupted['reference'])
 
@@ -117,7 +120,7 @@ def test_sigkill_midway_then_resume_ends_as_an_uninterrupted_run(interrupted):
 @pytest.mark.slow  # three launch.py processes side by side, two resumed
 def test_sigterm_saves_the_current_step_then_resume_ends_as_an_uninterrupted_run(interrupted):
   (stopped,) = interrupted['stopped_at']
-  assert 50 <= stopped < 300 and interrupted['midway'][interrupted['termed']]
+  assert 50 <= stopped < STEPS and interrupted['midway'][interrupted['termed']]
   assert (f'preempted (SIGTERM) at step {stopped}; its checkpoint is saved'
           in interrupted['term_stderr'])
   assert f'resuming from the checkpoint of step {stopped}' in interrupted['term_resume_stderr']
@@ -219,7 +222,7 @@ def test_sigkill_then_resume_is_exact_with_matching_bernoulli_and_lag(tmp_path):
     os.kill(procs[1].pid, signal.SIGKILL)
     procs[1].wait()
     killed_at = _checkpoint_steps(killed)[-1]
-    assert killed_at < 300 and not (killed / 'summary.json').exists()
+    assert killed_at < STEPS and not (killed / 'summary.json').exists()
     err = _finish(_launch(killed, *CHANGING))
     _finish(procs[0])
   finally:
